@@ -1,0 +1,7 @@
+"""`cmdd bench` (placeholder until implemented)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

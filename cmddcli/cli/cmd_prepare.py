@@ -1,0 +1,7 @@
+"""`cmdd prepare` (placeholder until implemented)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,38 @@
+"""mamba-ssm's CUDA selective scan, used when it imports and the tensors are on CUDA.
+
+Install with ``pip install 'cmddcli[cuda]'`` (needs a CUDA toolkit: mamba-ssm builds from source).
+"""
+
+from __future__ import annotations
+
+_IMPORT_ERROR = None
+try:  # optional extension
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _selective_scan_fn
+except Exception as e:  # pragma: no cover - depends on the machine
+    _selective_scan_fn = None
+    _IMPORT_ERROR = e
+
+
+def available() -> bool:
+    import torch
+
+    return _selective_scan_fn is not None and torch.cuda.is_available()
+
+
+def why_unavailable() -> str:
+    if _selective_scan_fn is None:
+        return f"mamba-ssm is not installed ({_IMPORT_ERROR}); install with: pip install 'cmddcli[cuda]' (needs CUDA)"
+    return "no CUDA device"
+
+
+def selective_scan_mamba(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    if _selective_scan_fn is None:
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(why_unavailable())
+    # mamba-ssm wants contiguous float inputs; B/C groups layout matches ours.
+    return _selective_scan_fn(
+        u.contiguous(), delta.contiguous(), A.contiguous().float(), B.contiguous(), C.contiguous(),
+        D=None if D is None else D.float(), z=None, delta_bias=None if delta_bias is None else delta_bias.float(),
+        delta_softplus=delta_softplus, return_last_state=False,
+    )

@@ -1,0 +1,372 @@
+"""Selective scan (Mamba's S6 recurrence) with one signature and several backends.
+
+Shapes follow mamba-ssm's ``selective_scan_fn``::
+
+    u, delta : (batch, dim, L)
+    A        : (dim, N)            real, usually negative
+    B, C     : (batch, groups, N, L)   groups divides dim (CMDDNet uses groups = 1 per direction)
+    D        : (dim,) or None
+    delta_bias : (dim,) or None
+    returns  : (batch, dim, L)
+
+Maths (per batch b, channel d, state n)::
+
+    dt_t    = softplus(delta_t + delta_bias)          (if delta_softplus)
+    h_t     = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+    y_t     = sum_n C_t * h_t + D * u_t
+
+Backends (all match ``ref``; see tests/test_ssm.py for tolerances):
+
+* ``ref``    -- a plain Python loop over L: the truth, slow.
+* ``torch``  -- differentiable, chunked, float32-stable for any dt (every exponential is of a
+                non-positive number), runs on any device. Used for training without a kernel.
+* ``cpu``    -- compiled C++ inference kernel (``scan_cpu.py``); no autograd.
+* ``triton`` -- our Triton GPU kernel (``scan_triton.py``), forward and backward.
+* ``mamba``  -- mamba-ssm's CUDA kernel when it imports and the tensors are on CUDA.
+
+``CMDD_SCAN=<name>`` overrides the automatic choice everywhere.
+
+SS2D needs the same scan along four orders of an H x W map (row-major, column-major and their
+reverses). :func:`cross_scan` expresses that once; a backend may fuse it (never materialising the
+four copies of the feature map), the default falls back to permuting and calling the 1-D scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+K_DIRECTIONS = 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------
+def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Common prologue: dt = softplus(delta + bias); B, C expanded to (b, dim, N, L).
+
+    Maths run in float32 (float64 stays float64, for gradcheck)."""
+    dtype_in = u.dtype
+    work = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u = u.to(work)
+    delta = delta.to(work)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(work)[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    b, dim, L = u.shape
+    g = B.shape[1]
+    rep = dim // g
+    Bx = B.to(work).repeat_interleave(rep, dim=1)  # (b, dim, N, L)
+    Cx = C.to(work).repeat_interleave(rep, dim=1)  # (b, dim, N, L)
+    return dtype_in, u, delta, A.to(work), Bx, Cx
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """Plain loop over L. The truth for tests. Shapes: see the module docstring."""
+    dtype_in, u, delta, A, Bx, Cx = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    b, dim, L = u.shape
+    h = u.new_zeros(b, dim, A.shape[1])  # (b, dim, N)
+    ys = []
+    for t in range(L):
+        dA = torch.exp(delta[:, :, t, None] * A)  # (b, dim, N)
+        h = dA * h + (delta[:, :, t] * u[:, :, t])[..., None] * Bx[:, :, :, t]
+        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)  # (b, dim, L)
+    if D is not None:
+        y = y + D.to(u.dtype)[None, :, None] * u
+    return y.to(dtype_in)
+
+
+# ----------------------------------------------------------------------------------------------
+# Differentiable chunked PyTorch backend
+# ----------------------------------------------------------------------------------------------
+def _default_chunk(L: int) -> int:
+    # About sqrt(L) balances the two Python loops (T steps inside chunks, L/T across chunks).
+    c = 1
+    while c * c < L:
+        c *= 2
+    return max(1, min(c, 256))
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, chunk: Optional[int] = None):
+    """Chunked scan in plain PyTorch ops; differentiable and float32-stable for any dt.
+
+    The sequence is cut into chunks of T steps. Inside a chunk every chunk runs the recurrence in
+    parallel (a loop of T steps over tensors of shape (b, dim, N, L/T)); the states at chunk ends
+    are then carried across chunks (a loop of L/T steps over (b, dim, N)). The decay from a chunk's
+    start to step t is exp(cumsum(dt*A)) -- the exponential of a non-positive number, so nothing can
+    overflow whatever dt is (products of decays in [0, 1] only underflow, which is exact enough).
+    """
+    dtype_in, u, delta, A, Bx, Cx = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    b, dim, L = u.shape
+    N = A.shape[1]
+    T = chunk or _default_chunk(L)
+    nc = -(-L // T)
+    pad = nc * T - L
+    if pad:
+        # Padding with dt = 0, u = 0 makes padded steps the identity (decay 1, input 0).
+        u = F.pad(u, (0, pad))
+        delta = F.pad(delta, (0, pad))
+        Bx = F.pad(Bx, (0, pad))
+        Cx = F.pad(Cx, (0, pad))
+    # (b, dim, nc, T) and (b, dim, N, nc, T)
+    dt = delta.view(b, dim, nc, T)
+    uu = u.view(b, dim, nc, T)
+    Bc = Bx.view(b, dim, N, nc, T)
+    Cc = Cx.view(b, dim, N, nc, T)
+    dA_log = dt[:, :, None] * A[None, :, :, None, None]  # (b, dim, N, nc, T), <= 0 for A <= 0
+    dBu = (dt * uu)[:, :, None] * Bc  # (b, dim, N, nc, T)
+
+    # 1) Inside chunks, from a zero state: all chunks advance together.
+    h = torch.zeros(b, dim, N, nc, dtype=u.dtype, device=u.device)
+    y_in = []
+    for t in range(T):
+        h = torch.exp(dA_log[..., t]) * h + dBu[..., t]
+        y_in.append((h * Cc[..., t]).sum(2))  # (b, dim, nc)
+    y = torch.stack(y_in, dim=-1)  # (b, dim, nc, T)
+    h_end = h  # (b, dim, N, nc): chunk-local final states
+
+    # 2) Carry states across chunks: carry_c = state entering chunk c.
+    decay_in = torch.exp(torch.cumsum(dA_log, dim=-1))  # (b, dim, N, nc, T), in [0, 1]
+    decay_total = decay_in[..., -1]  # (b, dim, N, nc)
+    carry = torch.zeros(b, dim, N, dtype=u.dtype, device=u.device)
+    carries = [carry]
+    for c in range(nc - 1):
+        carry = decay_total[..., c] * carry + h_end[..., c]
+        carries.append(carry)
+    carry_all = torch.stack(carries, dim=-1)  # (b, dim, N, nc)
+
+    # 3) Add the carried state's contribution: C_t . (decay from chunk start to t) * carry.
+    y = y + (Cc * decay_in * carry_all[..., None]).sum(2)  # (b, dim, nc, T)
+    y = y.reshape(b, dim, nc * T)[:, :, :L]
+    if D is not None:
+        y = y + D.to(u.dtype)[None, :, None] * u[:, :, :L]
+    return y.to(dtype_in)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend registry
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScanBackend:
+    name: str
+    fn: Callable
+    differentiable: bool
+    devices: tuple  # device types it runs on ("cpu", "cuda")
+    available: Callable[[], bool]
+    why_unavailable: Callable[[], str]
+    cross_fn: Optional[Callable] = None  # fused 4-direction scan, same signature as cross_scan_ref
+
+
+def _always() -> bool:
+    return True
+
+
+def _no_reason() -> str:
+    return ""
+
+
+def _lazy(module: str, attr: str) -> Callable:
+    """A callable that imports module.attr on first use (keeps optional backends optional)."""
+
+    def call(*args, **kwargs):
+        import importlib
+
+        mod = importlib.import_module(module, package=__package__)
+        return getattr(mod, attr)(*args, **kwargs)
+
+    call.__name__ = attr
+    return call
+
+
+def _probe(module: str, fn: str = "available") -> Callable[[], bool]:
+    def check() -> bool:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module, package=__package__)
+        except Exception:  # an optional backend's import failing just means "unavailable"
+            return False
+        return bool(getattr(mod, fn)())
+
+    return check
+
+
+def _reason(module: str) -> Callable[[], str]:
+    def why() -> str:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module, package=__package__)
+        except Exception as e:
+            return f"cannot import {module}: {e}"
+        return mod.why_unavailable() if hasattr(mod, "why_unavailable") else ""
+
+    return why
+
+
+_BACKENDS: dict = {}
+
+
+def register_backend(backend: ScanBackend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+register_backend(ScanBackend("ref", selective_scan_ref, True, ("cpu", "cuda"), _always, _no_reason))
+register_backend(ScanBackend("torch", selective_scan_torch, True, ("cpu", "cuda", "meta"), _always, _no_reason))
+register_backend(
+    ScanBackend(
+        "cpu",
+        _lazy(".scan_cpu", "selective_scan_cpu"),
+        False,
+        ("cpu",),
+        _probe(".scan_cpu"),
+        _reason(".scan_cpu"),
+        cross_fn=_lazy(".scan_cpu", "cross_scan_cpu"),
+    )
+)
+register_backend(
+    ScanBackend(
+        "triton",
+        _lazy(".scan_triton", "selective_scan_triton"),
+        True,
+        ("cuda",),
+        _probe(".scan_triton"),
+        _reason(".scan_triton"),
+        cross_fn=_lazy(".scan_triton", "cross_scan_triton"),
+    )
+)
+register_backend(
+    ScanBackend(
+        "mamba",
+        _lazy(".scan_mamba", "selective_scan_mamba"),
+        True,
+        ("cuda",),
+        _probe(".scan_mamba"),
+        _reason(".scan_mamba"),
+    )
+)
+
+
+def backend_names() -> list:
+    return list(_BACKENDS)
+
+
+def backend_status() -> list:
+    """[(name, available, differentiable, devices, reason)] for `cmdd info`."""
+    rows = []
+    for b in _BACKENDS.values():
+        ok = b.available()
+        rows.append((b.name, ok, b.differentiable, b.devices, "" if ok else b.why_unavailable()))
+    return rows
+
+
+_logged_choice: set = set()
+
+
+def choose_backend(device_type: str, needs_grad: bool, requested: Optional[str] = None) -> ScanBackend:
+    """Pick a backend: the requested one (argument or CMDD_SCAN), else the fastest that fits.
+
+    Auto order -- CUDA: mamba, triton, torch. CPU: cpu (inference only), torch.
+    A requested backend that cannot run raises BackendUnavailable with the reason.
+    """
+    name = requested or os.environ.get("CMDD_SCAN") or None
+    if name and name != "auto":
+        if name not in _BACKENDS:
+            raise BackendUnavailable(f"unknown scan backend {name!r}; choose from {', '.join(_BACKENDS)}")
+        b = _BACKENDS[name]
+        if device_type not in b.devices:
+            raise BackendUnavailable(f"scan backend {name!r} does not run on {device_type} (runs on {', '.join(b.devices)})")
+        if needs_grad and not b.differentiable:
+            raise BackendUnavailable(f"scan backend {name!r} is inference-only; use 'torch' for training")
+        if not b.available():
+            raise BackendUnavailable(f"scan backend {name!r} is unavailable: {b.why_unavailable()}")
+        return b
+    order = ["mamba", "triton", "torch"] if device_type == "cuda" else ["cpu", "torch"]
+    for cand in order:
+        b = _BACKENDS[cand]
+        if needs_grad and not b.differentiable:
+            continue
+        if device_type in b.devices and b.available():
+            key = (device_type, needs_grad, cand)
+            if key not in _logged_choice:
+                _logged_choice.add(key)
+                log.info("selective scan backend: %s (%s%s)", cand, device_type, ", training" if needs_grad else "")
+            return b
+    return _BACKENDS["torch"]
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend: Optional[str] = None):
+    """Selective scan with mamba-ssm's signature; ``backend`` or ``CMDD_SCAN`` picks the implementation."""
+    b = choose_backend(u.device.type, _needs_grad(u, delta, A, B, C, D, delta_bias), backend)
+    return b.fn(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+# ----------------------------------------------------------------------------------------------
+# Four-direction cross scan (SS2D core)
+# ----------------------------------------------------------------------------------------------
+def _to_direction(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    """(..., H*W) in row-major order -> (..., H*W) in direction k's order.
+
+    k = 0 row-major, 1 column-major, 2 reversed row-major, 3 reversed column-major.
+    """
+    if k in (1, 3):
+        x = x.unflatten(-1, (H, W)).transpose(-1, -2).flatten(-2)
+    if k in (2, 3):
+        x = x.flip(-1)
+    return x
+
+
+def _from_direction(y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    """Inverse of _to_direction."""
+    if k in (2, 3):
+        y = y.flip(-1)
+    if k in (1, 3):
+        y = y.unflatten(-1, (W, H)).transpose(-1, -2).flatten(-2)
+    return y
+
+
+def cross_scan_ref(u, delta, A, B, C, D, delta_bias, H: int, W: int, scan: Callable = selective_scan_ref):
+    """Four-direction selective scan over an H x W map, outputs merged by summation.
+
+    Args:
+        u:          (b, d, L) the map in row-major order, L = H*W (shared by all directions).
+        delta:      (b, K, d, L) per-direction dt (before bias / softplus), row-major order.
+        A:          (K*d, N);  D, delta_bias: (K*d,)
+        B, C:       (b, K, N, L) per-direction input/output projections, row-major order.
+        scan:       the 1-D selective scan used per direction.
+    Returns:
+        (b, d, L) = sum over k of the k-th direction's scan, mapped back to row-major order.
+    """
+    b, d, L = u.shape
+    K = delta.shape[1]
+    # Materialise the K orders: (b, K*d, L) -- exactly what a fused backend avoids.
+    us = torch.cat([_to_direction(u, H, W, k) for k in range(K)], dim=1)
+    ds = torch.cat([_to_direction(delta[:, k], H, W, k) for k in range(K)], dim=1)
+    Bs = torch.stack([_to_direction(B[:, k], H, W, k) for k in range(K)], dim=1)  # (b, K, N, L)
+    Cs = torch.stack([_to_direction(C[:, k], H, W, k) for k in range(K)], dim=1)
+    ys = scan(us, ds, A, Bs, Cs, D=D, delta_bias=delta_bias, delta_softplus=True)  # (b, K*d, L)
+    ys = ys.view(b, K, d, L)
+    return sum(_from_direction(ys[:, k], H, W, k) for k in range(K))
+
+
+def cross_scan(u, delta, A, B, C, D, delta_bias, H: int, W: int, backend: Optional[str] = None):
+    """SS2D's four-direction scan with the chosen backend (fused where the backend offers it)."""
+    b = choose_backend(u.device.type, _needs_grad(u, delta, A, B, C, D, delta_bias), backend)
+    if b.cross_fn is not None:
+        return b.cross_fn(u, delta, A, B, C, D, delta_bias, H, W)
+    return cross_scan_ref(u, delta, A, B, C, D, delta_bias, H, W, scan=b.fn)

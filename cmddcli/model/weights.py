@@ -1,0 +1,154 @@
+"""Weights as safetensors with a small JSON metadata header.
+
+The header (safetensors ``__metadata__``, string values) holds ``cmdd`` = JSON of
+``{"format": 1, "config": ModelConfig dict, "preset": ..., "version": ..., ...}`` plus anything the
+caller adds (training data, iterations, scores). Only safetensors is read: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..errors import WeightsError
+from .cmddnet import CMDDNet
+from .config import ModelConfig
+
+FORMAT = 1
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS_NAME = "cmddnet_default.safetensors"
+
+
+def default_weights_path() -> Path:
+    """The weights that ship inside the package (may be absent in a source checkout)."""
+    return _WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME
+
+
+def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(
+    model: nn.Module,
+    path: Union[str, Path],
+    metadata: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = None,
+    preset: Optional[str] = None,
+) -> Path:
+    """Write ``model``'s state dict (optionally cast to fp16/bf16) with the cmdd metadata header."""
+    path = Path(path)
+    config: ModelConfig = getattr(model, "config", None)
+    if config is None:
+        raise WeightsError("save_weights needs a CMDDNet (a module with a .config)")
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v
+    header = {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "preset": preset,
+        "version": __version__,
+        "dtype": str(dtype or "float32").replace("torch.", ""),
+        **(metadata or {}),
+    }
+    _atomic_save(state, path, {"cmdd": json.dumps(header, default=str)})
+    return path
+
+
+def read_metadata(path: Union[str, Path]) -> dict:
+    """The cmdd header of a weights file, without loading the tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise WeightsError(f"{path}: not a safetensors weights file ({e})") from e
+    if "cmdd" not in meta:
+        raise WeightsError(f"{path}: safetensors file without cmdd metadata (not made by cmdd save_weights)")
+    try:
+        return json.loads(meta["cmdd"])
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: corrupt cmdd metadata ({e})") from e
+
+
+def _describe_mismatch(model_cfg: ModelConfig, file_cfg: dict) -> str:
+    mine = model_cfg.to_dict()
+    diffs = [f"{k}={file_cfg.get(k)!r} (model has {mine[k]!r})" for k in mine if file_cfg.get(k) != mine[k]]
+    return ", ".join(diffs) or "same config, different tensors"
+
+
+def load_state(model: nn.Module, path: Union[str, Path]) -> dict:
+    """Load weights into an existing CMDDNet strictly; returns the metadata header.
+
+    A file made for another configuration fails with the differing config fields named."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    file_cfg = meta.get("config", {})
+    cfg: ModelConfig = getattr(model, "config", None)
+    if cfg is not None and file_cfg and file_cfg != cfg.to_dict():
+        raise WeightsError(f"{path}: weights made for another model configuration: {_describe_mismatch(cfg, file_cfg)}")
+    state = load_file(str(path), device="cpu")
+    ref = model.state_dict()
+    missing = sorted(set(ref) - set(state))
+    unexpected = sorted(set(state) - set(ref))
+    bad_shape = [k for k in ref if k in state and state[k].shape != ref[k].shape]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} with other shapes (e.g. {bad_shape[0]})")
+        raise WeightsError(f"{path}: weights do not fit this model: " + "; ".join(parts))
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device=device, dtype=ref[k].dtype) for k, v in state.items()}, strict=True)
+    return meta
+
+
+def load_weights(path: Union[str, Path, None] = None, map_location: Union[str, torch.device] = "cpu"):
+    """Build the CMDDNet described by a weights file and load it. Returns ``(model, metadata)``.
+
+    ``path=None`` loads the weights that ship with the package."""
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        if path == default_weights_path():
+            raise WeightsError(
+                f"{path}: the default weights are not installed with this copy of cmdd; pass --weights FILE"
+            )
+        raise WeightsError(f"{path}: no such weights file")
+    meta = read_metadata(path)
+    try:
+        cfg = ModelConfig.from_dict(meta["config"])
+    except Exception as e:
+        raise WeightsError(f"{path}: metadata has no usable model config ({e})") from e
+    model = CMDDNet(cfg)
+    load_state(model, path)
+    model.to(map_location).eval()
+    return model, meta

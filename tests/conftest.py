@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+# Keep the suite reproducible and friendly to a 2-core CI machine.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A randomly initialised `tiny` CMDDNet saved as safetensors (for CLI / engine tests)."""
+    from cmddcli.model import CMDDNet, model_config
+    from cmddcli.model.weights import save_weights
+
+    torch.manual_seed(0)
+    net = CMDDNet(model_config("tiny"))
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(net, path, metadata={"note": "random init for tests"}, preset="tiny")
+    return path

@@ -1,0 +1,137 @@
+"""CMDDNet: sizes pinned to the paper, every preset runs, any input size, weights round-trip."""
+
+import pytest
+import torch
+
+from cmddcli.errors import CmddError, WeightsError
+from cmddcli.model import PRESETS, CMDDNet, ModelConfig, model_config
+from cmddcli.model.complexity import count_macs, count_params
+from cmddcli.model.weights import load_state, load_weights, read_metadata, save_weights
+
+
+@pytest.mark.parametrize("width,expected", [(24, 4.49e6), (36, 9.74e6), (48, 16.99e6)])
+def test_parameter_counts_match_paper(width, expected):
+    n = count_params(CMDDNet(model_config("paper", width=width)))
+    assert abs(n - expected) / expected <= 0.005
+
+
+def test_block_parameter_formula():
+    # SPEC: 24c^2 + 16cR + 431c (+2c with the extra branch norm) per block.
+    from cmddcli.model.blocks import CMDDBlock
+
+    for c in (36, 72, 144, 288):
+        R = -(-c // 16)
+        assert count_params(CMDDBlock(c, ModelConfig())) == 24 * c * c + 16 * c * R + 433 * c
+
+
+def test_macs_match_paper():
+    m = count_macs(CMDDNet(ModelConfig()), 256, 256)
+    assert round(m["thop"] / 1e9, 2) == 39.39
+    assert 68e9 < m["full"] < 75e9  # SPEC: about 71 G with the SSM einsums and scan
+
+
+def test_default_config_is_paper():
+    assert CMDDNet().config == model_config("paper") == ModelConfig()
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_runs_forward_and_backward(name):
+    cfg = model_config(name)
+    if cfg.width > 16:  # keep CI fast: same code paths at a smaller width
+        cfg = model_config(name, width=8, blocks=(1,) * 8, d_state=4)
+    torch.manual_seed(0)
+    net = CMDDNet(cfg)
+    x = torch.rand(2, 3, 19, 24)
+    y = net(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.abs().mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (4, 3), (16, 16), (9, 31)])
+def test_any_input_size(size):
+    net = CMDDNet(model_config("tiny")).eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        assert net(x).shape == x.shape
+
+
+def test_output_is_input_plus_residual():
+    net = CMDDNet(model_config("tiny")).eval()
+    torch.nn.init.zeros_(net.output.weight)
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+
+
+def test_combine_options_differ():
+    torch.manual_seed(0)
+    a = CMDDNet(model_config("tiny", combine="add")).eval()
+    b = CMDDNet(model_config("tiny", combine="mul")).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(a(x), b(x))
+
+
+def test_ablation_variants_have_the_right_branches():
+    from cmddcli.model.blocks import SS2D, WindowMSA
+
+    def kinds(name):
+        net = CMDDNet(model_config(name, width=8, blocks=(1,) * 8, d_state=4))
+        blk = net.encoders[0][0]
+        return blk.cnn is not None, None if blk.mixer is None else type(blk.mixer.ss2d)
+
+    assert kinds("paper") == (True, SS2D)
+    assert kinds("cnn_only") == (True, None)
+    assert kinds("mamba_only") == (False, SS2D)
+    assert kinds("window_attention") == (True, WindowMSA)
+
+
+def test_config_validation():
+    with pytest.raises(CmddError):
+        model_config("nope")
+    with pytest.raises(CmddError):
+        ModelConfig.from_dict({"width": 8, "colour": "red"})
+    with pytest.raises(CmddError):
+        ModelConfig(width=7)
+
+
+def test_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = CMDDNet(model_config("tiny")).eval()
+    path = save_weights(net, tmp_path / "w.safetensors", metadata={"iterations": 12}, preset="tiny")
+    meta = read_metadata(path)
+    assert meta["preset"] == "tiny" and meta["iterations"] == 12 and meta["config"]["width"] == 8
+    net2, meta2 = load_weights(path)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x), net2(x))
+    # Half-precision storage loads back into float32 within fp16 rounding.
+    p16 = save_weights(net, tmp_path / "w16.safetensors", dtype=torch.float16)
+    net3, _ = load_weights(p16)
+    assert next(net3.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert (net(x) - net3(x)).abs().max() < 5e-2
+
+
+def test_weights_for_another_config_fail_clearly(tmp_path):
+    path = save_weights(CMDDNet(model_config("tiny")), tmp_path / "w.safetensors")
+    with pytest.raises(WeightsError, match="another model configuration: width=8"):
+        load_state(CMDDNet(model_config("tiny", width=12)), path)
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(WeightsError, match="no such weights file"):
+        load_weights(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00not a safetensors file")
+    with pytest.raises(WeightsError, match="not a safetensors"):
+        load_weights(junk)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"a": torch.zeros(2)}, str(plain))
+    with pytest.raises(WeightsError, match="without cmdd metadata"):
+        load_weights(plain)
