@@ -1,7 +1,49 @@
-"""`cmdd bench` (placeholder until implemented)."""
+"""`cmdd bench`: forward time per preset, size and scan backend (scan vs the rest)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from .common import err_console, handle_errors, out_console, print_json, setup_logging
+
+
+def _parse_size(s: str) -> tuple:
+    try:
+        h, _, w = s.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError:
+        raise typer.BadParameter(f"size must look like 256 or 1120x1680, got {s!r}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("bench")
+    @handle_errors
+    def bench(
+        preset: List[str] = typer.Option(["paper"], "--preset", "-p", help="Model preset(s) to time."),
+        size: List[str] = typer.Option(["256"], "--size", "-s", help="Input size(s): 256 or HxW."),
+        device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+        backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Scan backend(s); default: all usable here."),
+        repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
+        json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
+    ):
+        """Time whole-model forward passes, split into selective scan and everything else."""
+        from ..bench import bench_forward, machine_line, rows_to_markdown
+
+        setup_logging(quiet=json_out)
+        sizes = [_parse_size(s) for s in size]
+        rows = []
+        for p in preset:
+            rows += bench_forward(p, sizes, device=device, backends=backend or None, repeats=repeats)
+        table = rows_to_markdown(rows)
+        if json_out:
+            print_json([dataclasses.asdict(r) for r in rows])
+        else:
+            out_console.print(table, markup=False, highlight=False)
+        if out:
+            out.write_text(f"Machine: {machine_line(device)}\n\n{table}\n")
+            err_console.print(f"wrote {out}")
