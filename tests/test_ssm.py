@@ -28,9 +28,9 @@ def _rel(y, ref):
 def test_torch_backend_matches_ref(L, groups):
     args = _inputs(L=L, groups=groups, seed=L + groups)
     ref = ssm.selective_scan_ref(*args)
-    for chunk in (None, 1, 5, 64):
-        y = ssm.selective_scan_torch(*args, chunk=chunk)
-        assert _rel(y, ref) <= 1e-4, chunk
+    for chunk, segment in ((None, None), (1, None), (5, None), (64, None), (4, 16), (None, 7)):
+        y = ssm.selective_scan_torch(*args, chunk=chunk, segment=segment)
+        assert _rel(y, ref) <= 1e-4, (chunk, segment)
 
 
 def test_torch_backend_options():
@@ -54,14 +54,15 @@ def test_torch_backend_stable_for_large_dt():
 
 def test_torch_backend_gradcheck_float64():
     u, delta, A, B, C, D, bias = [t.double().requires_grad_() for t in _inputs(b=1, d=2, N=3, L=7)]
-    f = lambda *a: ssm.selective_scan_torch(*a, chunk=3)  # noqa: E731  (crosses chunk borders)
+    f = lambda *a: ssm.selective_scan_torch(*a, chunk=2, segment=5)  # noqa: E731  (crosses chunk and segment borders)
     assert torch.autograd.gradcheck(f, (u, delta, A, B, C, D, bias), eps=1e-6, atol=1e-6)
 
 
 def test_torch_backend_gradients_match_ref():
-    base = _inputs(L=50)
+    base = _inputs(L=50, groups=3)
     outs = []
-    for fn in (ssm.selective_scan_ref, ssm.selective_scan_torch):
+    segmented = lambda *a: ssm.selective_scan_torch(*a, chunk=4, segment=16)  # noqa: E731  (checkpointed)
+    for fn in (ssm.selective_scan_ref, segmented):
         args = [t.clone().requires_grad_() for t in base]
         y = fn(*args)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()

@@ -40,6 +40,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..errors import BackendUnavailable
 
@@ -95,62 +96,93 @@ def _default_chunk(L: int) -> int:
     c = 1
     while c * c < L:
         c *= 2
-    return max(1, min(c, 256))
+    return max(1, min(c, 128))
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, chunk: Optional[int] = None):
-    """Chunked scan in plain PyTorch ops; differentiable and float32-stable for any dt.
+def _scan_segment(u, dt, A, B, C, h0, T: int):
+    """Chunked scan of one segment from state h0; returns (y without the D term, final state).
 
-    The sequence is cut into chunks of T steps. Inside a chunk every chunk runs the recurrence in
-    parallel (a loop of T steps over tensors of shape (b, dim, N, L/T)); the states at chunk ends
-    are then carried across chunks (a loop of L/T steps over (b, dim, N)). The decay from a chunk's
-    start to step t is exp(cumsum(dt*A)) -- the exponential of a non-positive number, so nothing can
-    overflow whatever dt is (products of decays in [0, 1] only underflow, which is exact enough).
+    u, dt: (b, g, r, S) with dim = g*r channels;  A: (g, r, N);  B, C: (b, g, N, S);
+    h0: (b, g, r, N).  B and C broadcast over the r channels of a group (never copied).
     """
-    dtype_in, u, delta, A, Bx, Cx = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    b, dim, L = u.shape
-    N = A.shape[1]
-    T = chunk or _default_chunk(L)
-    nc = -(-L // T)
-    pad = nc * T - L
-    if pad:
-        # Padding with dt = 0, u = 0 makes padded steps the identity (decay 1, input 0).
-        u = F.pad(u, (0, pad))
-        delta = F.pad(delta, (0, pad))
-        Bx = F.pad(Bx, (0, pad))
-        Cx = F.pad(Cx, (0, pad))
-    # (b, dim, nc, T) and (b, dim, N, nc, T)
-    dt = delta.view(b, dim, nc, T)
-    uu = u.view(b, dim, nc, T)
-    Bc = Bx.view(b, dim, N, nc, T)
-    Cc = Cx.view(b, dim, N, nc, T)
-    dA_log = dt[:, :, None] * A[None, :, :, None, None]  # (b, dim, N, nc, T), <= 0 for A <= 0
-    dBu = (dt * uu)[:, :, None] * Bc  # (b, dim, N, nc, T)
+    b, g, r, S = u.shape
+    N = A.shape[-1]
+    nc = -(-S // T)
+    pad = nc * T - S
+    if pad:  # dt = 0, u = 0 makes padded steps the identity (decay 1, no input)
+        u, dt, B, C = (F.pad(t, (0, pad)) for t in (u, dt, B, C))
+    uu = u.view(b, g, r, 1, nc, T)
+    dtc = dt.view(b, g, r, 1, nc, T)
+    Bc = B.view(b, g, 1, N, nc, T)
+    Cc = C.view(b, g, 1, N, nc, T)
+    dA_log = dtc * A[None, :, :, :, None, None]  # (b, g, r, N, nc, T), <= 0 for A <= 0
+    dBu = (dtc * uu) * Bc  # (b, g, r, N, nc, T)
 
-    # 1) Inside chunks, from a zero state: all chunks advance together.
-    h = torch.zeros(b, dim, N, nc, dtype=u.dtype, device=u.device)
+    # 1) Inside chunks from a zero state: all chunks advance together, T steps.
+    h = u.new_zeros(b, g, r, N, nc)
     y_in = []
     for t in range(T):
         h = torch.exp(dA_log[..., t]) * h + dBu[..., t]
-        y_in.append((h * Cc[..., t]).sum(2))  # (b, dim, nc)
-    y = torch.stack(y_in, dim=-1)  # (b, dim, nc, T)
-    h_end = h  # (b, dim, N, nc): chunk-local final states
+        y_in.append((h * Cc[..., t]).sum(3))  # (b, g, r, nc)
+    y = torch.stack(y_in, dim=-1)  # (b, g, r, nc, T)
 
-    # 2) Carry states across chunks: carry_c = state entering chunk c.
-    decay_in = torch.exp(torch.cumsum(dA_log, dim=-1))  # (b, dim, N, nc, T), in [0, 1]
-    decay_total = decay_in[..., -1]  # (b, dim, N, nc)
-    carry = torch.zeros(b, dim, N, dtype=u.dtype, device=u.device)
-    carries = [carry]
-    for c in range(nc - 1):
-        carry = decay_total[..., c] * carry + h_end[..., c]
+    # 2) Carry states across chunks (the first chunk starts from h0).
+    decay_in = torch.exp(torch.cumsum(dA_log, dim=-1))  # (b, g, r, N, nc, T), in [0, 1]
+    carry = h0
+    carries = []
+    for c in range(nc):
         carries.append(carry)
-    carry_all = torch.stack(carries, dim=-1)  # (b, dim, N, nc)
+        carry = decay_in[..., c, -1] * carry + h[..., c]
+    carry_all = torch.stack(carries, dim=-1)  # (b, g, r, N, nc)
 
-    # 3) Add the carried state's contribution: C_t . (decay from chunk start to t) * carry.
-    y = y + (Cc * decay_in * carry_all[..., None]).sum(2)  # (b, dim, nc, T)
-    y = y.reshape(b, dim, nc * T)[:, :, :L]
+    # 3) The carried state's contribution: C_t . (decay from chunk start to t) * carry.
+    y = y + (Cc * decay_in * carry_all[..., None]).sum(3)  # (b, g, r, nc, T)
+    return y.reshape(b, g, r, nc * T)[..., :S], carry
+
+
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
+    chunk: Optional[int] = None, segment: Optional[int] = None,
+):
+    """Chunked scan in plain PyTorch ops; differentiable and float32-stable for any dt.
+
+    The sequence is cut into segments (default: about 16 M state elements each); a segment is cut
+    into chunks of T steps. Inside a chunk every chunk runs the recurrence in parallel (a loop of
+    T steps); chunk-end states are then carried across chunks and segments. The decay from a
+    chunk's start to step t is exp(cumsum(dt*A)) -- the exponential of a non-positive number, so
+    nothing overflows whatever dt is. Under autograd each segment is checkpointed (recomputed in
+    backward), so training memory is one segment's intermediates plus (b, dim, N) per segment.
+    """
+    dtype_in = u.dtype
+    work = torch.float64 if dtype_in == torch.float64 else torch.float32
+    b, dim, L = u.shape
+    g, N = B.shape[1], A.shape[1]
+    r = dim // g
+    u = u.to(work)
+    dt = delta.to(work)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(work)[None, :, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    u4, dt4 = u.view(b, g, r, L), dt.view(b, g, r, L)
+    A3 = A.to(work).view(g, r, N)
+    B, C = B.to(work), C.to(work)
+    S = segment or max(256, (1 << 24) // max(1, b * dim * N))
+    T = chunk or _default_chunk(min(S, L))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u4, dt4, A3, B, C))
+    h = u.new_zeros(b, g, r, N)
+    ys = []
+    for s0 in range(0, L, S):
+        sl = slice(s0, min(L, s0 + S))
+        seg = (u4[..., sl], dt4[..., sl], A3, B[..., sl], C[..., sl], h)
+        if grad and L > S:
+            y, h = torch.utils.checkpoint.checkpoint(_scan_segment, *seg, T, use_reentrant=False)
+        else:
+            y, h = _scan_segment(*seg, T)
+        ys.append(y)
+    y = (ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)).reshape(b, dim, L)
     if D is not None:
-        y = y + D.to(u.dtype)[None, :, None] * u[:, :, :L]
+        y = y + D.to(work)[None, :, None] * u
     return y.to(dtype_in)
 
 

@@ -1,0 +1,237 @@
+"""Finding blurred/sharp pairs on disk: DPDD (as distributed and Restormer's renamed layout),
+RealDOF, and any ``source/`` + ``target/`` folder.
+
+Discovery only lists and checks (names, presence, sizes from the PNG header); it decodes nothing.
+Every problem found is collected, and :func:`raise_problems` turns them into one
+:class:`~cmddcli.errors.InputError` that names the first few.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .manifest import SPLITS
+from .pngio import IMAGE_SUFFIXES, image_size
+
+# SPEC §3: 0-based indices into the naturally sorted DPDD test list that are indoor scenes.
+DPDD_INDOOR_TEST = frozenset([*range(8, 14), 16, 32, *range(39, 57), *range(59, 68), 74, 75])
+DPDD_COUNTS = {"train": 350, "val": 74, "test": 76}
+REALDOF_COUNT = 50
+
+_SOURCE_NAMES = ("source", "input", "inputC", "blur", "blurred")
+_TARGET_NAMES = ("target", "gt", "sharp", "groundtruth")
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders "img2" before "img10"."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class RawPair:
+    """A blurred/sharp pair found on disk (full images)."""
+
+    name: str  # file stem, shared by source and target
+    split: str
+    source: Path
+    target: Path
+    extra: dict[str, Path] = field(default_factory=dict)  # e.g. dual-pixel "left"/"right" views
+    subset: str | None = None
+
+
+@dataclass
+class Discovery:
+    dataset: str
+    layout: str
+    base: Path
+    pairs: dict[str, list[RawPair]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def all_pairs(self) -> list[RawPair]:
+        return [p for s in self.pairs for p in self.pairs[s]]
+
+
+def raise_problems(disc: Discovery, limit: int = 8) -> None:
+    """Raise one InputError listing the first ``limit`` problems, if there are any."""
+    if not disc.problems:
+        return
+    shown = "; ".join(disc.problems[:limit])
+    more = f" (and {len(disc.problems) - limit} more)" if len(disc.problems) > limit else ""
+    raise InputError(disc.base, f"{len(disc.problems)} problem(s) in the {disc.dataset} data: {shown}{more}")
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    """stem -> path of the image files directly in ``folder`` (hidden files ignored)."""
+    out: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES:
+            out[p.stem] = p
+    return out
+
+
+def match_folder_pair(split: str, src_dir: Path, tgt_dir: Path, extra_dirs: dict[str, Path] | None = None,
+                      check_sizes: bool = True) -> tuple[list[RawPair], list[str]]:
+    """Match the images of ``src_dir`` and ``tgt_dir`` by file stem; returns (pairs, problems)."""
+    problems: list[str] = []
+    src, tgt = _images(src_dir), _images(tgt_dir)
+    extras = {k: _images(d) for k, d in (extra_dirs or {}).items()}
+    for stem in sorted(set(src) - set(tgt), key=natural_key):
+        problems.append(f"{src[stem]}: no matching target in {tgt_dir}")
+    for stem in sorted(set(tgt) - set(src), key=natural_key):
+        problems.append(f"{tgt[stem]}: no matching source in {src_dir}")
+    pairs = []
+    for stem in sorted(set(src) & set(tgt), key=natural_key):
+        extra = {}
+        for k, files in extras.items():
+            if stem in files:
+                extra[k] = files[stem]
+            else:
+                problems.append(f"{src[stem]}: no matching {k} view in {extra_dirs[k]}")
+        if check_sizes:
+            try:
+                size = image_size(src[stem])
+                for label, p in (("target", tgt[stem]), *extra.items()):
+                    other = image_size(p)
+                    if other != size:
+                        problems.append(f"{p}: {label} is {other[0]}x{other[1]} but the source is {size[0]}x{size[1]}")
+            except InputError as e:
+                problems.append(str(e))
+        pairs.append(RawPair(name=stem, split=split, source=src[stem], target=tgt[stem], extra=extra))
+    if not src and not tgt:
+        problems.append(f"{src_dir}: no images")
+    return pairs, problems
+
+
+def _first_dir(base: Path, names: tuple[str, ...]) -> Path | None:
+    for n in names:
+        if (base / n).is_dir():
+            return base / n
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# DPDD
+
+
+def _dpdd_canon_base(root: Path) -> Path | None:
+    cands = [root, root / "dd_dp_dataset_canon", root / "dd_dp_dataset_png"]
+    if root.is_dir():
+        cands += sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("dd_dp_dataset"))
+    for c in cands:
+        if any((c / f"{s}_c" / "source").is_dir() for s in SPLITS):
+            return c
+    return None
+
+
+def _dpdd_restormer_dirs(root: Path, split: str) -> Path | None:
+    for base in (root, root / "Datasets", root / "Downloads", root / "Datasets" / "Downloads"):
+        for d in (base / split / "DPDD", base / "DPDD" / split, base / split):
+            if (d / "inputC").is_dir():
+                return d
+    return None
+
+
+def discover_dpdd(root: str | Path, splits: tuple[str, ...] = SPLITS, check_sizes: bool = True) -> Discovery:
+    """Find DPDD under ``root`` (``dd_dp_dataset_canon``, its parent, or Restormer's ``Datasets``).
+
+    Layouts accepted:
+      - as distributed: ``{split}_c/{source,target}``, dual-pixel views ``{split}_l/source``,
+        ``{split}_r/source``;
+      - Restormer: ``{split}/DPDD/{inputC,inputL,inputR,target}`` (also ``DPDD/{split}/...`` and
+        ``Downloads/DPDD/{split}/...``).
+    The test split gets SPEC §3's indoor/outdoor subset when it has the expected 76 scenes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "not a folder")
+    canon = _dpdd_canon_base(root)
+    disc = Discovery(dataset="dpdd", layout="canon" if canon else "restormer", base=(canon or root).resolve())
+    for split in splits:
+        if split not in SPLITS:
+            raise InputError(root, f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+        if canon is not None:
+            src, tgt = canon / f"{split}_c" / "source", canon / f"{split}_c" / "target"
+            extra = {k: canon / f"{split}_{c}" / "source" for k, c in (("left", "l"), ("right", "r"))}
+            looked = f"{split}_c/source"
+        else:
+            d = _dpdd_restormer_dirs(root, split) or root / split / "DPDD"
+            src, tgt = d / "inputC", d / "target"
+            extra = {"left": d / "inputL", "right": d / "inputR"}
+            looked = f"{split}/DPDD/inputC"
+        if not src.is_dir():
+            disc.problems.append(
+                f"split '{split}' not found (looked for {looked} and dd_dp_dataset_canon/{split}_c/source); "
+                f"pass --splits with the splits you have")
+            continue
+        if not tgt.is_dir():
+            disc.problems.append(f"{tgt}: target folder missing for split '{split}'")
+            continue
+        extra = {k: v for k, v in extra.items() if v.is_dir()}  # dual-pixel views when present
+        pairs, problems = match_folder_pair(split, src, tgt, extra, check_sizes)
+        disc.problems += problems
+        expected = DPDD_COUNTS[split]
+        if len(pairs) != expected:
+            disc.notes.append(f"{split}: {len(pairs)} pairs (DPDD has {expected})")
+        if split == "test":
+            if len(pairs) == expected:
+                pairs = [RawPair(p.name, p.split, p.source, p.target, p.extra,
+                                 "indoor" if i in DPDD_INDOOR_TEST else "outdoor") for i, p in enumerate(pairs)]
+            else:
+                disc.notes.append("test: indoor/outdoor subsets need the full 76-image test list; left unset")
+        disc.pairs[split] = pairs
+    return disc
+
+
+# --------------------------------------------------------------------------------------------------
+# RealDOF and generic pairs
+
+
+def discover_realdof(root: str | Path, check_sizes: bool = True) -> Discovery:
+    """Find RealDOF: ``RealDOF/{source,target}`` (``root`` may be RealDOF or its parent, or
+    Restormer's ``Datasets`` with ``test/RealDOF/{inputC,target}``). All pairs go to split "test"."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "not a folder")
+    for base in (root, root / "RealDOF", root / "test" / "RealDOF", root / "Datasets" / "test" / "RealDOF"):
+        src, tgt = _first_dir(base, _SOURCE_NAMES), _first_dir(base, _TARGET_NAMES)
+        if src is not None:
+            break
+    disc = Discovery(dataset="realdof", layout="realdof", base=base.resolve())
+    if src is None:
+        disc.problems.append("no RealDOF source folder (looked for RealDOF/source and test/RealDOF/inputC)")
+        return disc
+    if tgt is None:
+        disc.problems.append(f"{base}: target folder missing")
+        return disc
+    pairs, disc.problems = match_folder_pair("test", src, tgt, None, check_sizes)
+    if len(pairs) != REALDOF_COUNT:
+        disc.notes.append(f"test: {len(pairs)} pairs (RealDOF has {REALDOF_COUNT})")
+    disc.pairs["test"] = pairs
+    return disc
+
+
+def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = True) -> Discovery:
+    """Any folder with ``source/`` and ``target/`` (also input/gt, blur/sharp), matched by file stem.
+    If ``root`` instead holds ``train/``, ``val/``, ``test/`` folders each with such a pair of
+    folders, every split found is listed (``split`` is then ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "not a folder")
+    disc = Discovery(dataset="pairs", layout="pairs", base=root.resolve())
+    layout = {split: root} if _first_dir(root, _SOURCE_NAMES) else {
+        s: root / s for s in SPLITS if (root / s).is_dir() and _first_dir(root / s, _SOURCE_NAMES)}
+    if not layout:
+        disc.problems.append(f"no source/ and target/ folders (nor train|val|test/source) under {root}")
+    for s, base in layout.items():
+        src, tgt = _first_dir(base, _SOURCE_NAMES), _first_dir(base, _TARGET_NAMES)
+        if tgt is None:
+            disc.problems.append(f"{base}: target/ folder missing next to {src.name}/")
+            continue
+        pairs, problems = match_folder_pair(s, src, tgt, None, check_sizes)
+        disc.problems += problems
+        disc.pairs[s] = pairs
+    return disc

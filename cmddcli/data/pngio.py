@@ -1,0 +1,200 @@
+"""Image files for the data pipeline: 8/16-bit PNG both ways, JPEG/TIFF in, atomic writes.
+
+Pillow cannot hold 16-bit-per-channel colour, yet DPDD is distributed as 16-bit RGB PNG, the crops
+must stay 16-bit, and we do not want OpenCV as a dependency. So:
+
+- writing: a small PNG encoder (numpy + zlib, "Sub" filter), byte-for-byte deterministic;
+- reading: Pillow's C decoder does the inflate and the row un-filtering; for 16-bit colour we ask
+  it twice for the 8-bit unpacking (once the high bytes, once the low bytes) and join them.
+
+Arrays are HxWx3 (or HxW for grey) ``uint8`` / ``uint16``; :func:`to_float` maps them to float32 in
+[0, 1] (the library convention).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def encode_png(image: np.ndarray, level: int = 6) -> bytes:
+    """Encode an HxW or HxWx{1,3,4} ``uint8``/``uint16`` array as PNG bytes (no metadata, so the
+    same pixels always give the same bytes)."""
+    a = np.asarray(image)
+    if a.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"encode_png needs uint8 or uint16, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"encode_png needs HxW or HxWxC (C in 1..4), got shape {a.shape}")
+    h, w, c = a.shape
+    if h == 0 or w == 0:
+        raise ValueError("encode_png: empty image")
+    bit_depth = 16 if a.dtype == np.uint16 else 8
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.ascontiguousarray(a.astype(">u2") if bit_depth == 16 else a).view(np.uint8).reshape(h, -1)
+    bpp = c * bit_depth // 8  # bytes per pixel
+    filtered = rows.copy()
+    filtered[:, bpp:] -= rows[:, :-bpp]  # filter type 1 ("Sub"), wraps mod 256 as PNG wants
+    raw = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    idat = zlib.compress(raw.tobytes(), level)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray, level: int = 6) -> bytes:
+    """Encode and write atomically; returns the bytes written (for checksums)."""
+    data = encode_png(image, level)
+    write_atomic(path, data)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def png_header(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """(width, height, bit_depth, color_type) from a PNG's IHDR, or None if it is not a PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+    except OSError:
+        return None
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    w, h, bit_depth, color_type = struct.unpack(">IIBB", head[16:26])
+    return w, h, bit_depth, color_type
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) without decoding the pixels."""
+    hdr = png_header(path)
+    if hdr is not None:
+        return hdr[0], hdr[1]
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
+        raise InputError(path, f"cannot read image header ({e})") from e
+
+
+def _read_png16_colour(path: Path, mode: str) -> np.ndarray:
+    """16-bit RGB(A) PNG via two 8-bit unpackings of Pillow's decoded (un-filtered) rows."""
+    from PIL import Image
+
+    planes = []
+    for rawmode in (f"{mode};16B", f"{mode};16L"):  # high bytes, then low bytes
+        with Image.open(path) as im:
+            if len(im.tile) != 1 or im.tile[0][0] != "zip" or im.tile[0][3] not in (f"{mode};16B", (f"{mode};16B",)):
+                raise InputError(path, "unsupported 16-bit PNG layout (interlaced?); re-save it non-interlaced")
+            t = im.tile[0]
+            im.tile = [type(t)(t[0], t[1], t[2], rawmode)] if hasattr(t, "_fields") else [(t[0], t[1], t[2], rawmode)]
+            planes.append(np.asarray(im))
+    return (planes[0].astype(np.uint16) << 8) | planes[1]
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Read an image as HxWx3 ``uint8`` or ``uint16`` (bit depth kept). Grey is replicated to RGB,
+    alpha is dropped. Raises :class:`InputError` for missing or unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            a = tifffile.imread(path)
+        else:
+            a = _read_pillow(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
+        raise InputError(path, f"cannot decode image ({e})") from e
+    return _as_rgb(a, path) if channels == 3 else a
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    hdr = png_header(path)
+    if hdr is not None and hdr[2] == 16 and hdr[3] in (2, 6):
+        return _read_png16_colour(path, "RGB" if hdr[3] == 2 else "RGBA")
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im).astype(np.uint16)
+        if im.mode == "I":  # 16-bit grey (with or without alpha) is decoded as 32-bit "I"
+            return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        if im.mode not in ("RGB", "RGBA", "L", "LA"):
+            im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+        return np.asarray(im)
+
+
+def _as_rgb(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.dtype not in (np.uint8, np.uint16):
+        if np.issubdtype(a.dtype, np.floating):
+            a = np.round(np.clip(a, 0.0, 1.0) * 65535).astype(np.uint16)
+        else:
+            raise InputError(path, f"unsupported sample type {a.dtype}")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise InputError(path, f"unsupported image shape {a.shape}")
+    c = a.shape[2]
+    if c in (1, 2):
+        a = np.repeat(a[..., :1], 3, axis=2)
+    elif c >= 3:
+        a = a[..., :3]
+    return np.ascontiguousarray(a)
+
+
+def to_float(a: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0, 1]."""
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    return a.astype(np.float32) / np.float32(scale)
+
+
+def from_float(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """float in [0, 1] -> uint8 (bits=8) or uint16 (bits=16), rounded and clipped."""
+    if bits not in (8, 16):
+        raise ValueError("bits must be 8 or 16")
+    top = 65535.0 if bits == 16 else 255.0
+    return np.round(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
