@@ -1,0 +1,423 @@
+"""The file-batch runner behind `cmdd deblur`: find inputs, plan outputs, deblur, report.
+
+* Inputs are files, folders (``recursive`` walks sub-folders) and glob patterns. Folders and globs
+  pick up files with a supported extension (hidden files and folders are skipped, and so is the
+  output folder when it lies inside an input folder); a file named explicitly is always tried.
+* Outputs mirror the input tree under ``out_dir``: a file found in folder ``F`` at ``F/a/b.jpg``
+  goes to ``out_dir/a/b<suffix>.<ext>``; a file named on its own goes to ``out_dir/<name>``.
+* An output that would be an input file is refused; two inputs that map to one output fail the
+  second; an existing output is skipped unless ``overwrite`` (so an interrupted run resumes).
+* Each output is written through a temp file and ``os.replace`` (see cmddcli.photo.atomic).
+* A file that cannot be used fails with a one-line reason and the batch goes on.
+* Under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK), rank r takes files r, r + world, ... of the
+  sorted list, and the per-rank reports are merged with ``all_gather_object`` over gloo.
+
+A summary (``BatchReport.to_dict()``: settings, RAW development, one row per file) is written to
+``out_dir/.cmdd/summary.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .errors import CmddError, InputError
+from .photo import RawSettings, default_output_suffix, is_supported, read_photo, write_photo
+from .photo.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".cmdd"
+SUMMARY_NAME = "summary.json"
+GATHER_TIMEOUT_HOURS = 24
+_MAGIC = set("*?[")
+
+
+# ---------------------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its output goes. ``error`` is set when planning already failed it."""
+
+    input: Path
+    output: Optional[Path]
+    error: Optional[str] = None
+
+
+@dataclass
+class FileResult:
+    input: str
+    output: Optional[str]
+    status: str  # "done" | "skipped" | "failed" | "planned"
+    reason: str = ""
+    seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    out_dir: Path
+    recursive: bool = False
+    ext: Optional[str] = None  # "png" / "tif" / "jpg" / "webp"; None: same as the input (RAW -> tif)
+    suffix: str = ""
+    overwrite: bool = False
+    bit_depth: Optional[int] = None  # None: keep the input's
+    raw: RawSettings = RawSettings()
+    dry_run: bool = False
+
+
+@dataclass
+class BatchReport:
+    results: list[FileResult]
+    settings: dict = field(default_factory=dict)
+    world_size: int = 1
+
+    def counts(self) -> dict:
+        c = {"done": 0, "skipped": 0, "failed": 0, "planned": 0}
+        for r in self.results:
+            c[r.status] = c.get(r.status, 0) + 1
+        return c
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_dict(self) -> dict:
+        return {
+            "counts": self.counts(),
+            "world_size": self.world_size,
+            "settings": self.settings,
+            "files": [asdict(r) for r in self.results],
+        }
+
+
+class BatchProgress:
+    """Progress hooks (no-ops here; the CLI draws rich bars from them)."""
+
+    def start(self, total_files: int) -> None: ...
+
+    def file_started(self, job: Job) -> None: ...
+
+    def tiles(self, done: int, total: int) -> None: ...
+
+    def file_finished(self, result: FileResult) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------- discovery
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not _is_hidden(d) and not (exclude is not None and (here / d).resolve() == exclude)
+        ) if recursive else []
+        found += [here / f for f in sorted(filenames) if not _is_hidden(f) and is_supported(f)]
+    return found
+
+
+def _glob_root(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    root = []
+    for p in parts:
+        if _MAGIC & set(p):
+            break
+        root.append(p)
+    return Path(*root) if root else Path(".")
+
+
+def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
+             exclude: Optional[Path] = None) -> list[tuple[Path, Path]]:
+    """(file, root) pairs for the inputs, sorted by file path, duplicates removed.
+
+    ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
+    or the file's own folder for a file named on its own. Files inside ``exclude`` (the output
+    folder) are left out of folder walks and globs. A missing path is returned as is (it fails
+    later with "file not found").
+    """
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    pairs: list[tuple[Path, Path]] = []
+    for arg in inputs:
+        s = os.fspath(arg)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            walk_exclude = exclude if exclude is not None and _within(exclude, p.resolve()) else None
+            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
+        elif p.exists() or not (_MAGIC & set(s)):
+            pairs.append((p, p.parent))
+        else:
+            root = _glob_root(s)
+            for m in sorted(glob.glob(s, recursive=recursive or "**" in s)):
+                f = Path(m)
+                if not f.is_file() or not is_supported(f) or any(_is_hidden(x) for x in f.relative_to(root).parts):
+                    continue
+                if exclude is not None and _within(f.resolve(), exclude):
+                    continue
+                pairs.append((f, root))
+    seen, unique = set(), []
+    for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
+        key = os.path.normcase(os.fspath(f.resolve()))
+        if key not in seen:
+            seen.add(key)
+            unique.append((f, root))
+    return unique
+
+
+def output_path(file: Path, root: Path, opts: BatchOptions) -> Path:
+    """Where ``file`` (found under ``root``) is written."""
+    try:
+        rel = file.absolute().relative_to(root.absolute())
+    except ValueError:
+        rel = Path(file.name)
+    ext = ("." + opts.ext.lower().lstrip(".")) if opts.ext else default_output_suffix(file)
+    return Path(opts.out_dir) / rel.parent / f"{rel.stem}{opts.suffix}{ext}"
+
+
+def plan(pairs: Sequence[tuple[Path, Path]], opts: BatchOptions) -> list[Job]:
+    """Jobs for every input, in order. Pure: depends on paths only, not on which outputs exist, so
+    every rank of a distributed run computes the same list."""
+    inputs = {os.path.normcase(os.fspath(f.resolve())): f for f, _ in pairs}
+    claimed: dict[str, Path] = {}
+    jobs = []
+    for f, root in pairs:
+        out = output_path(f, root, opts)
+        key = os.path.normcase(os.fspath(out.resolve()))
+        if key in inputs:
+            jobs.append(Job(f, out, f"output {out} is an input file; refusing to overwrite it "
+                                    "(use --suffix or another -o)"))
+        elif key in claimed:
+            jobs.append(Job(f, out, f"output {out} is already written for {claimed[key]}"))
+        else:
+            claimed[key] = f
+            jobs.append(Job(f, out))
+    return jobs
+
+
+def shard(jobs: Sequence[Job], rank: int, world_size: int) -> list[Job]:
+    """Rank ``rank``'s share: jobs rank, rank + world_size, ..."""
+    return list(jobs[rank::world_size])
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def _same_file_as_input(out: Path, input_ids: set) -> bool:
+    try:
+        st = out.stat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in input_ids
+
+
+def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress, rank: int = 0) -> FileResult:
+    """Deblur one file. Bad inputs and write failures become a failed FileResult; other errors raise."""
+    res = FileResult(str(job.input), str(job.output) if job.output else None, "failed", rank=rank)
+    t0 = time.perf_counter()
+    try:
+        photo = read_photo(job.input, opts.raw)
+        res.width, res.height = photo.size
+        restored = deblurrer.restore(photo.rgb, progress=progress.tiles)
+        write_photo(job.output, photo.with_rgb(restored), bit_depth=opts.bit_depth)
+        res.status = "done"
+    except InputError as e:
+        res.reason = e.reason if os.fspath(e.path) == os.fspath(job.input) else str(e)
+    except CmddError as e:
+        res.reason = str(e)
+    except MemoryError:
+        res.reason = "out of memory"
+    except OSError as e:
+        res.reason = f"cannot write {job.output}: {e.strerror or e}"
+    res.seconds = round(time.perf_counter() - t0, 3)
+    return res
+
+
+def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: BatchOptions,
+             progress: Optional[BatchProgress] = None, rank: int = 0,
+             input_ids: Optional[set] = None) -> list[FileResult]:
+    """Run this rank's jobs in order; the deblurrer is built only if some file needs it."""
+    progress = progress or BatchProgress()
+    input_ids = input_ids or set()
+    results: list[FileResult] = []
+    todo: list[Job] = []
+    for job in jobs:
+        if job.error:
+            results.append(FileResult(str(job.input), str(job.output), "failed", job.error, rank=rank))
+        elif _same_file_as_input(job.output, input_ids):
+            results.append(FileResult(str(job.input), str(job.output), "failed",
+                                      f"output {job.output} is an input file; refusing to overwrite it", rank=rank))
+        elif job.output.exists() and not opts.overwrite:
+            results.append(FileResult(str(job.input), str(job.output), "skipped",
+                                      "output exists (use --overwrite)", rank=rank))
+        elif opts.dry_run:
+            results.append(FileResult(str(job.input), str(job.output), "planned", rank=rank))
+        else:
+            todo.append(job)
+    if not todo:
+        return _in_job_order(results, jobs)
+    progress.start(len(todo))
+    deblurrer = make_deblurrer()
+    for job in todo:
+        progress.file_started(job)
+        res = process_job(job, deblurrer, opts, progress, rank)
+        if res.status == "failed":
+            log.info("failed: %s: %s", job.input, res.reason)
+        results.append(res)
+        progress.file_finished(res)
+    return _in_job_order(results, jobs)
+
+
+def _in_job_order(results: list[FileResult], jobs: Sequence[Job]) -> list[FileResult]:
+    order = {str(j.input): i for i, j in enumerate(jobs)}
+    return sorted(results, key=lambda r: order.get(r.input, len(order)))
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @classmethod
+    def from_env(cls, env=None) -> "DistInfo":
+        env = os.environ if env is None else env
+
+        def get(name, default):
+            try:
+                return int(env.get(name, default))
+            except ValueError as e:
+                raise CmddError(f"bad {name}={env.get(name)!r} in the environment") from e
+
+        world = get("WORLD_SIZE", 1)
+        info = cls(get("RANK", 0), world, get("LOCAL_RANK", 0), get("LOCAL_WORLD_SIZE", world))
+        if not (world >= 1 and 0 <= info.rank < world):
+            raise CmddError(f"bad RANK={info.rank} / WORLD_SIZE={world} in the environment")
+        return info
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(info: DistInfo) -> bool:
+    """Join the torchrun process group (gloo, for object gathering). True if this call created it."""
+    if not info.distributed:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise CmddError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+    if dist.is_initialized():
+        return False
+    try:
+        # The group only carries the summaries at the end, after every rank's share is done; ranks can
+        # finish hours apart, so the collective timeout is generous (a crashed rank is torchrun's job).
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size,
+                                timeout=datetime.timedelta(hours=GATHER_TIMEOUT_HOURS))
+    except (ValueError, RuntimeError) as e:
+        raise CmddError(f"cannot join the torchrun process group ({e}); launch with torchrun") from e
+    return True
+
+
+def gather_reports(report: dict, info: DistInfo) -> list[dict]:
+    """Every rank's report dict, on every rank (just ``[report]`` when not distributed)."""
+    if not info.distributed:
+        return [report]
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise CmddError("distributed run without a process group (call init_distributed first)")
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, report)
+    return out
+
+
+def merge_reports(reports: Sequence[dict]) -> BatchReport:
+    """One report from per-rank reports: files in sorted-input order, no file twice.
+
+    A file that more than one rank claims to have handled is a bug in the split: it raises.
+    """
+    files: dict[str, dict] = {}
+    for rep in reports:
+        for f in rep["files"]:
+            if f["input"] in files:
+                raise CmddError(f"{f['input']} was handled by ranks {files[f['input']]['rank']} and {f['rank']}")
+            files[f["input"]] = f
+    results = [FileResult(**files[k]) for k in sorted(files)]
+    settings = dict(reports[0].get("settings", {})) if reports else {}
+    return BatchReport(results, settings, world_size=max([len(reports)] + [r.get("world_size", 1) for r in reports]))
+
+
+# ---------------------------------------------------------------------------------------- top level
+
+
+def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_deblurrer: Callable[[], object],
+              progress: Optional[BatchProgress] = None, dist_info: Optional[DistInfo] = None,
+              settings: Optional[dict] = None) -> BatchReport:
+    """Discover, plan, shard, run, merge. Raises CmddError when no image is found at all.
+
+    ``make_deblurrer`` builds the engine (called at most once, and not at all for a dry run or when
+    every output exists). ``settings`` is recorded in the report next to the RAW development.
+    """
+    info = dist_info or DistInfo()
+    pairs = discover(inputs, opts.recursive, exclude=opts.out_dir)
+    if not pairs:
+        raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
+                        + ("" if opts.recursive else " (use --recursive for sub-folders)"))
+    jobs = plan(pairs, opts)
+    input_ids = set()
+    for f, _ in pairs:
+        try:
+            st = f.stat()
+            input_ids.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    mine = shard(jobs, info.rank, info.world_size)
+    results = run_jobs(mine, make_deblurrer, opts, progress, info.rank, input_ids)
+    all_settings = {
+        **(settings or {}),
+        "output": {"dir": str(opts.out_dir), "ext": opts.ext or "same as input (RAW -> tif)",
+                   "suffix": opts.suffix, "bit_depth": opts.bit_depth or "same as input",
+                   "overwrite": opts.overwrite},
+        "raw_development": opts.raw.describe(),
+    }
+    local = BatchReport(results, all_settings, info.world_size).to_dict()
+    report = merge_reports(gather_reports(local, info))
+    if not opts.dry_run and info.rank == 0 and any(r.status in ("done", "failed") for r in report.results):
+        write_summary(report, opts.out_dir)
+    return report
+
+
+def write_summary(report: BatchReport, out_dir: Path) -> Path:
+    """Write the run summary to ``out_dir/.cmdd/summary.json`` (atomically)."""
+    path = Path(out_dir) / STATE_DIR / SUMMARY_NAME
+    payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **report.to_dict()}
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    return path

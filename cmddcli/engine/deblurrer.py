@@ -1,0 +1,364 @@
+"""`Deblurrer`: the one inference object. It owns the network, the device, the precision and the
+tiling; `restore` / `restore_tensor` are its entry points and keep no per-call state on ``self``.
+
+Whole-image inference is used when the image fits; otherwise the image is cut into overlapping
+tiles (see :mod:`cmddcli.engine.tiling`) whose outputs are cross-faded with Hann ramps after a
+context margin is dropped at every inner tile edge.
+
+Exactness: for a network with a bounded receptive field of radius ``r`` the tiled result equals the
+whole-image result (to float rounding) when ``margin >= r``. CMDDNet is not such a network: its
+SS2D (Mamba) scans run over the whole feature map, so every output pixel depends on every input
+pixel and a tile can only approximate the whole-image result. The Hann blend keeps that difference
+smooth (no measurable seam); its size is quoted in tests/test_engine_cmddnet.py. Use ``tile=0`` for
+bit-for-bit whole-image inference when memory allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import CmddError, WeightsError
+from .tiling import Tile, default_margin, plan_tiles
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (tiles done, tiles total)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+DEFAULT_OVERLAP = 64
+CPU_PIXEL_BUDGET = 1024 * 1024  # CPU: whole image up to this many pixels, else tiles of sqrt(budget)
+MIN_TILE = 32  # OOM halving stops here
+MAX_AUTO_TILE = 2048  # CUDA: auto tiles stop growing here (more tiles per batch instead)
+MAX_BATCH_TILES = 16
+CUDA_MEMORY_FRACTION = 0.6  # share of the free device memory the auto tile size plans to use
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (``torch.OutOfMemoryError`` or its RuntimeError form)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    if oom_type and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> the current CUDA device if there is one, else CPU; 'cuda' / 'cuda:N' / 'cpu'."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = (device or "auto").strip().lower()
+        if name == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", torch.cuda.current_device())
+            return torch.device("cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise CmddError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CmddError(f"device {device!s} requested but CUDA is not available here; use --device cpu")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise CmddError(f"device cuda:{index} does not exist ({torch.cuda.device_count()} CUDA devices)")
+        return torch.device("cuda", index)
+    if dev.type != "cpu":
+        raise CmddError(f"unsupported device {device!s} (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on CUDA devices that support it, else fp16 on CUDA, fp32 on CPU."""
+    p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise CmddError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if p == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    return p
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Deblurrer:
+    """Restore defocused images with CMDDNet (or any (B, 3, H, W) -> (B, 3, H, W) module).
+
+    Args:
+        weights: a safetensors file written by ``cmddcli.model.weights.save_weights``. ``None``
+            loads the shipped weights (``default_weights_path()``); a missing file is a WeightsError.
+        model: an ``nn.Module`` to use instead of loading weights (tests, evaluation of a model in
+            memory). It is put in eval mode and moved to ``device``; its parameters are left alone
+            (inference runs under ``torch.no_grad``). Input in [0, 1]; output is clamped here.
+        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+        precision: 'auto' (bf16 on CUDA where supported, else fp16; fp32 on CPU), 'fp32', 'bf16'
+            or 'fp16'. Reduced precision runs under autocast; a tile whose output is not finite is
+            recomputed in fp32.
+        tile: network input size in pixels. ``None``: chosen from free memory (CUDA) or a pixel
+            budget (CPU); ``0``: always the whole image. Halved automatically on out-of-memory.
+        overlap: minimum overlap between neighbouring tiles (pixels).
+        margin: context pixels dropped at inner tile edges; default ``3 * overlap // 8``.
+        batch_tiles: tiles per forward pass; ``None``: from free memory (CUDA) or 1 (CPU).
+        cpu_pixel_budget: on CPU, whole-image inference up to this many pixels.
+        threads: CPU threads for torch (default: all cores this process may use).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        model: Optional[nn.Module] = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        tile: Optional[int] = None,
+        overlap: int = DEFAULT_OVERLAP,
+        margin: Optional[int] = None,
+        batch_tiles: Optional[int] = None,
+        cpu_pixel_budget: int = CPU_PIXEL_BUDGET,
+        threads: Optional[int] = None,
+    ):
+        if tile is not None and tile < 0:
+            raise CmddError(f"tile must be >= 0 (0 = whole image), got {tile}")
+        if overlap < 0:
+            raise CmddError(f"overlap must be >= 0, got {overlap}")
+        if margin is not None and not 0 <= 2 * margin < max(overlap, 1):
+            raise CmddError(f"margin must satisfy 0 <= 2 * margin < overlap, got margin {margin}, overlap {overlap}")
+        if batch_tiles is not None and batch_tiles < 1:
+            raise CmddError(f"batch_tiles must be >= 1, got {batch_tiles}")
+
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, threads or available_cores()))
+
+        self.metadata: dict = {}
+        if model is None:
+            model, self.metadata, self.weights_path = _load_model(weights)
+        else:
+            self.weights_path = None
+        self.model = model.eval().to(self.device)  # a module passed in is put in eval mode and moved
+
+        self.tile = tile
+        self.overlap = int(overlap)
+        self.margin = margin
+        self.batch_tiles = batch_tiles
+        self.cpu_pixel_budget = int(cpu_pixel_budget)
+        # Tile starts are multiples of the network's padding multiple, so a tile's downsampling grid
+        # lines up with the whole image's.
+        config = getattr(self.model, "config", None)
+        self.align = int(getattr(config, "pad_multiple", 1) or 1)
+        self._bytes_per_pixel: dict[str, float] = {}  # memoised activation-memory probe (per precision)
+        log.info("engine: device %s, precision %s, tile %s, overlap %d", self.device, self.precision,
+                 "auto" if tile is None else (tile or "whole image"), self.overlap)
+
+    # ------------------------------------------------------------------ public entry points
+
+    def describe(self) -> dict:
+        """Settings as a JSON-able dict (for run summaries)."""
+        return {
+            "weights": str(self.weights_path) if self.weights_path else None,
+            "preset": self.metadata.get("preset"),
+            "device": str(self.device),
+            "precision": self.precision,
+            "tile": "auto" if self.tile is None else self.tile,
+            "overlap": self.overlap,
+            "margin": self._margin(),
+            "batch_tiles": "auto" if self.batch_tiles is None else self.batch_tiles,
+        }
+
+    def restore(self, image: np.ndarray, progress: Optional[Progress] = None) -> np.ndarray:
+        """Deblur one image: (H, W, 3) float32 in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        y = self.restore_tensor(x, progress=progress)  # (1, 3, H, W)
+        return y[0].permute(1, 2, 0).contiguous().numpy()
+
+    def restore_tensor(self, x: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
+        """Deblur (B, 3, H, W) in [0, 1] (any device). Returns float32 (B, 3, H, W) on x's device."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        outs = [self._restore_one(x[b : b + 1].float(), progress) for b in range(x.shape[0])]
+        return torch.cat(outs, 0).clamp_(0.0, 1.0)
+
+    # ------------------------------------------------------------------ planning
+
+    def _margin(self) -> int:
+        return default_margin(self.overlap) if self.margin is None else self.margin
+
+    def plan(self, height: int, width: int) -> tuple[int, int]:
+        """(tile, batch_tiles) the engine would start with for an image of this size.
+
+        ``tile >= max(height, width)`` means whole-image inference.
+        """
+        whole = max(height, width)
+        if self.tile == 0:
+            return whole, 1
+        if self.tile is not None:
+            tile = min(self.tile, whole)
+            return tile, self.batch_tiles or (1 if self.device.type == "cpu" else self._auto_batch(tile))
+        if self.device.type == "cpu":
+            if height * width <= self.cpu_pixel_budget:
+                return whole, 1
+            tile = max(MIN_TILE, _floor_to(int(math.isqrt(self.cpu_pixel_budget)), self.align))
+            return min(tile, whole), self.batch_tiles or 1
+        pixels = self._cuda_pixel_capacity()
+        if height * width <= pixels:
+            return whole, 1
+        tile = max(MIN_TILE, min(MAX_AUTO_TILE, _floor_to(int(math.isqrt(max(pixels, 1))), self.align)))
+        return min(tile, whole), self.batch_tiles or self._auto_batch(tile)
+
+    def _cuda_pixel_capacity(self) -> int:
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(free * CUDA_MEMORY_FRACTION / self._activation_bytes_per_pixel())
+
+    def _auto_batch(self, tile: int) -> int:
+        if self.device.type != "cuda":
+            return 1
+        return int(max(1, min(MAX_BATCH_TILES, self._cuda_pixel_capacity() // (tile * tile))))
+
+    def _activation_bytes_per_pixel(self) -> float:
+        """Peak CUDA bytes per input pixel of one forward pass, measured once on a 256x256 probe."""
+        if self.precision not in self._bytes_per_pixel:
+            side = 256
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            with torch.no_grad(), self._autocast(self.precision):
+                self.model(torch.zeros(1, 3, side, side, device=self.device))
+            peak = torch.cuda.max_memory_allocated(self.device) - base
+            self._bytes_per_pixel[self.precision] = max(peak, 1) * 1.25 / (side * side)
+            log.debug("engine: %.0f bytes per pixel (%s)", self._bytes_per_pixel[self.precision], self.precision)
+        return self._bytes_per_pixel[self.precision]
+
+    # ------------------------------------------------------------------ inference
+
+    def _restore_one(self, x: torch.Tensor, progress: Optional[Progress]) -> torch.Tensor:
+        """(1, 3, H, W) -> (1, 3, H, W) float32 on x's device, not yet clamped; halves on OOM."""
+        H, W = x.shape[-2:]
+        tile, batch = self.plan(H, W)
+        while True:
+            try:
+                return self._run_tiles(x, tile, batch, progress)
+            except Exception as e:  # noqa: BLE001 - only OOM is handled; everything else re-raised
+                if not is_oom(e):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                old = (tile, batch)
+                if batch > 1:
+                    batch //= 2
+                else:
+                    tile = _ceil_to(math.ceil(min(tile, max(H, W)) / 2), self.align)
+                    if tile < MIN_TILE or tile >= old[0]:
+                        raise CmddError(
+                            f"out of memory on {self.device} even with {old[0]}px tiles; "
+                            "try a smaller --tile, --precision fp16/bf16 or --device cpu"
+                        ) from e
+                log.warning("engine: out of memory with %dpx tiles x %d per batch; retrying with %dpx x %d",
+                            old[0], old[1], tile, batch)
+
+    def _run_tiles(self, x: torch.Tensor, tile: int, batch: int, progress: Optional[Progress]) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        if tile >= max(H, W):
+            if progress:
+                progress(0, 1)
+            y = self._forward(x.to(self.device, non_blocking=True)).to(x.device)
+            if progress:
+                progress(1, 1)
+            return y
+        overlap = min(self.overlap, tile // 2)
+        margin = min(self._margin(), max(0, (overlap - 1) // 2))
+        tiles = plan_tiles(H, W, tile, overlap, margin, self.align)
+        out = torch.zeros(1, 3, H, W, dtype=torch.float32, device=x.device)
+        wsum = torch.zeros(1, 1, H, W, dtype=torch.float32, device=x.device)
+        done = 0
+        if progress:
+            progress(0, len(tiles))
+        for group in _batches(tiles, batch):
+            xb = torch.cat([x[..., t.y0 : t.y1, t.x0 : t.x1] for t in group], 0)  # (n, 3, th, tw)
+            yb = self._forward(xb.to(self.device, non_blocking=True)).to(x.device)
+            for t, y in zip(group, yb):
+                w = torch.from_numpy(t.weight()).to(x.device)  # (th, tw)
+                out[0, :, t.y0 : t.y1, t.x0 : t.x1] += y * w
+                wsum[0, 0, t.y0 : t.y1, t.x0 : t.x1] += w
+            done += len(group)
+            if progress:
+                progress(done, len(tiles))
+        return out / wsum
+
+    def _autocast(self, precision: str):
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[precision])
+
+    def _forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """One network pass over a batch of same-size tiles; non-finite tiles are redone in fp32."""
+        with torch.no_grad():
+            with self._autocast(self.precision):
+                yb = self.model(xb)
+            yb = yb.float()
+            if self.precision != "fp32":
+                bad = ~torch.isfinite(yb).flatten(1).all(1)  # (n,)
+                if bool(bad.any()):
+                    idx = bad.nonzero().flatten()
+                    log.warning("engine: %d tile(s) gave non-finite values in %s; recomputing in fp32",
+                                len(idx), self.precision)
+                    yb[idx] = self.model(xb[idx]).float()
+            if not bool(torch.isfinite(yb).all()):
+                raise CmddError("the network produced non-finite values even in fp32 (bad weights?)")
+        return yb
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _load_model(weights) -> tuple[nn.Module, dict, Path]:
+    from ..model.weights import default_weights_path, load_weights
+
+    path = Path(weights) if weights is not None else Path(default_weights_path())
+    if not path.is_file():
+        if weights is None:
+            raise WeightsError(
+                f"no shipped weights found at {path}; pass --weights FILE.safetensors "
+                "(train one with `cmdd train`)"
+            )
+        raise WeightsError(f"weights file not found: {path}")
+    model, meta = load_weights(path, map_location="cpu")
+    return model, dict(meta or {}), path
+
+
+def _batches(tiles: list[Tile], size: int):
+    """Consecutive groups of up to ``size`` tiles that share one shape (so they stack)."""
+    group: list[Tile] = []
+    for t in tiles:
+        if group and (len(group) == size or group[0].shape != t.shape):
+            yield group
+            group = []
+        group.append(t)
+    if group:
+        yield group
+
+
+def _floor_to(n: int, m: int) -> int:
+    return n // m * m if n >= m else n
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return -(-n // m) * m

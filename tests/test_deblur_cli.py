@@ -1,0 +1,308 @@
+"""`cmdd deblur` and the batch runner: discovery, mirroring, skip/overwrite, failures, JSON, torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from cmddcli import batch
+from cmddcli.batch import BatchOptions, DistInfo, Job, discover, merge_reports, plan, shard
+from cmddcli.cli.main import app
+from cmddcli.errors import CmddError
+from cmddcli.photo import png16
+
+SAMPLES = Path("/work/shared/samples")
+if not SAMPLES.is_dir():
+    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+needs_samples = pytest.mark.skipif(not (SAMPLES / "raw").is_dir(), reason="shared/samples not present")
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """The CLI gives torch every core; on a shared 2-core runner one thread is much faster."""
+    import cmddcli.engine.deblurrer as D
+
+    monkeypatch.setattr(D, "available_cores", lambda: 1)
+
+
+def img(h=24, w=32, seed=0, depth=8, ch=3):
+    rng = np.random.default_rng(seed)
+    top = 255 if depth == 8 else 65535
+    a = (rng.random((h, w, ch)) * 0.8 + 0.1) * top
+    a = a.astype(np.uint8 if depth == 8 else np.uint16)
+    return a[..., 0] if ch == 1 else a
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """in/a.jpg (EXIF orientation 6 + ICC), in/sub/b.png (16-bit RGB), in/sub/deep/c.tif (16-bit gray),
+    in/sub/d.png (8-bit RGBA), in/notes.txt (ignored)."""
+    root = tmp_path / "in"
+    (root / "sub" / "deep").mkdir(parents=True)
+    ex = Image.Exif()
+    ex[274] = 6
+    ex[271] = "TestMake"
+    Image.fromarray(img(20, 28)).save(root / "a.jpg", exif=ex, icc_profile=ICC, quality=95)
+    (root / "sub" / "b.png").write_bytes(png16.write_png(img(16, 24, 1, 16)))
+    tifffile.imwrite(root / "sub" / "deep" / "c.tif", img(18, 22, 2, 16, 1), photometric="minisblack")
+    Image.fromarray(img(16, 16, 3, 8, 4)).save(root / "sub" / "d.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def run(args, weights=None):
+    runner = CliRunner()
+    full = ["deblur", *map(str, args)] + (["--weights", str(weights)] if weights else [])
+    return runner.invoke(app, full, catch_exceptions=False)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_mirrors_tree_keeps_depth_gray_alpha_exif(tree, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    r = run([tree, "-o", out, "--recursive", "--json"], tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    payload = json.loads(r.stdout)  # stdout is JSON only
+    assert payload["counts"]["done"] == 4 and payload["counts"]["failed"] == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".cmdd/summary.json", "a.jpg", "sub/b.png", "sub/d.png", "sub/deep/c.tif"]
+    a = Image.open(out / "a.jpg")
+    assert a.size == (20, 28) and a.getexif()[274] == 1 and a.getexif()[271] == "TestMake"
+    assert a.info["icc_profile"] == ICC
+    b, info = png16.read_png((out / "sub" / "b.png").read_bytes())
+    assert b.dtype == np.uint16 and b.shape == (16, 24, 3)
+    c = tifffile.imread(out / "sub" / "deep" / "c.tif")
+    assert c.dtype == np.uint16 and c.shape == (18, 22)
+    d = np.asarray(Image.open(out / "sub" / "d.png"))
+    assert d.shape == (16, 16, 4)
+    np.testing.assert_array_equal(d[..., 3], img(16, 16, 3, 8, 4)[..., 3])  # alpha passed through
+    summary = json.loads((out / ".cmdd" / "summary.json").read_text())
+    assert summary["settings"]["engine"]["preset"] == "tiny"
+    assert summary["settings"]["raw_development"]["postprocess"]["no_auto_bright"] is True
+
+
+def test_not_recursive_skip_existing_and_overwrite(tree, tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    r = run([tree, "-o", out, "--json"], tiny_weights)
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["done"] == 1  # only a.jpg at top level
+    before = (out / "a.jpg").stat().st_mtime_ns
+    r = run([tree, "-o", out, "--json"], tiny_weights)
+    counts = json.loads(r.stdout)["counts"]
+    assert r.exit_code == 0 and counts["skipped"] == 1 and counts["done"] == 0
+    assert (out / "a.jpg").stat().st_mtime_ns == before
+    r = run([tree, "-o", out, "--json", "--overwrite"], tiny_weights)
+    assert json.loads(r.stdout)["counts"]["done"] == 1
+
+
+def test_failures_are_reported_and_batch_goes_on(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "good.png")
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "fake.png").write_text("I am text")
+    Image.new("RGB", (8, 8)).save(src / "black.png")
+    out = tmp_path / "out"
+    r = run([src, "-o", out], tiny_weights)
+    assert r.exit_code == 1
+    assert "empty file" in r.stderr and "not an image" in r.stderr and "all-black" in r.stderr
+    assert (out / "good.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".cmdd", "good.png"]  # no partial files
+    r = run([src, "-o", out, "--json"], tiny_weights)
+    payload = json.loads(r.stdout)
+    assert r.exit_code == 1 and payload["counts"] == {"done": 0, "skipped": 1, "failed": 3, "planned": 0}
+    assert all(f["reason"] and "\n" not in f["reason"] for f in payload["files"] if f["status"] == "failed")
+
+
+@needs_samples
+def test_real_raw_and_edge_cases(tmp_path, tiny_weights):
+    src = tmp_path / "raw"
+    shutil.copytree(SAMPLES / "raw", src)
+    out = tmp_path / "out"
+    r = run([src, "-o", out, "--recursive", "--raw-half-size", "--json"], tiny_weights)
+    assert r.exit_code == 1
+    files = {Path(f["input"]).name: f for f in json.loads(r.stdout)["files"]}
+    assert "SOURCES.md" not in files
+    for name in ("RAW_KODAK_DC50.KDC", "canon_eos_6d.dng", "pidng_cfa_640x480_test.dng"):
+        assert files[name]["status"] == "done", files[name]
+        t = tifffile.imread(out / (Path(name).stem + ".tif"))
+        assert t.dtype == np.uint16 and t.ndim == 3
+    assert tifffile.imread(out / "pidng_cfa_640x480_test.tif").shape == (240, 320, 3)
+    bad = {n: f["reason"] for n, f in files.items() if f["status"] == "failed"}
+    assert set(bad) == {"IMG_1361_iphone12pro_pruned.dng",
+                        "nikon_z_9_high_efficiency_compressed_dx_cropped_max_overexposed.dng",
+                        "sony_alpha_a7iii_truncated.ARW"}
+    assert "all-black" in bad["IMG_1361_iphone12pro_pruned.dng"]
+    assert not (out / "edge_cases").exists() or not any((out / "edge_cases").iterdir())
+
+
+@needs_samples
+def test_real_defocused_jpeg(tmp_path, tiny_weights):
+    f = SAMPLES / "defocus" / "blurred_only" / "restormer_demo_couple.jpg"
+    out = tmp_path / "out"
+    r = run([f, "-o", out, "--suffix", "_sharp", "--ext", "png", "--json", "--tile", "256"], tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    o = Image.open(out / "restormer_demo_couple_sharp.png")
+    assert o.size == Image.open(f).size and o.info.get("icc_profile") == Image.open(f).info.get("icc_profile")
+
+
+def test_refuses_to_overwrite_inputs(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    data = (src / "a.png").read_bytes()
+    r = run([src, "-o", src, "--json"], tiny_weights)
+    assert r.exit_code == 1
+    assert "input file" in json.loads(r.stdout)["files"][0]["reason"]
+    assert (src / "a.png").read_bytes() == data
+    r = run([src, "-o", src, "--suffix", "_sharp", "--json"], tiny_weights)  # with a suffix it is fine
+    assert r.exit_code == 0 and (src / "a_sharp.png").is_file()
+
+
+def test_output_collisions_fail_the_second(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.jpg")
+    Image.fromarray(img(seed=1)).save(src / "a.png")
+    r = run([src, "-o", tmp_path / "out", "--ext", "png", "--json"], tiny_weights)
+    payload = json.loads(r.stdout)
+    assert r.exit_code == 1 and payload["counts"]["done"] == 1 and payload["counts"]["failed"] == 1
+    assert "already written for" in [f for f in payload["files"] if f["status"] == "failed"][0]["reason"]
+
+
+def test_glob_dry_run_and_empty_input(tree, tmp_path):
+    out = tmp_path / "out"
+    # dry run never loads the model: a missing weights file does not matter
+    r = run([str(tree / "sub" / "*.png"), "-o", out, "--dry-run", "--json", "--weights", tmp_path / "nope.safetensors"])
+    payload = json.loads(r.stdout)
+    assert r.exit_code == 0 and payload["counts"]["planned"] == 2
+    assert {Path(f["output"]).name for f in payload["files"]} == {"b.png", "d.png"}
+    assert not out.exists()
+    r = run([tree, "-o", out, "--dry-run", "-r"])
+    assert r.exit_code == 0 and "would be done" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run([empty, "-o", out])
+    assert r.exit_code == 1 and "no images found" in r.stderr
+    r = run([str(tmp_path / "*.nothing"), "-o", out])
+    assert r.exit_code == 1 and "no images found" in r.stderr
+
+
+def test_missing_weights_and_bad_options(tree, tmp_path):
+    r = run([tree, "-o", tmp_path / "o", "--weights", tmp_path / "nope.safetensors"])
+    assert r.exit_code == 1 and "not found" in r.stderr
+    r = run([tree, "-o", tmp_path / "o", "--ext", "bmp"])
+    assert r.exit_code == 1 and "--ext" in r.stderr
+
+
+def test_ctrl_c_leaves_no_partial_file(tree, tmp_path, tiny_weights, monkeypatch):
+    import cmddcli.photo.io as pio
+
+    real = pio.Image.Image.save
+
+    def interrupted_save(self, fp, *a, **k):
+        real(self, fp, *a, **k)  # the temp file is fully written ...
+        raise KeyboardInterrupt  # ... and then the user presses Ctrl-C
+
+    monkeypatch.setattr(pio.Image.Image, "save", interrupted_save)
+    out = tmp_path / "out"
+    r = run([tree, "-o", out], tiny_weights)
+    assert r.exit_code == 130
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_quiet_prints_failures_only(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "zero.png").write_bytes(b"")
+    Image.fromarray(img()).save(src / "ok.png")
+    r = run([src, "-o", tmp_path / "out", "-q"], tiny_weights)
+    assert r.exit_code == 1 and r.stdout == ""
+    assert "zero.png" in r.stderr and "cmdd deblur" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------ batch functions
+
+
+def test_discover_exclude_hidden_and_dedupe(tree, tmp_path):
+    out = tree / "results"
+    out.mkdir()
+    Image.fromarray(img()).save(out / "old_output.png")
+    (tree / ".hidden").mkdir()
+    Image.fromarray(img()).save(tree / ".hidden" / "x.png")
+    pairs = discover([tree, tree / "a.jpg", str(tree / "**" / "*.png")], recursive=True, exclude=out)
+    names = [f.name for f, _ in pairs]
+    assert sorted(names) == ["a.jpg", "b.png", "c.tif", "d.png"]
+
+
+def test_plan_is_pure_and_shards_cover_everything(tree, tmp_path):
+    opts = BatchOptions(out_dir=tmp_path / "o")
+    jobs = plan(discover([tree], recursive=True), opts)
+    for world in (1, 2, 3, 5):
+        shares = [shard(jobs, r, world) for r in range(world)]
+        flat = [j.input for s in shares for j in s]
+        assert sorted(flat) == sorted(j.input for j in jobs) and len(flat) == len(set(flat))
+        assert shares[0][0] == jobs[0] and (world == 1 or shares[1][0] == jobs[1])  # file i -> rank i % world
+
+
+def test_merge_reports():
+    def rep(rank, names, status="done"):
+        files = [dict(input=n, output=n + ".out", status=status, reason="", seconds=1.0, width=1, height=1, rank=rank)
+                 for n in names]
+        return {"files": files, "settings": {"engine": {"device": f"rank{rank}"}}, "world_size": 2}
+
+    merged = merge_reports([rep(0, ["/a", "/c"]), rep(1, ["/b", "/d"], "failed")])
+    assert [r.input for r in merged.results] == ["/a", "/b", "/c", "/d"]
+    assert merged.counts()["done"] == 2 and merged.counts()["failed"] == 2 and merged.world_size == 2
+    with pytest.raises(CmddError, match="handled by ranks"):
+        merge_reports([rep(0, ["/a"]), rep(1, ["/a"])])
+
+
+def test_dist_info_from_env():
+    assert DistInfo.from_env({}) == DistInfo()
+    info = DistInfo.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert info.distributed and info.rank == 3 and info.local_rank == 1 and info.local_world_size == 2
+    with pytest.raises(CmddError):
+        DistInfo.from_env({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_run_jobs_builds_engine_lazily(tmp_path):
+    calls = []
+    opts = BatchOptions(out_dir=tmp_path, dry_run=True)
+    res = batch.run_jobs([Job(tmp_path / "x.png", tmp_path / "y.png")], lambda: calls.append(1), opts)
+    assert res[0].status == "planned" and calls == []
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_split_and_merge(tmp_path, tiny_weights):
+    """A real 2-process run on CPU: gloo group, files split by rank, one merged summary."""
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(img(16, 16, seed=i)).save(src / f"im{i}.png")
+    (src / "broken.png").write_bytes(b"")
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = ["torchrun", "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
+           "-m", "cmddcli.cli.main", "deblur", str(src), "-o", str(out), "--weights", str(tiny_weights),
+           "--device", "cpu", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0  # broken.png failed on some rank -> non-zero exit
+    payload = json.loads(p.stdout[p.stdout.index("{"):])  # rank 0 prints the merged JSON
+    assert payload["world_size"] == 2
+    ranks = {Path(f["input"]).name: f["rank"] for f in payload["files"]}
+    names = sorted(ranks)
+    assert names == ["broken.png"] + [f"im{i}.png" for i in range(5)]
+    assert all(ranks[n] == i % 2 for i, n in enumerate(names))  # file i -> rank i % 2
+    assert payload["counts"]["done"] == 5 and payload["counts"]["failed"] == 1
+    assert sorted(p.name for p in out.glob("*.png")) == [f"im{i}.png" for i in range(5)]
