@@ -105,9 +105,10 @@ def test_weights_round_trip(tmp_path):
     meta = read_metadata(path)
     assert meta["preset"] == "tiny" and meta["iterations"] == 12 and meta["config"]["width"] == 8
     net2, meta2 = load_weights(path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     x = torch.rand(1, 3, 12, 12)
-    with torch.no_grad():
-        assert torch.equal(net(x), net2(x))
+    with torch.no_grad():  # the fused CPU scan sums directions in thread order: equal to float rounding
+        assert torch.allclose(net(x), net2(x), atol=1e-6)
     # Half-precision storage loads back into float32 within fp16 rounding.
     p16 = save_weights(net, tmp_path / "w16.safetensors", dtype=torch.float16)
     net3, _ = load_weights(p16)

@@ -8,7 +8,12 @@ the flags and the CPU, and called through ``ctypes`` (the GIL is released while 
 build fails, :func:`available` returns False, :func:`why_unavailable` says why (the compiler
 output is logged at debug level) and the registry falls back to the ``torch`` backend.
 
-Inference only (no autograd), float32 maths; any float dtype in, ``u``'s dtype out. Threads:
+Without autograd the fused inference kernel runs. Under autograd (grad enabled and an input that
+requires grad) a second library built the same way from ``csrc/scan_cpu_bwd.cpp`` runs a forward
+that saves the state every ``_CKPT_T`` steps and a backward that recomputes each chunk from its
+checkpoint (:class:`_SelectiveScanCpuFn`); the cross scan then permutes into the four directions
+around it. If only that library fails to build, training falls back to ``selective_scan_torch``.
+float32 maths; any float dtype in, ``u``'s dtype out (gradients in the inputs' dtypes). Threads:
 ``torch.get_num_threads()``. See docs/cpu_scan.md for the design and measurements.
 """
 
@@ -29,6 +34,9 @@ import torch
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
+_BWD_SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu_bwd.cpp"
+_GRAD_ABI_VERSION = 1
+_CKPT_T = 64  # training: the forward saves the state every _CKPT_T steps
 _ABI_VERSION = 2
 
 # Flag sets tried in order: the fast native build, then more portable fallbacks. No -ffast-math:
@@ -66,8 +74,17 @@ class _Args(ctypes.Structure):
     ]
 
 
+class _GradArgs(ctypes.Structure):
+    # Mirrors struct CmddScanGradArgs in csrc/scan_cpu_bwd.cpp.
+    _fields_ = [(n, ctypes.c_void_p) for n in ("u", "delta", "A", "B", "C", "D", "bias", "y", "ckpt", "gy", "gu",
+                                                 "gdelta", "gA", "gB", "gC")] + [
+        (n, ctypes.c_int64) for n in ("batch", "G", "rep", "N", "L", "T", "S")
+    ] + [("softplus", ctypes.c_int32), ("nthreads", ctypes.c_int32)]
+
+
 _lock = threading.Lock()
 _state: dict = {"tried": False, "lib": None, "reason": "", "info": ""}
+_grad_state: dict = {"tried": False, "lib": None, "reason": "", "info": ""}
 
 
 def _cpu_signature() -> str:
@@ -113,13 +130,21 @@ def _build_root() -> str:
     return os.path.join(tempfile.gettempdir(), f"cmdd_torch_extensions_{os.getuid() if hasattr(os, 'getuid') else 0}")
 
 
-def _build_once(label: str, cflags: list, ldflags: list, cached_only: bool = False) -> ctypes.CDLL | None:
-    """Load the build for these flags, compiling it first unless it is cached (or cached_only)."""
-    src = _SRC.read_bytes()
+def _build_once(
+    label: str, cflags: list, ldflags: list, cached_only: bool = False, src_path: Path = _SRC, prefix: str = "cmdd_scan_cpu",
+    setup=None,
+) -> ctypes.CDLL | None:
+    """Load the build for these flags, compiling it first unless it is cached (or cached_only).
+
+    ``src_path``/``prefix``/``setup`` select the library: the inference kernel (default) or the
+    training kernels (``_BWD_SRC``, which #includes the inference source: both go in the key)."""
+    src = src_path.read_bytes()
+    if src_path != _SRC:
+        src = src + b"\0" + _SRC.read_bytes()
     key = hashlib.sha256(
         b"\0".join([src, " ".join(cflags + ldflags).encode(), _cpu_signature().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
-    name = f"cmdd_scan_cpu_{key}"
+    name = f"{prefix}_{key}"
     build_dir = os.path.join(_build_root(), name)
     so_path = os.path.join(build_dir, f"{name}.so")
     stamp = os.path.join(build_dir, "cmdd_build_ok")
@@ -136,7 +161,7 @@ def _build_once(label: str, cflags: list, ldflags: list, cached_only: bool = Fal
         log.debug("building CPU scan kernel (%s) in %s", label, build_dir)
         path = load(
             name=name,
-            sources=[str(_SRC)],
+            sources=[str(src_path)],
             extra_cflags=cflags,
             extra_ldflags=ldflags,
             build_directory=build_dir,
@@ -146,6 +171,14 @@ def _build_once(label: str, cflags: list, ldflags: list, cached_only: bool = Fal
         if not isinstance(path, str):  # older torch returns None for non-module builds
             path = so_path
     lib = ctypes.CDLL(path)
+    if setup is not None:
+        info = setup(lib, label, path)
+        if not os.path.isfile(stamp):
+            try:
+                Path(stamp).write_text(info + "\n")
+            except OSError:
+                pass
+        return lib
     lib.cmdd_selective_scan_f32.argtypes = [ctypes.POINTER(_Args)]
     lib.cmdd_selective_scan_f32.restype = ctypes.c_int
     lib.cmdd_scan_abi_version.restype = ctypes.c_int
@@ -209,6 +242,54 @@ def _load() -> ctypes.CDLL | None:
         return lib
 
 
+def _setup_grad(lib: ctypes.CDLL, label: str, path: str) -> str:
+    for fn in (lib.cmdd_scan_fwd_ckpt_f32, lib.cmdd_scan_bwd_f32):
+        fn.argtypes = [ctypes.POINTER(_GradArgs)]
+        fn.restype = ctypes.c_int
+    lib.cmdd_scan_grad_abi_version.restype = ctypes.c_int
+    if lib.cmdd_scan_grad_abi_version() != _GRAD_ABI_VERSION:
+        raise RuntimeError(f"stale kernel library {path} (grad ABI {lib.cmdd_scan_grad_abi_version()} != {_GRAD_ABI_VERSION})")
+    _grad_state["info"] = f"{label} build, {path}"
+    return _grad_state["info"]
+
+
+def _load_grad() -> ctypes.CDLL | None:
+    """The training kernels (forward with checkpoints, backward): built like the inference kernel,
+    once per process, only after the inference kernel loaded; never raises."""
+    if _grad_state["tried"]:
+        return _grad_state["lib"]
+    if _load() is None:
+        _grad_state.update(tried=True, lib=None, reason=_state["reason"])
+        return None
+    with _lock:
+        if _grad_state["tried"]:
+            return _grad_state["lib"]
+        lib, errors = None, []
+        kw = dict(src_path=_BWD_SRC, prefix="cmdd_scan_cpu_bwd", setup=_setup_grad)
+        for cached_only in (True, False):
+            for label, cflags, ldflags in _FLAG_SETS:
+                try:
+                    lib = _build_once(label, cflags, ldflags, cached_only=cached_only, **kw)
+                except Exception as e:  # noqa: BLE001 - a failed build only makes training fall back
+                    log.debug("CPU scan backward kernel (%s) failed: %s", label, e)
+                    if not cached_only:
+                        errors.append(f"{label}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+                if lib is not None:
+                    break
+            if lib is not None:
+                break
+        reason = "" if lib is not None else "backward kernel build failed (" + "; ".join(errors) + ")"
+        if lib is None:
+            log.info("compiled CPU selective scan backward unavailable: %s", reason)
+        _grad_state.update(tried=True, lib=lib, reason=reason)
+        return lib
+
+
+def grad_available() -> bool:
+    """True when the training (autograd) kernels are compiled and loaded."""
+    return _load_grad() is not None
+
+
 def available() -> bool:
     """True when the kernel is compiled and loaded (builds it on the first call, then cached)."""
     return _load() is not None
@@ -258,10 +339,123 @@ def _run(u, delta, A, B, C, D, bias, y, batch, G, rep, N, L, H, W, cross, softpl
         raise ValueError(f"cpu selective scan rejected its arguments (code {rc})")
 
 
+# ----------------------------------------------------------------------------------------------
+# Training: autograd through the compiled forward-with-checkpoints and backward kernels
+# ----------------------------------------------------------------------------------------------
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _pad_n(t: torch.Tensor, Np: int) -> torch.Tensor:
+    """Pad the last dim (N) with zeros up to Np (padded states have A = B = C = 0: they stay 0)."""
+    N = t.shape[-1]
+    return t if N == Np else torch.nn.functional.pad(t, (0, Np - N))
+
+
+def _grad_args(lib, **kw) -> _GradArgs:
+    a = _GradArgs()
+    for k, v in kw.items():
+        setattr(a, k, v.data_ptr() if isinstance(v, torch.Tensor) else v)
+    return a
+
+
+class _SelectiveScanCpuFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+        lib = _load_grad()
+        batch, dim, L = u.shape
+        G, N = B.shape[1], A.shape[1]
+        Np = -(-N // 16) * 16
+        T = _CKPT_T
+        nchunks = -(-L // T)
+        uf, df = _f32(u), _f32(delta)
+        Af = _pad_n(_f32(A), Np).contiguous()
+        Bt = _pad_n(_f32(B).transpose(-1, -2), Np).contiguous()  # (b, G, L, Np)
+        Ct = _pad_n(_f32(C).transpose(-1, -2), Np).contiguous()
+        Df, bf = _f32(D), _f32(delta_bias)
+        y = torch.empty(batch, dim, L, dtype=torch.float32)
+        ckpt = torch.empty(batch, dim, nchunks, Np, dtype=torch.float32)
+        nthreads = max(1, torch.get_num_threads())
+        args = _grad_args(lib, u=uf, delta=df, A=Af, B=Bt, C=Ct, D=Df, bias=bf, y=y, ckpt=ckpt, batch=batch, G=G,
+                          rep=dim // G, N=Np, L=L, T=T, S=1, softplus=int(bool(delta_softplus)), nthreads=nthreads)
+        rc = lib.cmdd_scan_fwd_ckpt_f32(ctypes.byref(args))
+        if rc != 0:
+            raise ValueError(f"cpu selective scan (training forward) rejected its arguments (code {rc})")
+        ctx.save_for_backward(uf, df, Af, Bt, Ct, Df, bf, ckpt)
+        ctx.meta = (N, bool(delta_softplus), D is not None, delta_bias is not None)
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, delta_bias))
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        lib = _load_grad()
+        uf, df, Af, Bt, Ct, Df, bf, ckpt = ctx.saved_tensors
+        N, softplus, has_D, has_bias = ctx.meta
+        batch, dim, L = uf.shape
+        G, Np = Bt.shape[1], Bt.shape[-1]
+        rep = dim // G
+        nthreads = max(1, torch.get_num_threads())
+        # Slices per group: enough tasks for the threads; each slice has its own gB/gC buffer.
+        S = max(1, min(rep, -(-2 * nthreads // (batch * G)))) if nthreads > 1 else 1
+        gyf = gy.detach().to(torch.float32).contiguous()
+        gu = torch.empty_like(uf)
+        gdelta = torch.empty_like(df)
+        gA = torch.empty(batch, dim, Np, dtype=torch.float32)
+        gB = torch.zeros(batch, G, S, L, Np, dtype=torch.float32)
+        gC = torch.zeros(batch, G, S, L, Np, dtype=torch.float32)
+        args = _grad_args(lib, u=uf, delta=df, A=Af, B=Bt, C=Ct, D=Df, bias=bf, ckpt=ckpt, gy=gyf, gu=gu,
+                          gdelta=gdelta, gA=gA, gB=gB, gC=gC, batch=batch, G=G, rep=rep, N=Np, L=L, T=_CKPT_T, S=S,
+                          softplus=int(softplus), nthreads=nthreads)
+        rc = lib.cmdd_scan_bwd_f32(ctypes.byref(args))
+        if rc != 0:
+            raise ValueError(f"cpu selective scan backward rejected its arguments (code {rc})")
+        gBs = (gB.sum(2) if S > 1 else gB[:, :, 0])[..., :N].transpose(-1, -2)  # (b, G, N, L)
+        gCs = (gC.sum(2) if S > 1 else gC[:, :, 0])[..., :N].transpose(-1, -2)
+        gA = gA.sum(0)[:, :N]
+        gD = (gyf * uf).sum((0, 2)) if has_D else None
+        gbias = gdelta.sum((0, 2)) if has_bias else None
+        grads = [gu, gdelta, gA, gBs, gCs, gD, gbias]
+        out = []
+        for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:7]):
+            out.append(None if (g is None or not need) else g.to(dt))
+        return (*out, None)
+
+
+def _selective_scan_train(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    if _load_grad() is None:  # the backward kernel did not build: stay correct on the torch backend
+        from .ssm import selective_scan_torch
+
+        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return _SelectiveScanCpuFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def _cross_scan_train(u, delta, A, B, C, D, delta_bias, H: int, W: int):
+    """:func:`.ssm.cross_scan_ref` around the differentiable 1-D scan, with the K-direction inputs
+    and outputs split by ``unbind`` (one gradient copy; ``ys[:, k]`` would zero-fill a full-size gradient per direction)."""
+    from .ssm import _from_direction, _to_direction
+
+    b, d, L = u.shape
+    K = delta.shape[1]
+    dk, Bk, Ck = delta.unbind(1), B.unbind(1), C.unbind(1)
+    us = torch.cat([_to_direction(u, H, W, k) for k in range(K)], dim=1)
+    ds = torch.cat([_to_direction(dk[k], H, W, k) for k in range(K)], dim=1)
+    Bs = torch.stack([_to_direction(Bk[k], H, W, k) for k in range(K)], dim=1)
+    Cs = torch.stack([_to_direction(Ck[k], H, W, k) for k in range(K)], dim=1)
+    ys = selective_scan_cpu(us, ds, A, Bs, Cs, D=D, delta_bias=delta_bias, delta_softplus=True)
+    parts = ys.view(b, K, d, L).unbind(1)
+    y = _from_direction(parts[0], H, W, 0)
+    for k in range(1, K):
+        y = y + _from_direction(parts[k], H, W, k)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
 def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     """mamba-ssm's selective scan on CPU: u, delta (b, dim, L); A (dim, N); B, C (b, groups, N, L);
-    D, delta_bias (dim,) or None. Returns (b, dim, L) in u's dtype. No autograd."""
+    D, delta_bias (dim,) or None. Returns (b, dim, L) in u's dtype. Differentiable: under autograd
+    (grad enabled and an input requiring grad) it runs the training kernels (scan_cpu_bwd.cpp)."""
     _check_cpu(u, delta, A, B, C, D, delta_bias)
+    train = _needs_grad(u, delta, A, B, C, D, delta_bias)
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must be (batch, dim, L) alike, got {tuple(u.shape)} and {tuple(delta.shape)}")
     batch, dim, L = u.shape
@@ -276,6 +470,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.numel() != dim:
             raise ValueError(f"{name} must have dim={dim} elements, got {tuple(t.shape)}")
+    if train and u.numel() > 0 and N > 0:
+        return _selective_scan_train(u, delta, A, B, C, D, delta_bias, delta_softplus)
     y = torch.empty(batch, dim, L, dtype=torch.float32)
     if y.numel() == 0 or N == 0:
         y.zero_()
@@ -291,8 +487,12 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
 def cross_scan_cpu(u, delta, A, B, C, D, delta_bias, H: int, W: int):
     """SS2D's fused four-direction scan (see :func:`.ssm.cross_scan_ref` for the contract):
     u (b, d, L) row-major, delta (b, K, d, L), A (K*d, N), B, C (b, K, N, L), D, delta_bias
-    (K*d,) or None; softplus always on. Returns (b, d, L) in u's dtype. No autograd."""
+    (K*d,) or None; softplus always on. Returns (b, d, L) in u's dtype. Under autograd it permutes
+    into the K directions (:func:`.ssm.cross_scan_ref`) around the differentiable 1-D scan;
+    without it, the fused inference kernel."""
     _check_cpu(u, delta, A, B, C, D, delta_bias)
+    if _needs_grad(u, delta, A, B, C, D, delta_bias):
+        return _cross_scan_train(u, delta, A, B, C, D, delta_bias, int(H), int(W))
     H, W = int(H), int(W)
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, d, L), got {tuple(u.shape)}")

@@ -20,7 +20,8 @@ Backends (all match ``ref``; see tests/test_ssm.py for tolerances):
 * ``ref``    -- a plain Python loop over L: the truth, slow.
 * ``torch``  -- differentiable, chunked, float32-stable for any dt (every exponential is of a
                 non-positive number), runs on any device. Used for training without a kernel.
-* ``cpu``    -- compiled C++ inference kernel (``scan_cpu.py``); no autograd.
+* ``cpu``    -- compiled C++ kernels (``scan_cpu.py``): a fused inference scan, and a
+                training forward/backward with chunk checkpoints.
 * ``triton`` -- our Triton GPU kernel (``scan_triton.py``), forward and backward.
 * ``mamba``  -- mamba-ssm's CUDA kernel when it imports and the tensors are on CUDA.
 
@@ -260,7 +261,7 @@ register_backend(
     ScanBackend(
         "cpu",
         _lazy(".scan_cpu", "selective_scan_cpu"),
-        False,
+        True,
         ("cpu",),
         _probe(".scan_cpu"),
         _reason(".scan_cpu"),
@@ -309,7 +310,7 @@ _logged_choice: set = set()
 def choose_backend(device_type: str, needs_grad: bool, requested: Optional[str] = None) -> ScanBackend:
     """Pick a backend: the requested one (argument or CMDD_SCAN), else the fastest that fits.
 
-    Auto order -- CUDA: mamba, triton, torch. CPU: cpu (inference only), torch.
+    Auto order -- CUDA: mamba, triton, torch. CPU: cpu, torch.
     A requested backend that cannot run raises BackendUnavailable with the reason.
     """
     name = requested or os.environ.get("CMDD_SCAN") or None
