@@ -15,11 +15,11 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """A randomly initialised `tiny` CMDDNet saved as safetensors (for CLI / engine tests)."""
-    from cmddcli.model import CMDDNet, model_config
+    from _nets import random_net
+
     from cmddcli.model.weights import save_weights
 
-    torch.manual_seed(0)
-    net = CMDDNet(model_config("tiny"))
+    net = random_net("tiny")
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(net, path, metadata={"note": "random init for tests"}, preset="tiny")
     return path

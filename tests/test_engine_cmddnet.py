@@ -16,13 +16,12 @@ import pytest
 import torch
 
 from cmddcli.engine import Deblurrer, plan_tiles
-from cmddcli.model import CMDDNet, model_config
+from _nets import random_net
 
 
 @pytest.fixture(scope="module")
 def tiny_net():
-    torch.manual_seed(0)
-    return CMDDNet(model_config("tiny")).eval()
+    return random_net("tiny").eval()
 
 
 @pytest.fixture(scope="module")

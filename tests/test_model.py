@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from _nets import random_net
+
 from cmddcli.errors import CmddError, WeightsError
 from cmddcli.model import PRESETS, CMDDNet, ModelConfig, model_config
 from cmddcli.model.complexity import count_macs, count_params
@@ -41,12 +43,14 @@ def test_every_preset_runs_forward_and_backward(name):
         cfg = model_config(name, width=8, blocks=(1,) * 8, d_state=4)
     torch.manual_seed(0)
     net = CMDDNet(cfg)
+    net.output.reset_parameters()  # a fresh net is the identity: give gradients a path
     x = torch.rand(2, 3, 19, 24)
     y = net(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.abs().mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
+    assert net.embed.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 13), (4, 3), (16, 16), (9, 31)])
@@ -57,17 +61,18 @@ def test_any_input_size(size):
         assert net(x).shape == x.shape
 
 
-def test_output_is_input_plus_residual():
+def test_fresh_network_is_the_identity():
+    # The output conv (a residual) starts at zero; once it is non-zero the output differs.
     net = CMDDNet(model_config("tiny")).eval()
-    torch.nn.init.zeros_(net.output.weight)
     x = torch.rand(1, 3, 10, 12)
     with torch.no_grad():
         assert torch.equal(net(x), x)
+        torch.nn.init.normal_(net.output.weight, std=0.1)
+        assert not torch.allclose(net(x), x)
 
 
 def test_combine_options_differ():
-    torch.manual_seed(0)
-    a = CMDDNet(model_config("tiny", combine="add")).eval()
+    a = random_net("tiny", combine="add").eval()
     b = CMDDNet(model_config("tiny", combine="mul")).eval()
     b.load_state_dict(a.state_dict())
     x = torch.rand(1, 3, 16, 16)
@@ -99,8 +104,7 @@ def test_config_validation():
 
 
 def test_weights_round_trip(tmp_path):
-    torch.manual_seed(0)
-    net = CMDDNet(model_config("tiny")).eval()
+    net = random_net("tiny").eval()
     path = save_weights(net, tmp_path / "w.safetensors", metadata={"iterations": 12}, preset="tiny")
     meta = read_metadata(path)
     assert meta["preset"] == "tiny" and meta["iterations"] == 12 and meta["config"]["width"] == 8
@@ -108,7 +112,7 @@ def test_weights_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():  # the fused CPU scan sums directions in thread order: equal to float rounding
-        assert torch.allclose(net(x), net2(x), atol=1e-6)
+        assert torch.allclose(net(x), net2(x), rtol=1e-5, atol=1e-5)
     # Half-precision storage loads back into float32 within fp16 rounding.
     p16 = save_weights(net, tmp_path / "w16.safetensors", dtype=torch.float16)
     net3, _ = load_weights(p16)

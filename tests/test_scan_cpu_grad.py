@@ -121,11 +121,9 @@ def test_cross_scan_grads_match_ref():
 
 
 def test_cmddnet_training_step_cpu_matches_torch(monkeypatch):
-    from cmddcli.model.cmddnet import CMDDNet
-    from cmddcli.model.config import model_config
+    from _nets import random_net
 
-    torch.manual_seed(0)
-    net = CMDDNet(model_config("tiny"))
+    net = random_net("tiny")
     x = torch.rand(2, 3, 16, 16)
     target = torch.rand(2, 3, 16, 16)
     grads = {}

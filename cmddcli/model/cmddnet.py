@@ -52,6 +52,9 @@ class CMDDNet(nn.Module):
         self.decoders = nn.ModuleList([_stage(C * 2 ** (2 - i), nb[4 + i], cfg) for i in range(3)])
         self.refinement = _stage(C, nb[7], cfg)
         self.output = nn.Conv2d(C, 3, 3, padding=1, bias=False)
+        # The output is a residual: starting it at zero makes a fresh network the identity, so
+        # training begins at the input's score instead of ~6 dB (the paper gives no init).
+        nn.init.zeros_(self.output.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W)
         xp, (H, W) = pad_to_multiple(x, self.config.pad_multiple)

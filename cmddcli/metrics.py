@@ -1,0 +1,274 @@
+"""Image-quality metrics: PSNR, SSIM and MAE, scikit-image compatible (SPEC §3).
+
+All functions take two images of the same shape, HxW or HxWxC, float in [0, 1] (any float or integer
+dtype is converted to float64 first; integers are *not* rescaled, so pass floats). Maths runs in float64.
+
+- ``psnr``: ``10·log10(data_range² / MSE)`` over all pixels and channels
+  (= ``skimage.metrics.peak_signal_noise_ratio(target, pred, data_range=1)``).
+- ``ssim``: ``skimage.metrics.structural_similarity(target, pred, data_range=1, channel_axis=-1)``:
+  ``window="uniform"`` (default) is a 7×7 box with sample covariance (N/(N-1)); ``window="gaussian"`` is
+  the 11×11, σ=1.5 Gaussian (truncate 3.5) with population covariance, i.e. skimage's
+  ``gaussian_weights=True, use_sample_covariance=False`` (Wang et al. 2004). K1=0.01, K2=0.03. Filters
+  use scipy's ``reflect`` border (numpy ``symmetric``); the mean of the SSIM map drops ``(win-1)//2``
+  pixels at every border, then the per-channel means are averaged.
+- ``mae``: mean absolute error per channel, averaged over channels (= the mean over all values).
+
+An optional boolean ``mask`` (HxW) restricts every metric to the pixels where it is True (for SSIM,
+the masked pixels of the border-cropped SSIM map).
+
+LPIPS is offered only when the optional ``lpips`` package and its weights are installed
+(``lpips_distance``); otherwise it raises ``BackendUnavailable`` saying how to get it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import BackendUnavailable, CmddError
+
+__all__ = [
+    "psnr",
+    "ssim",
+    "ssim_map",
+    "mae",
+    "lpips_distance",
+    "compute_metrics",
+    "METRIC_NAMES",
+    "HIGHER_IS_BETTER",
+]
+
+# Order used for tables and CSV columns.
+METRIC_NAMES = ("psnr", "ssim", "mae", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "mae": False, "lpips": False}
+
+SSIM_WINDOWS = ("uniform", "gaussian")
+
+
+def _as_float64(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(pred, dtype=np.float64)
+    b = np.asarray(target, dtype=np.float64)
+    if a.shape != b.shape:
+        raise CmddError(f"image shapes differ: prediction {a.shape} vs target {b.shape}")
+    if a.ndim not in (2, 3):
+        raise CmddError(f"expected an HxW or HxWxC image, got shape {a.shape}")
+    return a, b
+
+
+def _check_mask(mask: Optional[np.ndarray], shape: Sequence[int]) -> Optional[np.ndarray]:
+    if mask is None:
+        return None
+    m = np.asarray(mask).astype(bool)
+    if m.shape != tuple(shape[:2]):
+        raise CmddError(f"mask shape {m.shape} does not match the image size {tuple(shape[:2])}")
+    if not m.any():
+        raise CmddError("the mask selects no pixels")
+    return m
+
+
+def psnr(pred, target, data_range: float = 1.0, mask: Optional[np.ndarray] = None) -> float:
+    """Peak signal-to-noise ratio in dB: ``10·log10(data_range² / MSE)``; ``inf`` for identical images."""
+    a, b = _as_float64(pred, target)
+    m = _check_mask(mask, a.shape)
+    d = (a - b) ** 2
+    mse = float(d[m].mean() if m is not None else d.mean())
+    if mse == 0.0:
+        return math.inf
+    return float(10.0 * np.log10((data_range**2) / mse))
+
+
+def mae(pred, target, mask: Optional[np.ndarray] = None) -> float:
+    """Mean absolute error per channel, averaged over channels (= mean over all values)."""
+    a, b = _as_float64(pred, target)
+    m = _check_mask(mask, a.shape)
+    d = np.abs(a - b)
+    if d.ndim == 2:
+        d = d[..., None]
+    per_channel = d[m].mean(axis=0) if m is not None else d.reshape(-1, d.shape[-1]).mean(axis=0)
+    return float(per_channel.mean())
+
+
+# ---------------------------------------------------------------- SSIM
+
+
+def _gaussian_kernel(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian: radius int(truncate·σ + 0.5), weights normalised to sum 1."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def _filter_axis(x: np.ndarray, axis: int, kernel: Optional[np.ndarray], size: int) -> np.ndarray:
+    """Correlate along `axis` with scipy's 'reflect' border (numpy 'symmetric': d c b a | a b c d).
+
+    ``kernel=None`` means a uniform box of `size` (a running sum, as scipy computes it).
+    """
+    r = size // 2
+    x = np.moveaxis(x, axis, 0)
+    n = x.shape[0]
+    p = np.concatenate([x[r - 1 :: -1], x, x[: n - r - 1 : -1]]) if r else x  # (n + 2r, ...)
+    if kernel is None:
+        cs = np.cumsum(p, axis=0)
+        out = cs[size - 1 :].copy()  # sum of p[0 .. i + size - 1]
+        out[1:] -= cs[: n - 1]
+        out /= size
+    else:
+        out = kernel[0] * p[:n]
+        for k in range(1, size):
+            out += kernel[k] * p[k : k + n]
+    return np.moveaxis(out, 0, axis)
+
+
+def ssim_map(
+    pred,
+    target,
+    data_range: float = 1.0,
+    window: str = "uniform",
+    K1: float = 0.01,
+    K2: float = 0.03,
+) -> tuple[np.ndarray, int]:
+    """The SSIM map (HxW or HxWxC, float64) and the border `pad` skimage drops before averaging.
+
+    Shapes: images (H, W[, C]); windows are applied over H and W only, channel by channel.
+    """
+    if window not in SSIM_WINDOWS:
+        raise CmddError(f"unknown SSIM window {window!r}; choose one of {', '.join(SSIM_WINDOWS)}")
+    a, b = _as_float64(pred, target)
+    if window == "gaussian":
+        kernel = _gaussian_kernel(1.5, 3.5)
+        size = kernel.size  # 11
+        cov_norm = 1.0  # population covariance (Wang et al.), skimage use_sample_covariance=False
+    else:
+        kernel = None
+        size = 7
+        cov_norm = size * size / (size * size - 1.0)  # sample covariance, skimage default
+    if min(a.shape[0], a.shape[1]) < size:
+        raise CmddError(f"image {a.shape[:2]} is smaller than the {size}x{size} SSIM window")
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    S = np.empty_like(a)
+    for c in range(a.shape[-1]):  # channel by channel, as skimage does (and cache-friendly)
+        S[..., c] = _ssim_map_2d(a[..., c], b[..., c], kernel, size, cov_norm, K1, K2, data_range)
+    return (S[..., 0] if np.ndim(pred) == 2 else S), (size - 1) // 2
+
+
+def _ssim_map_2d(a, b, kernel, size, cov_norm, K1, K2, data_range) -> np.ndarray:
+    stack = np.stack([a, b, a * a, b * b, a * b])  # (5, H, W)
+    ux, uy, uxx, uyy, uxy = _filter_axis(_filter_axis(stack, 1, kernel, size), 2, kernel, size)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    C1 = (K1 * data_range) ** 2
+    C2 = (K2 * data_range) ** 2
+    A1 = 2 * ux * uy + C1
+    A2 = 2 * vxy + C2
+    B1 = ux**2 + uy**2 + C1
+    B2 = vx + vy + C2
+    return (A1 * A2) / (B1 * B2)
+
+
+def ssim(
+    pred,
+    target,
+    data_range: float = 1.0,
+    window: str = "uniform",
+    mask: Optional[np.ndarray] = None,
+) -> float:
+    """Structural similarity, scikit-image compatible (see the module docstring)."""
+    S, pad = ssim_map(pred, target, data_range=data_range, window=window)
+    m = _check_mask(mask, S.shape)
+    if S.ndim == 2:
+        S = S[..., None]
+    H, W = S.shape[:2]
+    core = S[pad : H - pad, pad : W - pad]  # skimage: crop(S, pad), every border
+    if m is not None:
+        mc = m[pad : H - pad, pad : W - pad]
+        if not mc.any():
+            raise CmddError("the mask selects no pixels inside the SSIM border")
+        per_channel = core[mc].mean(axis=0)
+    else:
+        per_channel = core.reshape(-1, core.shape[-1]).mean(axis=0)
+    return float(per_channel.mean())
+
+
+# ---------------------------------------------------------------- LPIPS (optional)
+
+_LPIPS_MODELS: Dict[str, object] = {}
+
+
+def _lpips_model(net: str = "alex"):
+    if net in _LPIPS_MODELS:
+        return _LPIPS_MODELS[net]
+    try:
+        import lpips  # type: ignore
+    except ImportError as e:
+        raise BackendUnavailable(
+            "LPIPS needs the optional 'lpips' package: pip install lpips (its backbone weights must "
+            "be available offline, e.g. in the torch hub cache)"
+        ) from e
+    try:
+        model = lpips.LPIPS(net=net, verbose=False).eval()
+    except Exception as e:  # noqa: BLE001 - any failure means the weights are not usable here
+        raise BackendUnavailable(
+            f"LPIPS ({net}) could not load its weights ({type(e).__name__}: {e}); install them into the "
+            "torch hub cache on a machine with network access"
+        ) from e
+    _LPIPS_MODELS[net] = model
+    return model
+
+
+def lpips_distance(pred, target, net: str = "alex") -> float:
+    """LPIPS distance (lower is better) with the optional `lpips` package; images HxWx3 in [0, 1]."""
+    import torch
+
+    a, b = _as_float64(pred, target)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise CmddError("LPIPS needs RGB images (HxWx3)")
+    model = _lpips_model(net)
+
+    def to_t(x: np.ndarray):
+        return torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None] * 2 - 1  # (1, 3, H, W)
+
+    with torch.no_grad():
+        return float(model(to_t(a), to_t(b)).item())
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def parse_metric_names(spec: str | Iterable[str]) -> list[str]:
+    """'psnr,ssim,mae' -> ['psnr', 'ssim', 'mae'], rejecting unknown names and duplicates."""
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise CmddError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+    if not names:
+        raise CmddError("no metric requested")
+    return list(dict.fromkeys(names))
+
+
+def compute_metrics(
+    pred,
+    target,
+    names: Sequence[str] = ("psnr", "ssim", "mae"),
+    ssim_window: str = "uniform",
+    mask: Optional[np.ndarray] = None,
+) -> Dict[str, float]:
+    """Every requested metric for one image pair, as a dict name -> value."""
+    fns: Dict[str, Callable[[], float]] = {
+        "psnr": lambda: psnr(pred, target, mask=mask),
+        "ssim": lambda: ssim(pred, target, window=ssim_window, mask=mask),
+        "mae": lambda: mae(pred, target, mask=mask),
+        "lpips": lambda: _lpips_masked(pred, target, mask),
+    }
+    return {n: fns[n]() for n in parse_metric_names(names)}
+
+
+def _lpips_masked(pred, target, mask) -> float:
+    if mask is not None:
+        raise CmddError("LPIPS cannot be combined with --mask (use --crop-top instead)")
+    return lpips_distance(pred, target)

@@ -1,0 +1,189 @@
+"""Training checkpoints: atomic writes, strict ``weights_only`` loading, RNG capture, retention.
+
+A checkpoint is a dict of tensors and plain Python values only (so ``torch.load(weights_only=True)``
+can read it)::
+
+    {"format": "cmdd-train-checkpoint", "version": 1,
+     "step": int,                      # optimizer steps done
+     "model": state_dict, "model_config": dict, "train_config": dict,
+     "optimizer": state_dict, "scaler": state_dict | None, "ema": state_dict | None,
+     "schedule": {"kind", "base_lr", "periods", "lr"},
+     "data": {"stage": int, "samples": int, "epoch": int, "offset": int},   # position in the stage stream
+     "rng": {"python": ..., "numpy": ..., "torch": tensor, "cuda": [tensor]},
+     "best": {"metric": str, "value": float, "step": int} | None}
+
+Files in ``<out>/checkpoints/``: ``step_00001000.pt`` (the last ``keep_last`` kept) and ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CmddError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cmdd-train-checkpoint"
+VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng",
+    "restore_rng",
+    "CheckpointManager",
+    "find_checkpoint",
+]
+
+
+# ---------------------------------------------------------------- RNG states as tensors / lists
+
+
+def capture_rng() -> Dict[str, Any]:
+    """Python, numpy and torch (CPU + CUDA) RNG states in a weights_only-loadable form."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    elif cuda and torch.cuda.is_available():
+        log.warning("checkpoint has %d CUDA RNG states, this machine %d GPUs: CUDA RNG not restored",
+                    len(cuda), torch.cuda.device_count())
+
+
+# ---------------------------------------------------------------- files
+
+
+def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> Path:
+    """Write `state` atomically: a temp file in the same folder, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; CmddError if it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CmddError(f"{path}: no such checkpoint")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "unusable"
+        raise CmddError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CmddError(f"{path}: not a cmdd training checkpoint")
+    if ck.get("version") != VERSION:
+        raise CmddError(f"{path}: checkpoint version {ck.get('version')} is not supported (expected {VERSION})")
+    missing = [k for k in ("step", "model", "model_config", "train_config", "optimizer", "rng", "data") if k not in ck]
+    if missing:
+        raise CmddError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ck
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the newest ``step_*.pt`` in a run folder (or its ``checkpoints/``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for d in (p / "checkpoints", p):
+        if d.is_dir():
+            steps = CheckpointManager.list_steps(d)
+            if steps:
+                return steps[-1][1]
+    raise CmddError(f"{p}: no checkpoint found (expected a .pt file or a run folder with checkpoints/step_*.pt)")
+
+
+class CheckpointManager:
+    """Periodic checkpoints in one folder, keeping the newest `keep_last` plus ``best.pt``."""
+
+    def __init__(self, folder: str | Path, keep_last: int = 3):
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    @staticmethod
+    def list_steps(folder: Path) -> List[tuple]:
+        out = []
+        for f in folder.iterdir():
+            m = _STEP_RE.match(f.name)
+            if m:
+                out.append((int(m.group(1)), f))
+        return sorted(out)
+
+    def path_for(self, step: int) -> Path:
+        return self.folder / f"step_{step:08d}.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.pt"
+
+    def save(self, step: int, state: Dict[str, Any]) -> Path:
+        path = save_checkpoint(self.path_for(step), state)
+        self.prune()
+        log.debug("checkpoint %s", path)
+        return path
+
+    def save_best(self, state: Dict[str, Any]) -> Path:
+        return save_checkpoint(self.best_path, state)
+
+    def prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        steps = self.list_steps(self.folder)
+        for _, f in steps[: -self.keep_last]:
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                pass
+
+    def latest(self) -> Optional[Path]:
+        if not self.folder.is_dir():
+            return None
+        steps = self.list_steps(self.folder)
+        return steps[-1][1] if steps else None

@@ -1,0 +1,466 @@
+"""Training configuration: typed dataclasses, named presets, TOML files and typed ``key=value`` overrides.
+
+A config is built in three layers, later ones winning: a preset (``paper``, ``tiny``), a TOML file, then
+``--set section.key=value`` overrides. Unknown keys are rejected everywhere, values are type-checked
+against the dataclass fields (an int where a float is expected is fine; a float where an int is
+expected, or a string where a number is expected, is an error).
+
+```toml
+iters = 300000            # total optimizer steps
+seed = 0
+out = "runs/paper"
+precision = "fp32"        # fp32 | bf16 | fp16 (autocast on CUDA; bf16 also on CPU)
+
+[model]                   # a model preset plus any ModelConfig field, e.g. width = 24
+preset = "paper"
+
+[stages]                  # progressive patches (SPEC §4); lengths = ratio scaled to `iters`
+patch = [128, 192, 256]
+batch = [8, 4, 1]         # per process (the global batch is batch x world size)
+ratio = [192, 148, 60]
+
+[optim]
+lr = 3e-4
+weight_decay = 1e-4
+betas = [0.9, 0.999]
+grad_clip = 0.01          # max global grad norm (Restormer's use_grad_clip); 0 disables
+
+[schedule]                # Restormer's CosineAnnealingRestartCyclicLR, periods scaled to `iters`
+periods = [92, 208]
+restart_weights = [1.0, 1.0]
+eta_mins = [3e-4, 1e-6]
+
+[data]
+kind = "manifest"         # manifest | pairs | synth
+path = "data/dpdd/manifest.json"
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
+
+import tomllib
+
+from ..errors import CmddError
+
+__all__ = [
+    "ModelSection",
+    "StagesConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "DataConfig",
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "train_preset",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "config_from_dict",
+    "to_toml",
+    "stage_bounds",
+    "scaled_lengths",
+]
+
+
+# ---------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelSection:
+    """Which network to train: a model preset name plus ModelConfig field overrides."""
+
+    preset: str = "paper"
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self):
+        from ..model import model_config
+
+        return model_config(self.preset, **self.overrides)
+
+
+@dataclass
+class StagesConfig:
+    """Progressive training: stage k crops ``patch[k]``² patches, ``batch[k]`` per process, for a share
+    ``ratio[k] / sum(ratio)`` of the iterations."""
+
+    patch: List[int] = field(default_factory=lambda: [128, 192, 256])
+    batch: List[int] = field(default_factory=lambda: [8, 4, 1])
+    ratio: List[float] = field(default_factory=lambda: [192.0, 148.0, 60.0])
+
+
+@dataclass
+class OptimConfig:
+    """Adam (L2 weight decay as in torch.optim.Adam) and gradient clipping.
+
+    The paper says only "gradient clipping enabled"; the max norm 0.01 is Restormer's ``use_grad_clip``
+    (``clip_grad_norm_(params, 0.01)``), which the paper's settings otherwise follow."""
+
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 0.01
+
+
+@dataclass
+class ScheduleConfig:
+    """Restormer/BasicSR ``CosineAnnealingRestartCyclicLR``; ``kind = "constant"`` keeps ``optim.lr``."""
+
+    kind: str = "cosine_restart_cyclic"
+    periods: List[float] = field(default_factory=lambda: [92.0, 208.0])
+    restart_weights: List[float] = field(default_factory=lambda: [1.0, 1.0])
+    eta_mins: List[float] = field(default_factory=lambda: [3e-4, 1e-6])
+
+
+@dataclass
+class DataConfig:
+    """Where pairs come from.
+
+    kind: ``manifest`` (a prepared DPDD or any pairs manifest JSON; splits ``train_split`` /
+    ``val_split``), ``pairs`` (a folder with ``source/`` + ``target/``, or a DPDD tree), or ``synth``
+    (defocus pairs synthesised on the fly from the sharp images under ``path``).
+    val_path: validation data (a manifest or a folder); empty = the ``val_split`` of ``path`` (a
+    manifest's or a DPDD tree's ``val``; a plain ``source/`` + ``target/`` folder has no splits, so its
+    own images are used: set val_path then), or, for synth, a fixed set of 8 synthetic pairs.
+    val_images: validate on at most this many images (0 = all); val_crop: centre crop (0 = full image).
+    """
+
+    kind: str = "manifest"
+    path: str = ""
+    train_split: str = "train"
+    val_path: str = ""
+    val_split: str = "val"
+    flips: bool = True
+    workers: int = 2
+    val_images: int = 0
+    val_crop: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved (resolved) next to the checkpoints as ``config.toml``.
+
+    iters: total optimizer steps. precision: fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA
+    only). ema_decay: 0 disables the EMA of the weights. log_every / val_every / ckpt_every: in steps
+    (0 disables validation / periodic checkpoints). keep_last: periodic checkpoints kept (plus best).
+    """
+
+    name: str = "paper"
+    iters: int = 300_000
+    seed: int = 0
+    out: str = "runs/paper"
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    ema_decay: float = 0.0
+    loss: str = "l1"
+    log_every: int = 100
+    val_every: int = 5000
+    ckpt_every: int = 5000
+    keep_last: int = 3
+    model: ModelSection = field(default_factory=ModelSection)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Cross-field checks; raises CmddError with the offending key."""
+        s = self.stages
+        if not (len(s.patch) == len(s.batch) == len(s.ratio)) or not s.patch:
+            raise CmddError("stages.patch, stages.batch and stages.ratio must be non-empty and equally long")
+        if any(p < 16 for p in s.patch) or any(b < 1 for b in s.batch) or any(r < 0 for r in s.ratio) or sum(s.ratio) <= 0:
+            raise CmddError("stages: patches must be >= 16 (BatchNorm needs a 2x2 map at 1/8 scale), batches >= 1, ratios >= 0 with a positive sum")
+        if self.iters < 1:
+            raise CmddError(f"iters must be >= 1, got {self.iters}")
+        sc = self.schedule
+        if sc.kind not in ("cosine_restart_cyclic", "constant"):
+            raise CmddError(f"schedule.kind must be cosine_restart_cyclic or constant, got {sc.kind!r}")
+        if sc.kind == "cosine_restart_cyclic":
+            if not (len(sc.periods) == len(sc.restart_weights) == len(sc.eta_mins)) or not sc.periods:
+                raise CmddError("schedule.periods, restart_weights and eta_mins must be equally long")
+            if any(p < 0 for p in sc.periods) or sum(sc.periods) <= 0:
+                raise CmddError("schedule.periods must be >= 0 with a positive sum")
+        o = self.optim
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise CmddError("optim.betas must be two numbers in [0, 1)")
+        if o.lr <= 0 or o.weight_decay < 0 or o.grad_clip < 0:
+            raise CmddError("optim: lr must be > 0, weight_decay and grad_clip >= 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.loss != "l1":
+            raise CmddError(f"loss must be 'l1' (the paper's), got {self.loss!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise CmddError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.data.kind not in ("manifest", "pairs", "synth"):
+            raise CmddError(f"data.kind must be manifest, pairs or synth, got {self.data.kind!r}")
+        if min(self.log_every, self.val_every, self.ckpt_every, self.keep_last, self.data.workers) < 0:
+            raise CmddError("log_every, val_every, ckpt_every, keep_last and data.workers must be >= 0")
+        self.model.model_config()  # raises on an unknown preset or bad override
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = {"preset": self.model.preset, **self.model.overrides}
+        return d
+
+
+# ---------------------------------------------------------------- derived quantities
+
+
+def scaled_lengths(ratio: Iterable[float], total: int) -> List[int]:
+    """Split `total` in proportion to `ratio`: cumulative ends are rounded, so lengths sum to `total`.
+
+    >>> scaled_lengths([192, 148, 60], 300_000)
+    [144000, 111000, 45000]
+    """
+    ratio = [float(r) for r in ratio]
+    s = sum(ratio)
+    ends, acc = [], 0.0
+    for r in ratio:
+        acc += r
+        ends.append(int(round(total * acc / s)))
+    ends[-1] = total
+    return [e - b for b, e in zip([0] + ends[:-1], ends)]
+
+
+def stage_bounds(cfg: TrainConfig) -> List[int]:
+    """Cumulative stage ends in iterations: iteration i (1-based) runs in the first stage k with
+    ``i <= bounds[k]`` (BasicSR's rule). For the paper at 300k: [144000, 255000, 300000]."""
+    ends, acc = [], 0
+    for n in scaled_lengths(cfg.stages.ratio, cfg.iters):
+        acc += n
+        ends.append(acc)
+    return ends
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _paper() -> TrainConfig:
+    return TrainConfig()
+
+
+def _tiny() -> TrainConfig:
+    """Seconds on a laptop CPU: the `tiny` model on synthetic pairs, small patches."""
+    return TrainConfig(
+        name="tiny",
+        iters=200,
+        out="runs/tiny",
+        log_every=10,
+        val_every=100,
+        ckpt_every=100,
+        keep_last=2,
+        model=ModelSection(preset="tiny"),
+        stages=StagesConfig(patch=[32, 48, 64], batch=[4, 2, 1], ratio=[192.0, 148.0, 60.0]),
+        data=DataConfig(kind="synth", workers=0, val_images=4, val_crop=64),
+    )
+
+
+TRAIN_PRESETS = {
+    "paper": (_paper, "the paper's recipe (SPEC §4): 300k iterations, 128/192/256 patches, Adam 3e-4"),
+    "tiny": (_tiny, "tests and smoke runs: tiny model, 32/48/64 patches, 200 iterations, synthetic data"),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise CmddError(f"unknown training preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    return TRAIN_PRESETS[name][0]()
+
+
+# ---------------------------------------------------------------- typed values
+
+_SECTIONS = {"model", "stages", "optim", "schedule", "data"}
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting int -> float where a float is wanted."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, List):
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin in (dict, Dict):
+        if isinstance(value, dict):
+            return dict(value)
+    else:  # pragma: no cover - every field type is listed above
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    raise CmddError(f"config key {key!r} expects {name}, got {value!r}")
+
+
+def _coerce_model_value(key: str, value: Any) -> Any:
+    """Model overrides are type-checked against ModelConfig's defaults (values by ModelConfig itself)."""
+    from ..model import ModelConfig
+
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
+    if key not in known:
+        raise CmddError(f"unknown config key 'model.{key}'; known: preset, {', '.join(known)}")
+    default = getattr(ModelConfig(), key)
+    if isinstance(default, bool):
+        return _coerce(value, bool, f"model.{key}")
+    if isinstance(default, int):
+        return _coerce(value, int, f"model.{key}")
+    if isinstance(default, float):
+        return _coerce(value, float, f"model.{key}")
+    if isinstance(default, tuple):
+        return list(_coerce(value, List[int], f"model.{key}"))
+    return _coerce(value, str, f"model.{key}")
+
+
+def _apply_section(obj: Any, values: dict, prefix: str) -> None:
+    hints = _hints(type(obj))
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            raise CmddError(f"unknown config key {key!r}; known: {', '.join(prefix + h for h in hints)}")
+        setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def _apply(cfg: TrainConfig, data: dict) -> TrainConfig:
+    """Merge a nested dict (TOML / JSON shape) into `cfg` in place, rejecting unknown keys."""
+    hints = _hints(TrainConfig)
+    for k, v in data.items():
+        if k == "model":
+            if not isinstance(v, dict):
+                raise CmddError("config key 'model' must be a table")
+            for mk, mv in v.items():
+                if mk == "preset":
+                    cfg.model.preset = _coerce(mv, str, "model.preset")
+                elif mk == "overrides" and isinstance(mv, dict):
+                    for ok, ov in mv.items():
+                        cfg.model.overrides[ok] = _coerce_model_value(ok, ov)
+                else:
+                    cfg.model.overrides[mk] = _coerce_model_value(mk, mv)
+        elif k in _SECTIONS:
+            if not isinstance(v, dict):
+                raise CmddError(f"config key {k!r} must be a table")
+            _apply_section(getattr(cfg, k), v, f"{k}.")
+        elif k in hints:
+            setattr(cfg, k, _coerce(v, hints[k], k))
+        else:
+            raise CmddError(f"unknown config key {k!r}; known: {', '.join(hints)}")
+    return cfg
+
+
+def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from a nested dict (e.g. one stored in a checkpoint), over `base` (default: paper)."""
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+    if "model" in data:  # a stored config is complete: start the model section from scratch
+        cfg.model = ModelSection(preset="paper")
+    return _apply(cfg, data)
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML (or JSON) config over `base` (default: the preset named by its ``preset`` key, else
+    paper). Unknown keys are errors."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CmddError(f"{p}: cannot read the config ({e.strerror or e})") from e
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise CmddError(f"{p}: not a valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'} config: {e}") from e
+    preset = data.pop("preset", None)
+    if base is None:
+        base = train_preset(preset) if preset else TrainConfig()
+    elif preset:
+        base = train_preset(preset)
+    return _apply(copy.deepcopy(base), data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.lr=1e-3'`` -> ``('optim.lr', 0.001)``. The value is read as a TOML value (numbers, true /
+    false, [lists], "strings"); anything that is not valid TOML is taken as a bare string."""
+    if "=" not in text:
+        raise CmddError(f"override {text!r} must look like key=value (e.g. optim.lr=1e-3)")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    if not key:
+        raise CmddError(f"override {text!r} has no key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Iterable[str | tuple[str, Any]]) -> TrainConfig:
+    """Apply ``key=value`` overrides (dotted keys for sections) to a copy of `cfg`."""
+    cfg = copy.deepcopy(cfg)
+    for ov in overrides:
+        key, value = parse_override(ov) if isinstance(ov, str) else ov
+        parts = key.split(".")
+        if len(parts) > 2:
+            raise CmddError(f"unknown config key {key!r}")
+        nested = {parts[0]: {parts[1]: value}} if len(parts) == 2 else {parts[0]: value}
+        if len(parts) == 2 and parts[0] not in _SECTIONS:
+            raise CmddError(f"unknown config key {key!r}; sections: {', '.join(sorted(_SECTIONS))}")
+        _apply(cfg, nested)
+    return cfg
+
+
+# ---------------------------------------------------------------- writing TOML
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        r = repr(v)
+        return r if any(c in r for c in ".en") else r + ".0"
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML; ``load_config`` on it gives back an equal config."""
+    d = cfg.to_dict()
+    lines = ["# cmdd train: resolved configuration (load with `cmdd train --config THIS_FILE`)"]
+    for k, v in d.items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append("")
+            lines.append(f"[{k}]")
+            for kk, vv in v.items():
+                lines.append(f"{kk} = {_toml_value(vv)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""Training data from a :class:`~cmddcli.train.config.DataConfig`, built on :mod:`cmddcli.data`'s datasets.
+
+``data_source(cfg)`` returns a :class:`~cmddcli.train.loop.DataSource`: ``train_dataset(patch, stage)``
+gives random ``patch``² crops with random flips, ``val_dataset()`` whole validation images.
+
+- ``manifest``: :class:`~cmddcli.data.PairsDataset` over a prepared manifest (``cmdd prepare``), splits
+  ``data.train_split`` / ``data.val_split``;
+- ``pairs``: the same over a DPDD / RealDOF tree or any ``source/`` + ``target/`` folder, discovered in
+  place (no copy);
+- ``synth``: :class:`~cmddcli.data.SynthDataset` synthesising defocus pairs on the fly from the sharp
+  images under ``data.path``, or from procedural images when the path is empty (smoke tests).
+
+Randomness: the loop draws every sample with its own seed (:mod:`cmddcli.train.sampling`); these
+datasets take it through their ``rng_for`` hook, so crops, flips and synthetic blur are the same after
+``--resume`` and whatever the number of loader workers.
+
+``--data`` strings (:func:`parse_data_arg`): ``synth:DIR``, ``synth``, a manifest JSON or a folder holding
+``manifest.json`` (kind ``manifest``), any other folder (kind ``pairs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..errors import CmddError, InputError
+from .config import DataConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["data_source", "parse_data_arg", "procedural_sharp", "synth_config_for", "ConfigDataSource"]
+
+PROCEDURAL_IMAGES = 16  # sharp sources for `synth` without a folder
+VAL_DEFAULT_IMAGES = 8
+
+
+def parse_data_arg(text: str) -> Tuple[str, str]:
+    """``--data`` -> (kind, path): ``synth[:DIR]``, a manifest (file / folder with manifest.json), a folder."""
+    from ..data.manifest import MANIFEST_NAME
+
+    if text == "synth" or text.startswith("synth:"):
+        return "synth", text[len("synth:"):] if ":" in text else ""
+    p = Path(text)
+    if p.is_file() and p.suffix.lower() == ".json":
+        return "manifest", text
+    if p.is_dir() and (p / MANIFEST_NAME).is_file():
+        return "manifest", str(p / MANIFEST_NAME)
+    if p.is_dir():
+        return "pairs", text
+    raise InputError(p, "--data must be a manifest JSON, a folder of pairs, or synth[:DIR_OF_SHARP_IMAGES]")
+
+
+def procedural_sharp(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A sharp synthetic image (size², float32 RGB): random rectangles, discs and stripe patches with hard
+    edges plus fine noise, so that blur is visible everywhere. For runs without photographs."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = rng.uniform(0, 1, 3)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for _ in range(int(rng.integers(8, 16))):
+        colour = rng.uniform(0, 1, 3).astype(np.float32)
+        kind = int(rng.integers(0, 3))
+        cy, cx = rng.uniform(0, size, 2)
+        r = rng.uniform(size / 16, size / 3)
+        if kind == 0:
+            m = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < rng.uniform(size / 16, size / 3))
+        elif kind == 1:
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        else:
+            theta, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+            m = (np.sin((np.cos(theta) * xx + np.sin(theta) * yy) * 2 * np.pi / period) > 0) & (
+                (yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
+        img[m] = colour
+    img += rng.normal(0, 0.02, img.shape).astype(np.float32)
+    return np.clip(img, 0, 1)
+
+
+def synth_config_for(patch: int):
+    """The synthesiser's defaults, with the largest blur radius capped at patch/8 (16 px at 128²)."""
+    from ..data.synth import SynthConfig
+
+    return SynthConfig(max_coc=(1.0, float(max(2.0, min(16.0, patch / 8)))))
+
+
+# ---------------------------------------------------------------- from a config
+
+
+def _pairs_manifest(path: str, split: str):
+    """An in-memory manifest of the pairs found under `path` (DPDD, RealDOF or source/ + target/)."""
+    from ..data.manifest import Manifest, PairEntry
+    from ..evaluate import items_from_data
+
+    items = items_from_data(path, split)
+    entries = [PairEntry(name=it.name, split=split, source=str(Path(it.source).resolve()),
+                         target=str(Path(it.target).resolve()), width=0, height=0, bit_depth=0,
+                         sha256_source="", sha256_target="", subset=it.subset) for it in items]
+    return Manifest(dataset="pairs", entries=entries, root=Path(path).resolve())
+
+
+@dataclass
+class ConfigDataSource:
+    """The DataSource described by a DataConfig (see the module docstring)."""
+
+    data: DataConfig
+    seed: int = 0
+
+    def _manifest(self, path: str, split: str):
+        from ..data.manifest import load_manifest
+
+        if self.data.kind == "manifest":
+            return load_manifest(path)
+        return _pairs_manifest(path, split)
+
+    def _procedural(self, size: int, count: int, seed: int) -> List[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return [procedural_sharp(size, rng) for _ in range(count)]
+
+    def train_dataset(self, patch: int, stage: int) -> Dataset:
+        from ..data.datasets import PairsDataset, SynthDataset
+
+        d = self.data
+        if d.kind == "synth":
+            if d.path:
+                from ..data.sources import list_images
+
+                sources = list_images(d.path)
+                if not sources:
+                    raise InputError(d.path, "no sharp images to synthesise from")
+            else:
+                sources = self._procedural(max(256, patch), PROCEDURAL_IMAGES, self.seed)
+            return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch), seed=self.seed,
+                                flips=d.flips)
+        if not d.path:
+            raise CmddError(f"data.kind = {d.kind!r} needs data.path (or --data)")
+        return PairsDataset(self._manifest(d.path, d.train_split), d.train_split, patch_size=patch, flips=d.flips,
+                            seed=self.seed)
+
+    def val_dataset(self) -> Optional[Dataset]:
+        from ..data.datasets import PairsDataset, SynthDataset
+
+        d = self.data
+        if d.kind == "synth" and not d.val_path:
+            size = d.val_crop or 128
+            n = d.val_images or VAL_DEFAULT_IMAGES
+            sources = self._procedural(size, n, 10_000 + self.seed)  # disjoint from the training images
+            return SynthDataset(sources, patch_size=size, config=synth_config_for(size), seed=10_000 + self.seed,
+                                length=n, flips=False)
+        path = d.val_path or d.path
+        if not path:
+            return None
+        kind = "manifest" if d.val_path and Path(d.val_path).suffix.lower() == ".json" else d.kind
+        try:
+            if kind == "manifest":
+                from ..data.manifest import load_manifest
+
+                man = load_manifest(path)
+            else:
+                man = _pairs_manifest(path, d.val_split)
+            return PairsDataset(man, d.val_split, patch_size=None, flips=False)
+        except (CmddError, InputError) as e:
+            log.warning("validation disabled: %s", e)
+            return None
+
+
+def data_source(cfg: TrainConfig) -> ConfigDataSource:
+    return ConfigDataSource(cfg.data, cfg.seed)

@@ -1,0 +1,575 @@
+"""The training loop: progressive patches, Adam + cyclic cosine restarts, L1, clipping, AMP, EMA, DDP,
+validation, atomic checkpoints and exact resume.
+
+One call, :func:`train`, runs a :class:`~cmddcli.train.config.TrainConfig`. Iteration ``i`` (1-based)
+uses ``lr(i)`` and the stage whose range holds ``i`` (see :mod:`cmddcli.train.schedule`); ``step`` is
+the number of finished iterations. Per iteration:
+
+    x, y = next batch of stage(i)          # (B, 3, P, P) each
+    lr = schedule(i)
+    loss = mean |model(x) - y|             # under autocast for bf16 / fp16
+    stop if loss is not finite on any rank (no update; the last checkpoint stays the last good one)
+    backward; clip global grad norm; Adam step; EMA update
+
+Rank 0 validates, logs (CSV, TensorBoard when it imports) and writes checkpoints; every rank keeps the
+same weights (DDP averages gradients and broadcasts BatchNorm buffers from rank 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import CmddError
+from .checkpoint import (
+    CheckpointManager,
+    capture_rng,
+    find_checkpoint,
+    load_checkpoint,
+    restore_rng,
+)
+from .config import TrainConfig, config_from_dict, to_toml
+from .dist import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from .sampling import SampleStream, SeededDataset
+from .schedule import LRSchedule, Stage, stage_at, stages_of
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "Trainer", "TrainResult", "TrainEvent", "TrainingDiverged", "DataSource", "build_model"]
+
+
+class TrainingDiverged(CmddError):
+    """The loss (or the gradient norm) stopped being finite; the run stopped without saving that state."""
+
+
+class DataSource(Protocol):
+    """Where training and validation pairs come from (see :mod:`cmddcli.train.data`).
+
+    Items are ``(blurred, sharp)`` (or dicts with source/target-like keys), each (3, H, W) tensors or
+    HxWx3 arrays in [0, 1]. Training items are random ``patch``² crops; validation items are whole
+    images (the loop centre-crops them to ``data.val_crop``).
+    """
+
+    def train_dataset(self, patch: int, stage: int) -> Dataset: ...
+
+    def val_dataset(self) -> Optional[Dataset]: ...
+
+
+@dataclass
+class TrainEvent:
+    """What the loop reports to a callback (the CLI draws its progress line from these)."""
+
+    kind: str  # "step" | "val" | "checkpoint" | "stage" | "done"
+    step: int
+    total: int
+    stage: int = 0
+    patch: int = 0
+    batch: int = 0
+    loss: float = float("nan")
+    lr: float = 0.0
+    it_per_s: float = 0.0
+    eta_s: float = float("nan")
+    values: Dict[str, float] = field(default_factory=dict)
+    path: Optional[str] = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    out: Path
+    last_checkpoint: Optional[Path]
+    weights: Optional[Path]
+    ema_weights: Optional[Path]
+    best: Optional[dict]
+    losses: List[float]  # per iteration run in this call (rank-mean), for tests and plots
+    model: nn.Module  # the trained network (raw weights, unwrapped), on the training device
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    from ..model import CMDDNet
+
+    return CMDDNet(cfg.model.model_config())
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+_SOURCE_KEYS = ("blurred", "blur", "source", "input", "lq")
+_TARGET_KEYS = ("sharp", "target", "gt")
+
+
+def _pair_of(item: Any) -> tuple:
+    if isinstance(item, dict):
+        src = next((item[k] for k in _SOURCE_KEYS if k in item), None)
+        tgt = next((item[k] for k in _TARGET_KEYS if k in item), None)
+        if src is None or tgt is None:
+            raise CmddError(f"dataset item has keys {sorted(item)}; expected a blurred and a sharp image")
+        return src, tgt
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return item[0], item[1]
+    raise CmddError(f"dataset item of type {type(item).__name__} is not a (blurred, sharp) pair")
+
+
+def _chw(a: Any) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else torch.as_tensor(a)
+    if t.ndim == 3 and t.shape[0] != 3 and t.shape[-1] == 3:
+        t = t.permute(2, 0, 1)  # HWC -> CHW
+    return t.float()
+
+
+def collate_pairs(items: List[Any]) -> tuple:
+    """A list of pairs -> (blurred (B, 3, P, P), sharp (B, 3, P, P)) float32."""
+    pairs = [_pair_of(it) for it in items]
+    return torch.stack([_chw(p[0]) for p in pairs]), torch.stack([_chw(p[1]) for p in pairs])
+
+
+def _center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
+    if size <= 0:
+        return t
+    H, W = t.shape[-2:]
+    h, w = min(size, H), min(size, W)
+    y, x = (H - h) // 2, (W - w) // 2
+    return t[..., y : y + h, x : x + w]
+
+
+class _CsvLog:
+    """Append-only CSV that, on resume, first drops rows past the resumed step."""
+
+    def __init__(self, path: Path, columns: List[str], resume_step: Optional[int]):
+        self.path, self.columns = path, columns
+        rows: List[dict] = []
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - TensorBoard is optional; CSV logs are always written
+        log.debug("tensorboard not importable: CSV logs only")
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Model, optimizer, scaler, EMA, DDP wrapper and checkpoints of one run; :func:`train` drives it.
+
+    ``Trainer(cfg, DistInfo(device=...), data=None)`` builds everything from `cfg` (data lazily);
+    :meth:`iteration` is one optimizer step (used by :meth:`run` and ``benchmarks/bench_train.py``).
+    """
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, data: Optional[DataSource] = None,
+                 callback: Optional[Callable[[TrainEvent], None]] = None):
+        self.cfg, self.info, self.callback = cfg, info, callback
+        self.device = info.device
+        if data is None:
+            from .data import data_source
+
+            data = data_source(cfg)
+        self.data = data
+        self.out = Path(cfg.out)
+        self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last)
+        self.schedule = LRSchedule.from_config(cfg)
+        self.stages = stages_of(cfg)
+
+        precision = cfg.precision
+        if precision == "fp16" and self.device.type != "cuda":
+            raise CmddError("precision fp16 needs CUDA (use bf16 or fp32 on CPU)")
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg).to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.opt = torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self.ema: Optional[nn.Module] = None
+        if cfg.ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).eval()
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+        self.net: nn.Module = self.model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.step = 0
+        self.best: Optional[dict] = None
+        self.last_ckpt: Optional[Path] = None
+        self._train_len: Dict[int, int] = {}  # stage -> samples per rank and epoch
+        self.tb = None
+
+    # ---- state
+
+    def _state(self) -> Dict[str, Any]:
+        rngs = [capture_rng()]
+        if self.info.distributed:
+            gathered: List[Any] = [None] * self.info.world_size
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        stage = stage_at(self.cfg, max(1, self.step))
+        consumed = (self.step - stage.start) * stage.batch
+        epoch, offset = divmod(consumed, max(1, self._train_len.get(stage.index, 1)))
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "schedule": {"kind": self.schedule.kind, "base_lr": self.schedule.base_lr,
+                         "periods": list(self.schedule.periods), "lr": self.schedule(self.step)},
+            "data": {"stage": stage.index, "samples": consumed, "epoch": epoch, "offset": offset,
+                     "world_size": self.info.world_size},
+            "rng": rngs,
+            "best": self.best,
+        }
+
+    def load(self, path: Path) -> None:
+        ck = load_checkpoint(path, map_location="cpu")
+        from ..model import ModelConfig
+
+        mine = self.model.config
+        theirs = ModelConfig.from_dict(ck["model_config"])
+        if theirs != mine:
+            raise CmddError(f"{path}: checkpoint is for another model configuration ({theirs} vs {mine})")
+        changed = _diff(ck["train_config"], self.cfg.to_dict())
+        if changed:
+            log.warning("resuming with changed settings (%s): the run is no longer a straight continuation",
+                        ", ".join(changed))
+        self.model.load_state_dict(ck["model"], strict=True)
+        self.opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None:
+            if ck.get("ema") is None:
+                log.warning("%s has no EMA weights: the EMA restarts from the current weights", path)
+                self.ema.load_state_dict(self.model.state_dict())
+            else:
+                self.ema.load_state_dict(ck["ema"], strict=True)
+        self.step = int(ck["step"])
+        self.best = ck.get("best")
+        rngs = ck["rng"]
+        if ck["data"].get("world_size", 1) != self.info.world_size:
+            log.warning("resuming with %d processes (checkpoint: %d): the data order changes",
+                        self.info.world_size, ck["data"].get("world_size", 1))
+        restore_rng(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
+        self.last_ckpt = path
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _sync_buffers(self) -> None:
+        """DDP broadcasts BatchNorm buffers from rank 0 at each forward, so rank 0's are the run's; after
+        the last forward the other ranks still hold their local statistics: copy rank 0's over."""
+        if self.info.distributed:
+            for m in (self.model, self.ema):
+                if m is not None:
+                    for b in m.buffers():
+                        torch.distributed.broadcast(b, src=0)
+
+    def save(self, best: bool = False) -> Optional[Path]:
+        self._sync_buffers()
+        state = self._state()  # collective in DDP: every rank calls it
+        if not self.info.is_main:
+            return None
+        if best:
+            return self.ckpts.save_best(state)
+        self.last_ckpt = self.ckpts.save(self.step, state)
+        self._emit(TrainEvent("checkpoint", self.step, self.cfg.iters, path=str(self.last_ckpt)))
+        return self.last_ckpt
+
+    def export(self, name: str, model: nn.Module) -> Path:
+        from ..model.weights import save_weights
+
+        meta = {"train": {"name": self.cfg.name, "step": self.step, "iters": self.cfg.iters,
+                          "data": {"kind": self.cfg.data.kind, "path": self.cfg.data.path},
+                          "ema": name.endswith("_ema")},
+                "best": self.best}
+        return save_weights(model, self.out / "weights" / f"{name}.safetensors", metadata=meta,
+                            preset=self.cfg.model.preset if not self.cfg.model.overrides else None)
+
+    # ---- data
+
+    def _loader(self, stage: Stage) -> DataLoader:
+        ds = self.data.train_dataset(stage.patch, stage.index)
+        self._train_len[stage.index] = -(-len(ds) // self.info.world_size)
+        start = (self.step - stage.start) * stage.batch
+        stream = SampleStream(len(ds), stage.batch, self.cfg.seed, stage.index,
+                              self.info.rank, self.info.world_size, start=start)
+        workers = self.cfg.data.workers
+        return DataLoader(SeededDataset(ds, in_worker=workers > 0), batch_sampler=stream, num_workers=workers,
+                          collate_fn=collate_pairs, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+
+    # ---- validation
+
+    @torch.no_grad()
+    def validate(self) -> Optional[Dict[str, float]]:
+        ds = self.data.val_dataset()
+        if ds is None or len(ds) == 0:
+            return None
+        from ..metrics import psnr, ssim
+
+        model = self.ema if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        n = len(ds) if self.cfg.data.val_images <= 0 else min(len(ds), self.cfg.data.val_images)
+        ps, ss = [], []
+        for i in range(n):
+            x, y = collate_pairs([ds[i]])
+            x = _center_crop(x, self.cfg.data.val_crop).to(self.device)
+            y = _center_crop(y, self.cfg.data.val_crop)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out = model(x)
+            pred = out.float().clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            tgt = y[0].permute(1, 2, 0).numpy()
+            ps.append(psnr(pred, tgt))
+            ss.append(ssim(pred, tgt))
+        model.train(was_training)
+        return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "images": float(n)}
+
+    # ---- the loop
+
+    def _emit(self, ev: TrainEvent) -> None:
+        if self.callback is not None and self.info.is_main:
+            self.callback(ev)
+
+    def iteration(self, x: torch.Tensor, y: torch.Tensor, it: int) -> tuple:
+        """One optimizer step on a batch (x, y: (B, 3, P, P)) as iteration `it` (1-based).
+
+        Returns (loss averaged over ranks, grad norm before clipping or nan, lr). Raises
+        TrainingDiverged, before touching the weights, if the loss (or the grad norm) is not finite.
+        """
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        lr = self.schedule(it)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = self.net(x)  # (B, 3, P, P)
+        loss = F.l1_loss(out.float(), y)
+        mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size
+        lv = float(mean_loss.item())  # one sync per step: the non-finite check needs it
+        if not math.isfinite(lv):
+            self._diverged(it, "loss", lv)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        gn = float("nan")
+        clip = self.cfg.optim.grad_clip
+        if clip > 0:
+            self.scaler.unscale_(self.opt)
+            gn = float(torch.nn.utils.clip_grad_norm_(self.params, clip).item())
+            if not math.isfinite(gn) and not self.scaler.is_enabled():  # fp16: the scaler skips such steps
+                self._diverged(it, "gradient norm", gn)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.ema is not None:
+            self._ema_update()
+        return lv, gn, lr
+
+    def run(self, resume: Optional[str], stop_at: Optional[int]) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        if resume:
+            self.load(find_checkpoint(resume))
+        end = cfg.iters if stop_at is None else max(self.step, min(int(stop_at), cfg.iters))
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume and self.ckpts.latest() is not None:
+                raise CmddError(f"{self.out} already holds checkpoints of a run: pass --resume {self.out} to "
+                                "continue it, or choose another --out")
+            (self.out / "config.toml").write_text(to_toml(cfg))
+            resumed = self.step if resume else None
+            self.train_log = _CsvLog(self.out / "train_log.csv", ["step", "stage", "patch", "batch", "loss", "lr",
+                                     "grad_norm", "it_per_s", "elapsed_s"], resumed)
+            self.val_log = _CsvLog(self.out / "val_log.csv", ["step", "psnr", "ssim", "weights", "best"], resumed)
+            self.tb = _tensorboard(self.out / "tb")
+        barrier(info)
+
+        log.info("training %s: %d iterations (steps %d..%d now), stages %s, on %s%s", cfg.name, cfg.iters,
+                 self.step, end, ", ".join(f"{s.patch}px x{s.batch} for {s.length}" for s in self.stages),
+                 self.device, f" x{info.world_size} processes" if info.distributed else "")
+        losses: List[float] = []
+        loader_iter = None
+        cur_stage: Optional[int] = None
+        t_start = time.perf_counter()
+        t_window, n_window, loss_window, gn_window = time.perf_counter(), 0, 0.0, 0.0
+        t_last, step_time = time.perf_counter(), None
+
+        while self.step < end:
+            it = self.step + 1
+            stage = stage_at(cfg, it)
+            if stage.index != cur_stage:
+                loader_iter = iter(self._loader(stage))
+                cur_stage = stage.index
+                log.info("stage %d: %dx%d patches, batch %d, iterations %d..%d", stage.index + 1, stage.patch,
+                         stage.patch, stage.batch, stage.start + 1, stage.end)
+                self._emit(TrainEvent("stage", self.step, cfg.iters, stage.index, stage.patch, stage.batch))
+            x, y = next(loader_iter)
+            lv, gn, lr = self.iteration(x, y, it)
+            self.step = it
+            losses.append(lv)
+
+            # ---- bookkeeping
+            n_window += 1
+            loss_window += lv
+            gn_window += gn if math.isfinite(gn) else 0.0
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+            rate = 1.0 / max(step_time, 1e-9)
+            if self.callback is not None and info.is_main:
+                self._emit(TrainEvent("step", self.step, cfg.iters, stage.index, stage.patch, stage.batch,
+                                      lv, lr, rate, (end - self.step) / rate))
+            if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                window_rate = n_window / max(now - t_window, 1e-9)
+                row = {"step": self.step, "stage": stage.index + 1, "patch": stage.patch, "batch": stage.batch,
+                       "loss": loss_window / n_window, "lr": lr, "grad_norm": gn_window / n_window,
+                       "it_per_s": window_rate, "elapsed_s": now - t_start}
+                if info.is_main:
+                    self.train_log.write(row)
+                    if self.tb is not None:
+                        for k in ("loss", "lr", "grad_norm", "it_per_s"):
+                            self.tb.add_scalar(f"train/{k}", row[k], self.step)
+                log.debug("step %d loss %.5f lr %.3g %.2f it/s", self.step, row["loss"], lr, window_rate)
+                t_window, n_window, loss_window, gn_window = now, 0, 0.0, 0.0
+
+            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
+                self._validate_and_track()
+            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
+                self.save()
+                barrier(info)
+
+        self._sync_buffers()
+        weights = ema_weights = None
+        if info.is_main and self.step == cfg.iters:
+            weights = self.export("final", self.model)
+            if self.ema is not None:
+                ema_weights = self.export("final_ema", self.ema)
+            log.info("finished: %s%s", weights, f" and {ema_weights}" if ema_weights else "")
+        if self.tb is not None:
+            self.tb.close()
+        self._emit(TrainEvent("done", self.step, cfg.iters, path=str(self.last_ckpt) if self.last_ckpt else None,
+                              values=dict(self.best or {})))
+        return TrainResult(self.step, self.out, self.last_ckpt, weights, ema_weights, self.best, losses, self.model)
+
+    def _ema_update(self) -> None:
+        d = self.cfg.ema_decay
+        with torch.no_grad():
+            ema_p = list(self.ema.parameters())
+            torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - d)
+            for eb, b in zip(self.ema.buffers(), self.model.buffers()):
+                eb.copy_(b)
+
+    def _validate_and_track(self) -> None:
+        vals = self.validate() if self.info.is_main else None
+        improved = False
+        if vals is not None:
+            which = "ema" if self.ema is not None else "raw"
+            if self.best is None or vals["psnr"] > self.best["value"]:
+                self.best = {"metric": "psnr", "value": vals["psnr"], "ssim": vals["ssim"], "step": self.step,
+                             "weights": which}
+                improved = True
+            self.val_log.write({"step": self.step, "psnr": vals["psnr"], "ssim": vals["ssim"], "weights": which,
+                                "best": int(improved)})
+            if self.tb is not None:
+                self.tb.add_scalar("val/psnr", vals["psnr"], self.step)
+                self.tb.add_scalar("val/ssim", vals["ssim"], self.step)
+            log.info("step %d: validation PSNR %.3f dB, SSIM %.4f (%s weights)%s", self.step, vals["psnr"],
+                     vals["ssim"], which, " - best so far" if improved else "")
+            self._emit(TrainEvent("val", self.step, self.cfg.iters, values=vals))
+        if self.info.distributed:
+            flag = [improved, self.best]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            improved, self.best = flag
+        if improved:
+            self.save(best=True)
+            if self.info.is_main:
+                self.export("best", self.ema if self.ema is not None else self.model)
+
+    def _diverged(self, it: int, what: str, value: float) -> None:
+        last = str(self.last_ckpt) if self.last_ckpt else "none written yet"
+        if self.tb is not None:
+            self.tb.close()
+        raise TrainingDiverged(
+            f"{what} is {value} at iteration {it}: training stopped without updating the weights; "
+            f"last good checkpoint: {last}. Resume from it with a lower optim.lr, or check the data.")
+
+
+def train(cfg: TrainConfig, *, resume: Optional[str] = None, data: Optional[DataSource] = None,
+          callback: Optional[Callable[[TrainEvent], None]] = None, stop_at: Optional[int] = None) -> TrainResult:
+    """Run (or continue) a training run.
+
+    Args:
+        cfg: the run's configuration (validated here). With `resume`, pass the checkpoint's config
+            (``config_from_dict(ckpt["train_config"])``, done by :func:`resume_config`) plus any changes.
+        resume: a checkpoint file or a run folder (its newest ``checkpoints/step_*.pt``).
+        data: training / validation data; default built from ``cfg.data`` (:mod:`cmddcli.train.data`).
+        callback: called on rank 0 with every :class:`TrainEvent` (progress display).
+        stop_at: stop after this many total steps (a checkpoint is written there), e.g. for job time
+            limits; ``None`` runs to ``cfg.iters``.
+    Raises:
+        TrainingDiverged: the loss became non-finite (checkpoints written before stay as they are).
+    """
+    cfg.validate()
+    info = init_distributed(cfg.device)
+    try:
+        return Trainer(cfg, info, data, callback).run(str(resume) if resume else None, stop_at)
+    finally:
+        shutdown_distributed(info)
+
+
+def resume_config(resume: str | Path) -> TrainConfig:
+    """The TrainConfig stored in a checkpoint (or the newest checkpoint of a run folder)."""
+    ck = load_checkpoint(find_checkpoint(resume))
+    return config_from_dict(ck["train_config"])
+
+
+__all__ += ["resume_config", "collate_pairs"]

@@ -1,0 +1,184 @@
+"""`cmdd eval` and cmddcli.evaluate: the published protocol on real and synthetic files."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cmddcli import evaluate as E
+from cmddcli import metrics as M
+from cmddcli.cli.main import app
+from cmddcli.data.dpdd import DPDD_INDOOR_TEST
+from cmddcli.data.pngio import write_png
+from cmddcli.errors import InputError
+
+SAMPLES = Path("/work/shared/samples/defocus")
+if not SAMPLES.is_dir():  # the repository's own copy, when the shared folder is not mounted
+    SAMPLES = Path(__file__).resolve().parents[1] / "shared" / "samples" / "defocus"
+needs_samples = pytest.mark.skipif(not (SAMPLES / "dpdd_1024").is_dir(), reason="real DPDD samples not available")
+
+
+def _img(rng, h, w, bits=8):
+    top = 65535 if bits == 16 else 255
+    return rng.integers(0, top + 1, (h, w, 3)).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+# ---------------------------------------------------------------- acceptance on real DPDD pairs
+
+
+@needs_samples
+def test_acceptance_blurred_inputs_vs_targets_real_dpdd():
+    """The issue's acceptance numbers: the ten real pairs' inputs scored against their targets
+    (8-bit, GIF pairs without the 48 label rows) average 24.23 dB / 0.722 / 0.0418."""
+    items = E.items_from_predictions(SAMPLES / "dpdd_1024" / "blur", SAMPLES / "dpdd_1024" / "sharp")
+    items += E.items_from_predictions(str(SAMPLES / "dpdd_gif_pairs" / "*_input.png"),
+                                      str(SAMPLES / "dpdd_gif_pairs" / "*_gt.png"), crop_top=48)
+    assert len(items) == 10
+    report = E.evaluate_predictions(items)
+    overall = report.overall()
+    assert (overall.group, overall.count) == ("all", 10)
+    assert f"{overall.means['psnr']:.2f}" == "24.23"
+    assert f"{overall.means['ssim']:.3f}" == "0.722"
+    assert f"{overall.means['mae']:.4f}" == "0.0418"
+
+
+@needs_samples
+def test_acceptance_through_the_cli_in_one_call(tmp_path):
+    s = SAMPLES
+    res = CliRunner().invoke(app, [
+        "eval", "--pred", str(s / "dpdd_1024/blur"), "--target", str(s / "dpdd_1024/sharp"), "--crop-top", "0",
+        "--pred", str(s / "dpdd_gif_pairs/*_input.png"), "--target", str(s / "dpdd_gif_pairs/*_gt.png"),
+        "--crop-top", "48", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)["summary"]
+    assert [r["count"] for r in summary] == [6, 4, 10]
+    means = summary[-1]["means"]
+    assert (round(means["psnr"], 2), round(means["ssim"], 3), round(means["mae"], 4)) == (24.23, 0.722, 0.0418)
+    rows = list(csv.DictReader((tmp_path / "per_image.csv").read_text().splitlines()))
+    assert len(rows) == 10 and {r["name"] for r in rows} >= {"1P0A2261", "canon_res_07"}
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"]["bits"] == 8
+
+
+# ---------------------------------------------------------------- matching, cropping, bit depth
+
+
+def test_pred_suffix_glob_and_mismatch(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name in ("a1", "a2", "a10"):
+        write_png(tmp_path / "gt" / f"{name}.png", _img(rng, 12, 10))
+        write_png(tmp_path / "pred" / f"{name}_deblurred.png", _img(rng, 12, 10))
+    items = E.items_from_predictions(tmp_path / "pred", tmp_path / "gt", pred_suffix="_deblurred")
+    assert [i.name for i in items] == ["a1", "a2", "a10"]  # natural order
+    globbed = E.items_from_predictions(str(tmp_path / "pred" / "*_deblurred.png"), tmp_path / "gt")
+    assert [i.pred for i in globbed] == [i.pred for i in items]
+    (tmp_path / "gt" / "a3.png").write_bytes((tmp_path / "gt" / "a1.png").read_bytes())
+    with pytest.raises(InputError, match="no prediction for a3"):
+        E.items_from_predictions(tmp_path / "pred", tmp_path / "gt", pred_suffix="_deblurred")
+
+
+def test_crop_top_and_mask_score_the_right_pixels(tmp_path):
+    rng = np.random.default_rng(1)
+    p, t = _img(rng, 40, 30), _img(rng, 40, 30)
+    write_png(tmp_path / "p.png", p)
+    write_png(tmp_path / "t.png", t)
+    pf, tf = p / 255.0, t / 255.0
+    r = E.evaluate_predictions(E.items_from_predictions(tmp_path / "p.png", tmp_path / "t.png", crop_top=12))
+    assert r.rows[0].scores["psnr"] == pytest.approx(M.psnr(pf[12:], tf[12:]), abs=1e-12)
+    assert r.rows[0].scores["ssim"] == pytest.approx(M.ssim(pf[12:], tf[12:]), abs=1e-12)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[20:, 5:] = 255
+    write_png(tmp_path / "m.png", mask)
+    r = E.evaluate_predictions(E.items_from_predictions(tmp_path / "p.png", tmp_path / "t.png"),
+                               E.EvalSettings(metrics="psnr,mae", mask=str(tmp_path / "m.png")))
+    assert r.rows[0].scores["psnr"] == pytest.approx(M.psnr(pf[20:, 5:], tf[20:, 5:]), abs=1e-12)
+    assert r.rows[0].scores["mae"] == pytest.approx(M.mae(pf[20:, 5:], tf[20:, 5:]), abs=1e-12)
+
+
+def test_bit_depth_8_reads_16bit_files_like_cv2(tmp_path):
+    rng = np.random.default_rng(2)
+    a = _img(rng, 8, 8, bits=16)
+    write_png(tmp_path / "x.png", a)
+    np.testing.assert_array_equal(E.load_for_eval(tmp_path / "x.png", bits=8), (a >> 8) / 255.0)
+    np.testing.assert_array_equal(E.load_for_eval(tmp_path / "x.png", bits=16), a / 65535.0)
+
+
+def test_dpdd_test_tree_reports_indoor_outdoor_combined(tmp_path):
+    """Scoring saved predictions against a DPDD tree uses SPEC §3's indoor indices."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "dd_dp_dataset_canon"
+    preds = tmp_path / "restored"
+    names = [f"1P0A{1000 + 7 * i}" for i in range(76)]
+    for i, n in enumerate(names):
+        t = _img(rng, 10, 12)
+        write_png(root / "test_c" / "source" / f"{n}.png", t)
+        write_png(root / "test_c" / "target" / f"{n}.png", t)
+        # indoor predictions are perfect but for one pixel, outdoor ones are noisier
+        p = t.copy()
+        p[0, 0, 0] ^= 1 if i in DPDD_INDOOR_TEST else 64
+        write_png(preds / f"{n}.png", p)
+    res = CliRunner().invoke(app, ["eval", "--pred", str(preds), "--data", str(tmp_path), "--json",
+                                   "--metrics", "mae"])
+    assert res.exit_code == 0, res.output
+    summary = {r["subset"]: r for r in json.loads(res.stdout)["summary"]}
+    assert (summary["indoor"]["count"], summary["outdoor"]["count"], summary["combined"]["count"]) == (37, 39, 76)
+    assert summary["indoor"]["means"]["mae"] == pytest.approx(1 / 255 / 360)
+    assert summary["outdoor"]["means"]["mae"] == pytest.approx(64 / 255 / 360)
+
+
+# ---------------------------------------------------------------- model mode
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    rng = np.random.default_rng(4)
+    for n in ("b", "a"):
+        write_png(tmp_path / "pairs" / "source" / f"{n}.png", _img(rng, 24, 40))
+        write_png(tmp_path / "pairs" / "target" / f"{n}.png", _img(rng, 24, 40))
+    return tmp_path / "pairs"
+
+
+def test_evaluate_model_scores_the_clamped_whole_image_output(pairs_dir):
+    from _nets import random_net
+
+    from cmddcli.engine import Deblurrer
+
+    net = random_net("tiny").eval()
+    engine = Deblurrer(model=net, device="cpu", precision="fp32", tile=0, threads=torch.get_num_threads())
+    items = E.items_from_data(pairs_dir)
+    assert [i.name for i in items] == ["a", "b"]
+    report = E.evaluate_model(engine, items)
+    for it, row in zip(items, report.rows):
+        x = E.load_for_eval(it.source)
+        with torch.no_grad():
+            y = net(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+        y = np.clip(y.astype(np.float64), 0, 1)
+        t = E.load_for_eval(it.target)
+        assert row.scores["psnr"] == pytest.approx(M.psnr(y, t), abs=1e-5)
+        assert row.scores["ssim"] == pytest.approx(M.ssim(y, t), abs=1e-5)
+
+
+def test_cli_eval_with_weights_saves_images_and_reports(pairs_dir, tiny_weights, tmp_path):
+    out = tmp_path / "res"
+    res = CliRunner().invoke(app, ["eval", "--weights", str(tiny_weights), "--data", str(pairs_dir), "--device",
+                                   "cpu", "--out", str(out), "--save-images", "--bits", "16"])
+    assert res.exit_code == 0, res.output
+    assert "PSNR" in res.stdout and "combined" in res.stdout
+    assert sorted(p.name for p in (out / "images" / "pairs").iterdir()) == ["a.png", "b.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "model" and summary["settings"]["bits"] == 16 and len(summary["images"]) == 2
+
+
+def test_cli_errors_are_one_line_exit_1(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--pred", str(tmp_path)])
+    assert res.exit_code == 1 and "--pred needs --target" in res.output
+    res = runner.invoke(app, ["eval", "--pred", str(tmp_path / "nope"), "--target", str(tmp_path)])
+    assert res.exit_code == 1 and "no such file or folder" in " ".join(res.output.split())
+    res = runner.invoke(app, ["eval", "--data", str(tmp_path), "--metrics", "psnr,bogus"])
+    assert res.exit_code == 1 and "unknown metric" in res.output
