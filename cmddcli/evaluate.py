@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -375,17 +375,11 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
         raise CmddError("nothing to evaluate")
     mask = _load_mask(settings.mask)
     rows = []
-    for i, it in enumerate(items):
-        if it.pred is None:
-            raise CmddError(f"{it.name}: no prediction to score")
-        if progress:
-            progress(i, len(items), it.name)
+    for it in _each(items, "pred", "no prediction to score", progress):
         pred = np.clip(load_for_eval(it.pred, settings.bits), 0.0, 1.0)
         target = load_for_eval(it.target, settings.bits)
         scores = _score(pred, target, it, settings, mask)
         rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores))
-    if progress:
-        progress(len(items), len(items), "")
     return _report(rows, settings, {"mode": "predictions"})
 
 
@@ -400,11 +394,7 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
         raise CmddError("nothing to evaluate")
     mask = _load_mask(settings.mask)
     rows = []
-    for i, it in enumerate(items):
-        if it.source is None:
-            raise CmddError(f"{it.name}: no input image for the model")
-        if progress:
-            progress(i, len(items), it.name)
+    for it in _each(items, "source", "no input image for the model", progress):
         x = load_for_eval(it.source, settings.bits)
         t0 = time.perf_counter()
         y = deblurrer.restore(x.astype(np.float32))
@@ -415,13 +405,24 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
         target = load_for_eval(it.target, settings.bits)
         scores = _score(y, target, it, settings, mask)
         rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores, seconds=dt))
-    if progress:
-        progress(len(items), len(items), "")
     extra = {"mode": "model"}
     describe = getattr(deblurrer, "describe", None)
     if callable(describe):
         extra["engine"] = describe()
     return _report(rows, settings, extra)
+
+
+def _each(items: Sequence[EvalItem], needs: str, missing: str, progress: Optional[Progress]) -> Iterator[EvalItem]:
+    """The items in order, failing on one whose ``needs`` attribute is None and reporting progress
+    (``progress(done, total, name)`` before each item, and ``(total, total, "")`` after the last)."""
+    for i, it in enumerate(items):
+        if getattr(it, needs) is None:
+            raise CmddError(f"{it.name}: {missing}")
+        if progress:
+            progress(i, len(items), it.name)
+        yield it
+    if progress:
+        progress(len(items), len(items), "")
 
 
 def _report(rows: List[EvalRow], settings: EvalSettings, extra: dict) -> EvalReport:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -67,6 +67,16 @@ def _report(result, as_json: bool) -> None:
                       f"{result.written} files written, {result.kept} reused)", highlight=False)
 
 
+def _run(label: str, quiet: bool, as_json: bool, prepare: Callable, show_notes: bool = False) -> None:
+    """``prepare(progress)`` under a progress bar (unless ``quiet``), then its notes and result."""
+    with _progress(label, not quiet) as progress:
+        result = prepare(progress)
+    if show_notes:
+        for note in result.notes:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    _report(result, as_json)
+
+
 @prepare_app.command("dpdd")
 @handle_errors
 def dpdd(
@@ -88,12 +98,10 @@ def dpdd(
     from ..data.prepare import prepare_dpdd
 
     setup_logging(quiet=quiet)
-    with _progress("cropping DPDD", not quiet) as progress:
-        result = prepare_dpdd(root, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()),
-                              window=window, overlap=overlap, stride=stride, flips=_flips(flips),
-                              drop_blurry=drop_blurry, val_crops=val_crops, workers=_workers(workers),
-                              progress=progress)
-    _report(result, json_out)
+    _run("cropping DPDD", quiet, json_out, lambda progress: prepare_dpdd(
+        root, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()), window=window,
+        overlap=overlap, stride=stride, flips=_flips(flips), drop_blurry=drop_blurry, val_crops=val_crops,
+        workers=_workers(workers), progress=progress))
 
 
 @prepare_app.command("realdof")
@@ -109,9 +117,8 @@ def realdof(
     from ..data.prepare import prepare_realdof
 
     setup_logging(quiet=quiet)
-    with _progress("hashing RealDOF", not quiet) as progress:
-        result = prepare_realdof(root, out, workers=_workers(workers), progress=progress)
-    _report(result, json_out)
+    _run("hashing RealDOF", quiet, json_out,
+         lambda progress: prepare_realdof(root, out, workers=_workers(workers), progress=progress))
 
 
 @prepare_app.command("pairs")
@@ -134,11 +141,9 @@ def pairs(
     from ..data.prepare import prepare_pairs
 
     setup_logging(quiet=quiet)
-    with _progress("preparing pairs", not quiet) as progress:
-        result = prepare_pairs(root, out, split=split, crop=crop, window=window, overlap=overlap, stride=stride,
-                               flips=_flips(flips), drop_blurry=drop_blurry, workers=_workers(workers),
-                               progress=progress)
-    _report(result, json_out)
+    _run("preparing pairs", quiet, json_out, lambda progress: prepare_pairs(
+        root, out, split=split, crop=crop, window=window, overlap=overlap, stride=stride, flips=_flips(flips),
+        drop_blurry=drop_blurry, workers=_workers(workers), progress=progress))
 
 
 def _range(text: str, name: str, cast=float) -> tuple:
@@ -197,13 +202,10 @@ def synth(
     except ValueError as e:
         raise InputError("--max-coc", str(e)) from e
     filt = SharpnessFilter(threshold=min_sharpness, min_fraction=min_sharp_fraction)
-    with _progress("synthesising", not quiet) as progress:
-        result = prepare_synth(sharp_dir, out, count=count, patch=size, seed=seed, val_fraction=val_fraction,
-                               config=config, bits=bits, save_depth=save_depth, max_side=max_side, filt=filt,
-                               workers=_workers(workers), progress=progress)
-    for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    _report(result, json_out)
+    _run("synthesising", quiet, json_out, lambda progress: prepare_synth(
+        sharp_dir, out, count=count, patch=size, seed=seed, val_fraction=val_fraction, config=config, bits=bits,
+        save_depth=save_depth, max_side=max_side, filt=filt, workers=_workers(workers), progress=progress),
+        show_notes=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -59,28 +59,21 @@ def build_config(config: Optional[Path], preset: Optional[str], resume: Optional
         cfg = C.load_config(config, base=C.train_preset(preset) if preset else None)
     else:
         cfg = C.train_preset(preset or "paper")
-    flags: List[str] = []
-    if iters is not None:
-        flags.append(f"iters={_count(iters)}")
-    if out is not None:
-        flags.append(f"out={_toml_str(str(out))}")
-    if data is not None:
-        kind, path = parse_data_arg(data)
-        flags += [f"data.kind={_toml_str(kind)}", f"data.path={_toml_str(path)}"]
-    if val_data is not None:
-        flags.append(f"data.val_path={_toml_str(val_data)}")
-    if device is not None:
-        flags.append(f"device={_toml_str(device)}")
-    if precision is not None:
-        flags.append(f"precision={_toml_str(precision)}")
-    if ema is not None:
-        flags.append(f"ema_decay={ema}")
-    if compile_ is not None:
-        flags.append(f"compile={'true' if compile_ else 'false'}")
-    if seed is not None:
-        flags.append(f"seed={seed}")
-    if workers is not None:
-        flags.append(f"data.workers={workers}")
+    kind, path = parse_data_arg(data) if data is not None else (None, None)
+    given = (  # (config key, flag value or None when not given, value -> TOML text)
+        ("iters", iters, _count),
+        ("out", out, lambda v: _toml_str(str(v))),
+        ("data.kind", kind, _toml_str),
+        ("data.path", path, _toml_str),
+        ("data.val_path", val_data, _toml_str),
+        ("device", device, _toml_str),
+        ("precision", precision, _toml_str),
+        ("ema_decay", ema, str),
+        ("compile", compile_, lambda v: "true" if v else "false"),
+        ("seed", seed, str),
+        ("data.workers", workers, str),
+    )
+    flags: List[str] = [f"{key}={fmt(value)}" for key, value, fmt in given if value is not None]
     cfg = C.apply_overrides(cfg, flags + list(sets))
     return cfg.validate()
 

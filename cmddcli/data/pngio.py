@@ -1,11 +1,11 @@
 """Image files for the data pipeline: 8/16-bit PNG both ways, JPEG/TIFF in, atomic writes.
 
 Pillow cannot hold 16-bit-per-channel colour, yet DPDD is distributed as 16-bit RGB PNG, the crops
-must stay 16-bit, and we do not want OpenCV as a dependency. So:
-
-- writing: a small PNG encoder (numpy + zlib, "Sub" filter), byte-for-byte deterministic;
-- reading: Pillow's C decoder does the inflate and the row un-filtering; for 16-bit colour we ask
-  it twice for the 8-bit unpacking (once the high bytes, once the low bytes) and join them.
+must stay 16-bit, and we do not want OpenCV as a dependency. The PNG codec itself lives in
+:mod:`cmddcli.photo.png16` (numpy + zlib encoder, byte-for-byte deterministic; Pillow-assisted
+16-bit colour decoder with a numpy fallback) and atomic writes in :mod:`cmddcli.photo.atomic`; this
+module adapts them to the data pipeline's path-based API and reads everything else through Pillow
+(or tifffile).
 
 Arrays are HxWx3 (or HxW for grey) ``uint8`` / ``uint16``; :func:`to_float` maps them to float32 in
 [0, 1] (the library convention).
@@ -14,16 +14,15 @@ Arrays are HxWx3 (or HxW for grey) ``uint8`` / ``uint16``; :func:`to_float` maps
 from __future__ import annotations
 
 import os
-import struct
-import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..photo import png16
+from ..photo.atomic import atomic_write_bytes
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = png16.SIGNATURE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -31,50 +30,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # writing
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def encode_png(image: np.ndarray, level: int = 6) -> bytes:
-    """Encode an HxW or HxWx{1,3,4} ``uint8``/``uint16`` array as PNG bytes (no metadata, so the
+    """Encode an HxW or HxWx{1,2,3,4} ``uint8``/``uint16`` array as PNG bytes (no metadata, so the
     same pixels always give the same bytes)."""
     a = np.asarray(image)
     if a.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"encode_png needs uint8 or uint16, got {a.dtype}")
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+    if a.ndim not in (2, 3):
         raise ValueError(f"encode_png needs HxW or HxWxC (C in 1..4), got shape {a.shape}")
-    h, w, c = a.shape
-    if h == 0 or w == 0:
-        raise ValueError("encode_png: empty image")
-    bit_depth = 16 if a.dtype == np.uint16 else 8
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = np.ascontiguousarray(a.astype(">u2") if bit_depth == 16 else a).view(np.uint8).reshape(h, -1)
-    bpp = c * bit_depth // 8  # bytes per pixel
-    filtered = rows.copy()
-    filtered[:, bpp:] -= rows[:, :-bpp]  # filter type 1 ("Sub"), wraps mod 256 as PNG wants
-    raw = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
-    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
-    idat = zlib.compress(raw.tobytes(), level)
-    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return png16.write_png(a, compress_level=level)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray, level: int = 6) -> bytes:
@@ -95,10 +64,13 @@ def png_header(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
             head = fh.read(33)
     except OSError:
         return None
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+    if len(head) < 33:
         return None
-    w, h, bit_depth, color_type = struct.unpack(">IIBB", head[16:26])
-    return w, h, bit_depth, color_type
+    try:
+        info = png16.png_info(head)
+    except png16.PngError:
+        return None
+    return info.width, info.height, info.bit_depth, info.color_type
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -113,21 +85,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             return im.size
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
         raise InputError(path, f"cannot read image header ({e})") from e
-
-
-def _read_png16_colour(path: Path, mode: str) -> np.ndarray:
-    """16-bit RGB(A) PNG via two 8-bit unpackings of Pillow's decoded (un-filtered) rows."""
-    from PIL import Image
-
-    planes = []
-    for rawmode in (f"{mode};16B", f"{mode};16L"):  # high bytes, then low bytes
-        with Image.open(path) as im:
-            if len(im.tile) != 1 or im.tile[0][0] != "zip" or im.tile[0][3] not in (f"{mode};16B", (f"{mode};16B",)):
-                raise InputError(path, "unsupported 16-bit PNG layout (interlaced?); re-save it non-interlaced")
-            t = im.tile[0]
-            im.tile = [type(t)(t[0], t[1], t[2], rawmode)] if hasattr(t, "_fields") else [(t[0], t[1], t[2], rawmode)]
-            planes.append(np.asarray(im))
-    return (planes[0].astype(np.uint16) << 8) | planes[1]
 
 
 def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
@@ -156,7 +113,7 @@ def _read_pillow(path: Path) -> np.ndarray:
 
     hdr = png_header(path)
     if hdr is not None and hdr[2] == 16 and hdr[3] in (2, 6):
-        return _read_png16_colour(path, "RGB" if hdr[3] == 2 else "RGBA")
+        return png16.read_png(path.read_bytes())[0]
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L"):

@@ -43,9 +43,12 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``dest`` atomically; ``fsync=False`` skips flushing it to the disk first
+    (for many small files that a resumed run checks anyway, such as training crops)."""
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())

@@ -5,11 +5,15 @@ Pillow reduces 48- and 64-bit PNGs to 8 bits and cannot write them, so 16-bit PN
 * :func:`read_png` decodes any non-interlaced PNG of bit depth 8 or 16 and colour type 0 (gray),
   2 (RGB), 4 (gray+alpha) or 6 (RGBA), with its iCCP profile and eXIf block (gAMA/sRGB/cHRM are
   left aside). For 16-bit RGB/RGBA, Pillow's C decoder undoes the scan-line filters and is asked
-  for the high and the low bytes in two passes (the trick cmddcli.data.pngio uses too); any other
-  layout, or a Pillow that refuses, goes through a numpy decoder that undoes the filters along
-  anti-diagonals (pixel (r, x) needs (r, x-1), (r-1, x) and (r-1, x-1)): about 10 s for 24 MP.
+  for the high and the low bytes in two passes; any other layout, or a Pillow that refuses, goes
+  through a numpy decoder that undoes the filters along anti-diagonals (pixel (r, x) needs
+  (r, x-1), (r-1, x) and (r-1, x-1)): about 10 s for 24 MP.
 * :func:`write_png` encodes uint8 or uint16 (H, W), (H, W, 2|3|4) arrays, choosing a filter per row
   (the usual minimum-sum-of-absolute-differences heuristic), with optional ICC profile and EXIF.
+  Without metadata the same samples always give the same bytes.
+
+This is the one PNG codec of the package: the data pipeline uses it through
+:mod:`cmddcli.data.pngio` (path-based wrappers with atomic writes).
 """
 
 from __future__ import annotations
@@ -90,14 +94,14 @@ def read_png(data: bytes) -> tuple[np.ndarray, PngInfo]:
         raise PngError("interlaced (Adam7) 16-bit PNGs are not supported; re-save the file without interlacing")
     if not idat:
         raise PngError("PNG without image data")
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise PngError(f"corrupt PNG image data ({e})") from e
     if info.bit_depth == 16 and info.color_type in (2, 6):
         arr = _pillow_16bit_colour(data, "RGB" if info.color_type == 2 else "RGBA")
         if arr is not None and arr.shape[:2] == (info.height, info.width):
             return arr, info
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise PngError(f"corrupt PNG image data ({e})") from e
     ch = _CHANNELS[info.color_type]
     bpp = ch * info.bit_depth // 8  # bytes per pixel
     stride = info.width * bpp
