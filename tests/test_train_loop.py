@@ -250,3 +250,14 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(tmp_path):
         with pytest.raises(CmddError, match="fp16 needs CUDA"):
             train(apply_overrides(cfg, ['precision="fp16"', f'out="{tmp_path / "fp16"}"']),
                   data=FixedSource([fixed[0], fixed[1]]))
+
+
+def test_decoupled_weight_decay_uses_adamw(tmp_path):
+    """optim.decoupled switches Adam (L2 in the gradient, the paper) to AdamW (decay on the weights)."""
+    from cmddcli.train.dist import DistInfo
+    from cmddcli.train.loop import Trainer
+
+    for decoupled, cls in ((False, torch.optim.Adam), (True, torch.optim.AdamW)):
+        cfg = tiny_cfg(tmp_path / f"run{decoupled}", "iters=1", f"optim.decoupled={str(decoupled).lower()}")
+        trainer = Trainer(cfg, DistInfo(), data=FixedSource(list(synth_pairs(2))))
+        assert type(trainer.opt) is cls

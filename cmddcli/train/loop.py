@@ -225,7 +225,8 @@ class Trainer:
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        self.opt = torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        opt_cls = torch.optim.AdamW if o.decoupled else torch.optim.Adam
+        self.opt = opt_cls(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.ema: Optional[nn.Module] = None
         if cfg.ema_decay > 0:
