@@ -53,18 +53,22 @@ K_DIRECTIONS = 4
 # ----------------------------------------------------------------------------------------------
 # Reference
 # ----------------------------------------------------------------------------------------------
-def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    """Common prologue: dt = softplus(delta + bias); B, C expanded to (b, dim, N, L).
-
-    Maths run in float32 (float64 stays float64, for gradcheck)."""
+def _dt(u, delta, delta_bias, delta_softplus):
+    """(input dtype, working dtype, u, dt) with dt = softplus(delta + bias) in the working dtype:
+    float32 (float64 stays float64, for gradcheck)."""
     dtype_in = u.dtype
     work = torch.float64 if dtype_in == torch.float64 else torch.float32
-    u = u.to(work)
-    delta = delta.to(work)
+    dt = delta.to(work)
     if delta_bias is not None:
-        delta = delta + delta_bias.to(work)[None, :, None]
+        dt = dt + delta_bias.to(work)[None, :, None]
     if delta_softplus:
-        delta = F.softplus(delta)
+        dt = F.softplus(dt)
+    return dtype_in, work, u.to(work), dt
+
+
+def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Reference prologue: dt (see _dt); B, C expanded to (b, dim, N, L)."""
+    dtype_in, work, u, delta = _dt(u, delta, delta_bias, delta_softplus)
     b, dim, L = u.shape
     g = B.shape[1]
     rep = dim // g
@@ -154,17 +158,10 @@ def selective_scan_torch(
     nothing overflows whatever dt is. Under autograd each segment is checkpointed (recomputed in
     backward), so training memory is one segment's intermediates plus (b, dim, N) per segment.
     """
-    dtype_in = u.dtype
-    work = torch.float64 if dtype_in == torch.float64 else torch.float32
+    dtype_in, work, u, dt = _dt(u, delta, delta_bias, delta_softplus)
     b, dim, L = u.shape
     g, N = B.shape[1], A.shape[1]
     r = dim // g
-    u = u.to(work)
-    dt = delta.to(work)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(work)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     u4, dt4 = u.view(b, g, r, L), dt.view(b, g, r, L)
     A3 = A.to(work).view(g, r, N)
     B, C = B.to(work), C.to(work)
