@@ -257,7 +257,8 @@ def test_decoupled_weight_decay_uses_adamw(tmp_path):
     from cmddcli.train.dist import DistInfo
     from cmddcli.train.loop import Trainer
 
+    fixed = synth_pairs(2)
     for decoupled, cls in ((False, torch.optim.Adam), (True, torch.optim.AdamW)):
         cfg = tiny_cfg(tmp_path / f"run{decoupled}", "iters=1", f"optim.decoupled={str(decoupled).lower()}")
-        trainer = Trainer(cfg, DistInfo(), data=FixedSource(list(synth_pairs(2))))
+        trainer = Trainer(cfg, DistInfo(), data=FixedSource([fixed[0], fixed[1]]))
         assert type(trainer.opt) is cls
