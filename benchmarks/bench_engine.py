@@ -28,21 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _procmem import proc_status  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from cmddcli.engine import Deblurrer  # noqa: E402
 from cmddcli.engine.tiling import plan_tiles  # noqa: E402
 from cmddcli.model import CMDDNet, model_config  # noqa: E402
-
-
-def _proc_status(key: str) -> int | None:
-    """A size field of /proc/self/status in bytes (None where there is no /proc)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def child(cfg: dict) -> dict:
@@ -62,14 +51,14 @@ def child(cfg: dict) -> dict:
         base = torch.cuda.memory_allocated(eng.device)
         torch.cuda.reset_peak_memory_stats(eng.device)
     else:
-        base = _proc_status("VmRSS") or 0
+        base = proc_status("VmRSS") or 0
     t0 = time.perf_counter()
     eng.restore(image)  # cold call: memory (and the time of a first call)
     if cuda:
         torch.cuda.synchronize(eng.device)
         peak = torch.cuda.max_memory_allocated(eng.device) - base
     else:
-        peak = (_proc_status("VmHWM") or 0) - base
+        peak = (proc_status("VmHWM") or 0) - base
     best = time.perf_counter() - t0 if cfg["repeats"] == 0 else float("inf")
     for _ in range(cfg["repeats"]):
         t0 = time.perf_counter()

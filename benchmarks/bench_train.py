@@ -27,20 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _procmem import proc_status  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from cmddcli.train.config import apply_overrides, train_preset  # noqa: E402
 from cmddcli.train.dist import DistInfo, resolve_device  # noqa: E402
 from cmddcli.train.loop import Trainer  # noqa: E402
-
-
-def _vm(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def child(spec: dict) -> dict:
@@ -60,7 +50,7 @@ def child(spec: dict) -> dict:
         x, y = x.to(device), y.to(device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = _vm("VmRSS")
+    base = proc_status("VmRSS")
     it = 1
     for _ in range(spec["warmup"]):
         trainer.iteration(x, y, it)
@@ -72,7 +62,7 @@ def child(spec: dict) -> dict:
         trainer.iteration(x, y, it)  # .item() on the loss syncs every step
         it += 1
     dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if cuda else (_vm("VmHWM") or 0) - (base or 0)
+    peak = torch.cuda.max_memory_allocated() if cuda else (proc_status("VmHWM") or 0) - (base or 0)
     return {"preset": spec["preset"], "patch": p, "batch": b, "params_m": params / 1e6,
             "it_s": spec["iters"] / dt, "img_s": spec["iters"] * b / dt, "s_per_it": dt / spec["iters"],
             "peak_mib": peak / 2**20, "device": str(device), "precision": spec["precision"]}
