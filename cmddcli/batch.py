@@ -391,6 +391,8 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     if not pairs:
         raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
                         + ("" if opts.recursive else " (use --recursive for sub-folders)"))
+    if not opts.dry_run:
+        _check_output_dir(Path(opts.out_dir))
     jobs = plan(pairs, opts)
     input_ids = set()
     for f, _ in pairs:
@@ -413,6 +415,16 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     if not opts.dry_run and info.rank == 0 and any(r.status in ("done", "failed") for r in report.results):
         write_summary(report, opts.out_dir)
     return report
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """Create the output folder and make sure it is writable, before any file is processed."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CmddError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") from e
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CmddError(f"{out_dir}: the output folder is not writable")
 
 
 def write_summary(report: BatchReport, out_dir: Path) -> Path:

@@ -196,6 +196,14 @@ def test_glob_dry_run_and_empty_input(tree, tmp_path):
     assert r.exit_code == 1 and "no images found" in r.stderr
 
 
+def test_unusable_output_folder_fails_before_any_work(tree, tmp_path, tiny_weights):
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    r = run([tree, "-o", blocker / "out", "--weights", tiny_weights])
+    assert r.exit_code == 1 and "cannot create the output folder" in r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+
+
 def test_missing_weights_and_bad_options(tree, tmp_path):
     r = run([tree, "-o", tmp_path / "o", "--weights", tmp_path / "nope.safetensors"])
     assert r.exit_code == 1 and "not found" in r.stderr
