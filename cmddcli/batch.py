@@ -3,10 +3,16 @@
 * Inputs are files, folders (``recursive`` walks sub-folders) and glob patterns. Folders and globs
   pick up files with a supported extension (hidden files and folders are skipped, and so is the
   output folder when it lies inside an input folder); a file named explicitly is always tried.
+  Symlinked folders are followed, each real folder walked once (a loop is skipped with a warning).
 * Outputs mirror the input tree under ``out_dir``: a file found in folder ``F`` at ``F/a/b.jpg``
   goes to ``out_dir/a/b<suffix>.<ext>``; a file named on its own goes to ``out_dir/<name>``.
 * An output that would be an input file is refused; two inputs that map to one output fail the
-  second; an existing output is skipped unless ``overwrite`` (so an interrupted run resumes).
+  second. Resume: each finished output gets a record, ``out_dir/.cmdd/records/<output>.json``, of
+  the source file (resolved path, size, mtime) and the settings that made it (:func:`recipe`: weights
+  digest, RAW development, bit depth, ...). An existing output is skipped only when its record
+  matches the input and the settings; with no record, or a record of another source, an older
+  version of the source or other settings, the file fails with a reason saying which, so nothing
+  is kept silently. ``overwrite`` redoes every output.
 * Each output is written through a temp file and ``os.replace`` (see cmddcli.photo.atomic).
 * A file that cannot be used fails with a one-line reason and the batch goes on.
 * Under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK), rank r takes files r, r + world, ... of the
@@ -28,14 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from .engine.selective import RestoreOptions, finish_photo
 from .errors import CmddError, InputError
-from .photo import RawSettings, default_output_suffix, is_supported, read_photo, write_photo
+from .photo import MAX_PIXELS, RawSettings, default_output_suffix, is_supported, read_photo, write_photo
 from .photo.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".cmdd"
 SUMMARY_NAME = "summary.json"
+RECORDS_DIR = "records"
 GATHER_TIMEOUT_HOURS = 24
 _MAGIC = set("*?[")
 
@@ -62,6 +70,8 @@ class FileResult:
     width: int = 0
     height: int = 0
     rank: int = 0
+    warnings: list = field(default_factory=list)  # what could not be kept (pages, range, metadata...)
+    restore: dict = field(default_factory=dict)  # strength, restored region and share (RestoreOptions)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,10 @@ class BatchOptions:
     bit_depth: Optional[int] = None  # None: keep the input's
     raw: RawSettings = RawSettings()
     dry_run: bool = False
+    max_pixels: Optional[int] = MAX_PIXELS  # decompression-bomb limit per file (None: none)
+    recipe: dict = field(default_factory=dict)  # what else makes an output (e.g. the weights' digest)
+    restore: RestoreOptions = RestoreOptions()  # strength, focus auto / mask, --save-blur-map
+    report: bool = False  # write report previews (OUT/.cmdd/report) for cmddcli.report
 
 
 @dataclass
@@ -81,6 +95,7 @@ class BatchReport:
     results: list[FileResult]
     settings: dict = field(default_factory=dict)
     world_size: int = 1
+    summary_error: Optional[str] = None  # why OUT/.cmdd/summary.json could not be written
 
     def counts(self) -> dict:
         c = {"done": 0, "skipped": 0, "failed": 0, "planned": 0}
@@ -93,12 +108,15 @@ class BatchReport:
         return [r for r in self.results if r.status == "failed"]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "counts": self.counts(),
             "world_size": self.world_size,
             "settings": self.settings,
             "files": [asdict(r) for r in self.results],
         }
+        if self.summary_error:
+            d["summary_error"] = self.summary_error
+        return d
 
 
 class BatchProgress:
@@ -129,9 +147,22 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
+    """Supported files in ``folder`` (and below when ``recursive``), following symlinked folders but
+    walking each real folder once, so a symlink loop ends with a warning instead of never."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    walked: set = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         here = Path(dirpath)
+        try:
+            st = os.stat(here)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in walked:
+            log.warning("%s: skipped, that folder was already walked (a symlink loop or a second link to it)", here)
+            dirnames[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(
             d for d in dirnames
             if not _is_hidden(d) and not (exclude is not None and (here / d).resolve() == exclude)
@@ -237,11 +268,16 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
     """Deblur one file. Bad inputs and write failures become a failed FileResult; other errors raise."""
     res = FileResult(str(job.input), str(job.output) if job.output else None, "failed", rank=rank)
     t0 = time.perf_counter()
+    photo = None
     try:
-        photo = read_photo(job.input, opts.raw)
+        photo = read_photo(job.input, opts.raw, max_pixels=opts.max_pixels)
         res.width, res.height = photo.size
-        restored = deblurrer.restore(photo.rgb, progress=progress.tiles)
-        write_photo(job.output, photo.with_rgb(restored), bit_depth=opts.bit_depth)
+        restored = photo.map_pages(lambda rgb: deblurrer.restore(rgb, progress=progress.tiles))  # every page
+        restored, fin = finish_photo(photo, restored, opts.restore)  # strength, focus / mask
+        res.restore = {**opts.restore.describe(), "restored_fraction": round(fin.restored_fraction, 4)}
+        res.warnings += fin.warnings
+        write_photo(job.output, restored, bit_depth=opts.bit_depth)
+        _side_outputs(job, opts, photo.rgb, fin)
         res.status = "done"
     except InputError as e:
         res.reason = e.reason if os.fspath(e.path) == os.fspath(job.input) else str(e)
@@ -251,8 +287,101 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
         res.reason = "out of memory"
     except OSError as e:
         res.reason = f"cannot write {job.output}: {e.strerror or e}"
+    if photo is not None:
+        res.warnings = list(photo.warnings) + res.warnings  # photo's: shared by reader and writer
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> None:
+    """``--save-blur-map`` images next to the output and ``--report`` previews."""
+    if opts.restore.save_blur_map and fin.blur_map is not None:
+        from .engine.blurmap import save_map_images
+
+        save_map_images(job.output, fin.blur_map, fin.weight)
+    if opts.report:
+        from .report import write_previews
+
+        write_previews(opts.out_dir, job.output, before, fin.rgb)
+
+
+# ---------------------------------------------------------------------------------------- resume records
+
+
+def recipe(opts: BatchOptions) -> dict:
+    """The settings that make an output what it is (compared on resume), as JSON values."""
+    return json.loads(json.dumps({**opts.recipe, "raw_development": opts.raw.postprocess_params(),
+                                  "bit_depth": opts.bit_depth}, default=str))
+
+
+def record_path(output: Path, opts: BatchOptions) -> Path:
+    """``out_dir/.cmdd/records/<output relative to out_dir>.json``."""
+    try:
+        rel = Path(output).relative_to(Path(opts.out_dir))
+    except ValueError:
+        rel = Path(Path(output).name)
+    return Path(opts.out_dir) / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+
+
+def source_identity(path: Path) -> dict:
+    st = Path(path).stat()
+    return {"path": os.fspath(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def resume_problem(job: Job, opts: BatchOptions) -> Optional[str]:
+    """None when ``job.output`` exists and its record says it was made from this very input (same
+    path, size and mtime) with the same :func:`recipe`; otherwise the reason it must not be kept."""
+    hint = "use --overwrite to redo it, or --suffix / another -o to keep it"
+    try:
+        rec = json.loads(record_path(job.output, opts).read_text())
+        made_from, made_with = rec["source"], rec["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{job.output} exists but there is no record of what made it (another program, or an older " \
+               f"or interrupted run); {hint}"
+    try:
+        now = source_identity(job.input)
+    except OSError as e:
+        return f"cannot read {job.input} ({e.strerror or e})"
+    if made_from.get("path") != now["path"]:
+        return f"{job.output} exists but was made from {made_from.get('path')}; {hint}"
+    if (made_from.get("size"), made_from.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
+        return f"{job.output} was made from an earlier version of this file (size or time changed); {hint}"
+    current = recipe(opts)
+    if made_with != current:
+        keys = sorted(k for k in set(made_with) | set(current) if made_with.get(k) != current.get(k))
+        return f"{job.output} was made with other settings ({', '.join(keys)}); {hint}"
+    return None
+
+
+def _forget_record(job: Job, opts: BatchOptions) -> Optional[dict]:
+    """Before (re)making an output: drop its old record (so a stale output never passes for new) and
+    return the source's identity as it is now (None if it cannot be read: the job fails anyway)."""
+    try:
+        record_path(job.output, opts).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("%s: cannot remove the old resume record (%s)", job.output, e.strerror or e)
+    try:
+        return source_identity(job.input)
+    except OSError:
+        return None
+
+
+def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileResult) -> None:
+    """After an output is written: its record (a failure is a warning; the next run then reports the
+    output as unrecorded instead of skipping it)."""
+    if source is None:
+        return
+    payload = {"output": os.fspath(job.output), "source": source, "settings": recipe(opts),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        atomic_write_bytes(record_path(job.output, opts), (json.dumps(payload, indent=1) + "\n").encode(),
+                           fsync=False)
+    except OSError as e:
+        msg = f"resume record not written ({e.strerror or e}): a later run will not skip this output"
+        log.warning("%s: %s", job.output, msg)
+        res.warnings.append(msg)
 
 
 def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: BatchOptions,
@@ -270,8 +399,12 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
             results.append(FileResult(str(job.input), str(job.output), "failed",
                                       f"output {job.output} is an input file; refusing to overwrite it", rank=rank))
         elif job.output.exists() and not opts.overwrite:
-            results.append(FileResult(str(job.input), str(job.output), "skipped",
-                                      "output exists (use --overwrite)", rank=rank))
+            problem = resume_problem(job, opts)
+            if problem is None:
+                results.append(FileResult(str(job.input), str(job.output), "skipped",
+                                          "output exists, made from this file with the same settings", rank=rank))
+            else:
+                results.append(FileResult(str(job.input), str(job.output), "failed", problem, rank=rank))
         elif opts.dry_run:
             results.append(FileResult(str(job.input), str(job.output), "planned", rank=rank))
         else:
@@ -282,7 +415,10 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
     deblurrer = make_deblurrer()
     for job in todo:
         progress.file_started(job)
+        source = _forget_record(job, opts)
         res = process_job(job, deblurrer, opts, progress, rank)
+        if res.status == "done":
+            _remember(job, opts, source, res)
         if res.status == "failed":
             log.info("failed: %s: %s", job.input, res.reason)
         results.append(res)
@@ -409,11 +545,18 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
                    "suffix": opts.suffix, "bit_depth": opts.bit_depth or "same as input",
                    "overwrite": opts.overwrite},
         "raw_development": opts.raw.describe(),
+        "max_pixels": opts.max_pixels,
+        "recipe": recipe(opts),
     }
     local = BatchReport(results, all_settings, info.world_size).to_dict()
     report = merge_reports(gather_reports(local, info))
     if not opts.dry_run and info.rank == 0 and any(r.status in ("done", "failed") for r in report.results):
-        write_summary(report, opts.out_dir)
+        try:
+            write_summary(report, opts.out_dir)
+        except OSError as e:  # e.g. a full disk: the report itself is still shown
+            report.summary_error = (f"cannot write {Path(opts.out_dir) / STATE_DIR / SUMMARY_NAME} "
+                                    f"({e.strerror or e})")
+            log.warning("%s", report.summary_error)
     return report
 
 

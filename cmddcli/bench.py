@@ -14,6 +14,7 @@ import torch
 from .model import CMDDNet, model_config
 from .model import blocks as _blocks
 from .model import ssm
+from .runtime import tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def usable_backends(device: torch.device) -> list:
 @torch.no_grad()
 def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, repeats: int = 3, warmup: int = 1) -> list:
     dev = torch.device(device)
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     net = CMDDNet(model_config(preset)).to(dev).eval()
     rows = []
     for backend in backends or usable_backends(dev):

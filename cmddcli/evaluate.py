@@ -7,7 +7,10 @@ Protocol (defaults):
 - the network sees the whole image (no tiling unless ``tile`` is set) in fp32;
 - the output is clamped to [0, 1] and **not** quantised (saved images, if asked for, are);
 - PSNR / SSIM / MAE from :mod:`cmddcli.metrics` per image (scikit-image conventions), then averaged
-  per image over the indoor / outdoor / combined subsets of the DPDD test split;
+  per image over the indoor / outdoor / combined subsets of the DPDD test split; an image identical to
+  its target has an infinite PSNR: it is counted in ``identical``, left out of the PSNR mean (which
+  is null when every image is identical), and written as null in JSON (``inf`` in the CSV), so
+  the JSON is strict RFC 8259 and one perfect image does not turn the mean into inf;
 - ``crop_top`` drops the top rows of prediction and target before scoring (e.g. 48 for the GIF pairs
   with a burned-in label), ``mask`` restricts scoring to a region (non-zero pixels of a mask image).
 
@@ -133,7 +136,8 @@ class SummaryRow:
     group: str
     subset: str  # "indoor" / "outdoor" / "combined"
     count: int
-    means: Dict[str, float]
+    means: Dict[str, Optional[float]]  # None: no finite value (PSNR when every image is identical)
+    identical: int = 0  # images equal to their target (infinite PSNR), left out of the PSNR mean
 
 
 @dataclass
@@ -149,13 +153,14 @@ class EvalReport:
         return self.summary[-1]
 
     def to_json(self) -> dict:
-        return {
+        """JSON-ready dict; non-finite numbers (an identical pair's PSNR) become None (null)."""
+        return finite_json({
             "settings": self.settings,
             **self.extra,
             "metrics": list(self.metrics),
             "summary": [dataclasses.asdict(s) for s in self.summary],
             "images": [dataclasses.asdict(r) for r in self.rows],
-        }
+        })
 
     def csv_text(self) -> str:
         buf = io.StringIO()
@@ -172,12 +177,24 @@ class EvalReport:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "per_image.csv", "json": out / "summary.json"}
         write_atomic(paths["csv"], self.csv_text().encode())
-        write_atomic(paths["json"], (json.dumps(self.to_json(), indent=2, default=_json_default) + "\n").encode())
+        text = json.dumps(self.to_json(), indent=2, default=_json_default, allow_nan=False)
+        write_atomic(paths["json"], (text + "\n").encode())
         return paths
 
 
 def _fmt(v: float) -> str:
     return repr(float(v))
+
+
+def finite_json(o):
+    """``o`` with every non-finite float (inf, nan) replaced by None, recursively: strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_json(v) for v in o]
+    return o
 
 
 def _json_default(o):
@@ -394,6 +411,7 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
         raise CmddError("nothing to evaluate")
     mask = _load_mask(settings.mask)
     rows = []
+    save_errors: List[str] = []
     for it in _each(items, "source", "no input image for the model", progress):
         x = load_for_eval(it.source, settings.bits)
         t0 = time.perf_counter()
@@ -401,11 +419,17 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
         dt = time.perf_counter() - t0
         y = np.clip(y.astype(np.float64), 0.0, 1.0)
         if save_dir is not None:
-            write_png(Path(save_dir) / it.group / f"{it.name}.png", from_float(y, settings.bits))
+            try:
+                write_png(Path(save_dir) / it.group / f"{it.name}.png", from_float(y, settings.bits))
+            except OSError as e:  # e.g. a full disk: scoring goes on, the CLI exits 1
+                save_errors.append(f"{it.group}/{it.name}.png: {e.strerror or e}")
+                log.warning("cannot save %s/%s.png (%s)", it.group, it.name, e.strerror or e)
         target = load_for_eval(it.target, settings.bits)
         scores = _score(y, target, it, settings, mask)
         rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores, seconds=dt))
     extra = {"mode": "model"}
+    if save_errors:
+        extra["save_errors"] = save_errors
     describe = getattr(deblurrer, "describe", None)
     if callable(describe):
         extra["engine"] = describe()
@@ -439,7 +463,12 @@ def summarise(rows: Sequence[EvalRow], metrics: Iterable[str]) -> List[SummaryRo
     metrics = tuple(metrics)
 
     def mean_row(group: str, subset: str, rs: Sequence[EvalRow]) -> SummaryRow:
-        return SummaryRow(group, subset, len(rs), {m: float(np.mean([r.scores[m] for r in rs])) for m in metrics})
+        means = {}
+        for m in metrics:
+            vals = [r.scores[m] for r in rs if math.isfinite(r.scores[m])]
+            means[m] = float(np.mean(vals)) if vals else None
+        identical = sum(1 for r in rs if "psnr" in r.scores and math.isinf(r.scores["psnr"]))
+        return SummaryRow(group, subset, len(rs), means, identical)
 
     groups: Dict[str, List[EvalRow]] = {}
     for r in rows:

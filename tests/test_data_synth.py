@@ -157,3 +157,187 @@ def test_a_256_pair_takes_well_under_a_second():
     finally:
         torch.set_num_threads(threads)
     assert min(times) < 1.0
+
+
+# ---------------------------------------------------------------------------------------------- v2
+
+from cmddcli.data.synth import (  # noqa: E402
+    PSF_KINDS,
+    SYNTH_PRESETS,
+    PSFShape,
+    psf_kernel,
+    psf_kernels_rgb,
+    random_disparity as _random_disparity,
+    sample_psf_shape,
+    synth_preset,
+)
+
+
+def _photo(size=160) -> np.ndarray:
+    """A natural photograph with clear object edges (scikit-image's astronaut), float32 sRGB."""
+    from skimage import data
+
+    return (data.astronaut()[40:40 + size, 120:120 + size] / 255.0).astype(np.float32)
+
+
+def _grad_energy(img: np.ndarray) -> float:
+    g = img.mean(axis=2)
+    return float((np.diff(g, axis=0) ** 2).mean() + (np.diff(g, axis=1) ** 2).mean())
+
+
+@pytest.mark.parametrize("kind", PSF_KINDS)
+def test_every_psf_shape_is_normalised_and_non_negative(kind):
+    rng = np.random.default_rng(0)
+    for radius in (0.3, 0.7, 2.5, 9.0, 20.0):
+        shape = PSFShape(kind=kind, rim=float(rng.uniform(0.3, 0.9)), edge=0.1, blades=6,
+                         catseye=0.5, cat_angle=0.7, chroma=0.05)
+        for k in (psf_kernel(radius, shape, 4), psf_kernels_rgb(radius, shape, 4)):
+            assert k.dtype == np.float32 and k.min() >= 0
+            sums = k.reshape(-1, k.shape[-2] * k.shape[-1]).sum(axis=1)
+            np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+            assert k.shape[-1] % 2 == 1 and k.shape[-1] >= 2 * radius - 1
+    assert psf_kernel(0.3, PSFShape(kind)).shape == (1, 1)
+
+
+def test_psf_shapes_differ_as_described():
+    r = 8.0
+    disk, rim = psf_kernel(r, PSFShape("disk")), psf_kernel(r, PSFShape("rim", rim=1.5))
+    apod = psf_kernel(r, PSFShape("apodized", rim=0.8))
+    c = disk.shape[0] // 2
+    assert rim[c, c + 7] > 1.5 * rim[c, c]  # bright rim
+    assert apod[c, c + 7] < 0.5 * apod[c, c]  # soft rim
+    assert np.ptp(disk[c, c - 6:c + 7]) < 1e-7  # flat disk
+    cat = psf_kernel(r, PSFShape("disk", catseye=0.8, cat_angle=0.0))  # squeezed along x
+    assert (cat[c, :] > 0).sum() < (cat[:, c] > 0).sum()
+    ys, xs = np.mgrid[:cat.shape[0], :cat.shape[1]] - c
+    assert abs((cat * xs).sum()) < 1e-4 and abs((cat * ys).sum()) < 1e-4  # stays centred
+    rgb = psf_kernels_rgb(r, PSFShape("disk", chroma=0.1))
+    assert (rgb[0] > 0).sum() < (rgb[1] > 0).sum() < (rgb[2] > 0).sum()
+
+
+def test_zero_residual_gives_the_sharp_input_as_target():
+    img = _photo(128)
+    s = synthesize(img, 3, synth_preset("v2", noise_prob=0.0, jpeg_prob=0.0))
+    assert s.target is s.sharp and np.array_equal(s.target, img)
+    m = synth_preset("v2").margin
+    big = _photo(128 + 2 * m)
+    s = synthesize(big, 3, synth_preset("v2"), margin=m)
+    assert s.blurred.shape == s.target.shape == (128, 128, 3) and s.disparity.shape == (128, 128)
+    np.testing.assert_array_equal(s.target, big[m:-m, m:-m])
+
+
+def test_dpdd_residual_target_lies_between_source_and_input():
+    img = _photo(160)
+    disp = np.zeros((160, 160), np.float32)  # every pixel far from the focal plane: 12 px input blur
+    cfg = synth_preset("v2_dpdd", noise_prob=0.0, jpeg_prob=0.0)
+    assert cfg.target_residual == pytest.approx(4 / 22) and cfg.diffraction == pytest.approx(1.4)
+    s = synthesize(img, 0, cfg, disparity=disp, focus=1.0, max_coc=12.0, psf=PSFShape("disk"))
+    e_sharp, e_target, e_input = (_grad_energy(a[16:-16, 16:-16]) for a in (s.sharp, s.target, s.blurred))
+    assert e_input < e_target < e_sharp
+    assert e_target < 0.9 * e_sharp and e_target > 3 * e_input
+    # diffraction alone (no residual CoC) blurs a little
+    d = synthesize(img, 0, synth_preset("v2", diffraction=1.4), disparity=disp, focus=0.0, max_coc=12.0)
+    assert 0.5 * e_sharp < _grad_energy(d.target[16:-16, 16:-16]) < e_sharp
+
+
+def _edge_alignment(disp: np.ndarray, grad: np.ndarray) -> float:
+    """Mean image gradient on depth edges (jumps between layers, not the slope of a tilted plane) over
+    the mean gradient everywhere."""
+    edge = np.zeros(disp.shape, bool)
+    edge[:, 1:] |= np.abs(np.diff(disp, axis=1)) > 0.02
+    edge[1:, :] |= np.abs(np.diff(disp, axis=0)) > 0.02
+    return float(grad[edge].mean() / grad.mean()) if edge.any() else float("nan")
+
+
+def test_segment_depth_edges_follow_image_edges():
+    img = _photo(160)
+    g = img.mean(axis=2)
+    gy, gx = np.gradient(g)
+    grad = np.hypot(gx, gy)
+    seg, rnd = [], []
+    for seed in range(8):
+        a = _random_disparity(160, 160, np.random.default_rng(seed), "segments", (2, 4), image=img)
+        b = _random_disparity(160, 160, np.random.default_rng(seed), "layers", (2, 4))
+        seg.append(_edge_alignment(a, grad))
+        rnd.append(_edge_alignment(b, grad))
+    seg, rnd = np.nanmean(seg), np.nanmean(rnd)
+    assert seg > 1.6 * rnd and seg > 1.6  # depth edges sit on image edges; random shapes do not
+    with pytest.raises(ValueError):
+        _random_disparity(16, 16, np.random.default_rng(0), "segments")
+
+
+@pytest.mark.parametrize("name", list(SYNTH_PRESETS))
+def test_every_preset_same_seed_same_bytes(name):
+    cfg = synth_preset(name, noise_prob=1.0, jpeg_prob=1.0)
+    m = cfg.margin
+    img = _photo(64 + 2 * m)
+    a, b, c = (synthesize(img, seed, cfg, margin=m) for seed in (5, 5, 6))
+    for field in ("blurred", "target", "disparity", "coc"):
+        assert getattr(a, field).tobytes() == getattr(b, field).tobytes()
+    assert a.params == b.params and a.blurred.tobytes() != c.blurred.tobytes()
+    assert a.blurred.shape == (64, 64, 3) and 0 <= a.blurred.min() and a.blurred.max() <= 1
+
+
+def test_v1_preset_is_the_legacy_path():
+    assert synth_preset("v1").legacy and synth_preset("v1").margin == 0
+    assert not synth_preset("v2").legacy
+    img = _texture(64, 64)
+    a = synthesize(img, 2, SynthConfig(max_coc=(1.0, 16.0)))
+    b = synthesize(img, 2, synth_preset("v1"))
+    assert a.blurred.tobytes() == b.blurred.tobytes()
+
+
+def test_heldout_psf_family_differs_from_v2():
+    """v2's shapes are all point-symmetric with a bright or flat centre; the held-out ones are odd-sided
+    polygons (not point-symmetric) or rings (dark centre)."""
+    v2, held = synth_preset("v2"), synth_preset("heldout")
+    assert not {k for k, _ in v2.psf_family} & {k for k, _ in held.psf_family}
+    rng = np.random.default_rng(0)
+
+    def asymmetry(k):
+        return float(np.abs(k - k[::-1, ::-1]).sum())
+
+    def centre_ratio(k):
+        c = k.shape[0] // 2
+        return float(k[c, c] / k.max())
+
+    for _ in range(60):
+        k = psf_kernel(10.0, sample_psf_shape(rng, v2))
+        assert asymmetry(k) < 1e-5 and centre_ratio(k) > 0.3
+    kinds = set()
+    for _ in range(30):
+        shape = sample_psf_shape(rng, held)
+        k = psf_kernel(10.0, shape)
+        kinds.add(shape.kind)
+        assert asymmetry(k) > 0.005 or centre_ratio(k) < 0.1
+    assert kinds == {"polygon", "ring"}
+
+
+def test_heavy_tailed_blur_sizes():
+    cfg = synth_preset("v2")
+    from cmddcli.data.synth import _sample_max_coc
+
+    rng = np.random.default_rng(0)
+    r = np.array([_sample_max_coc(rng, cfg) for _ in range(4000)])
+    assert r.min() >= cfg.max_coc[0] and r.max() <= cfg.max_coc[1]
+    assert 4.5 < np.median(r) < 7.5 and (r > 12).mean() > 0.05 and (r > 16).mean() > 0.01
+
+
+def test_v2_sample_at_128_is_fast_enough_for_cpu_training():
+    import torch
+
+    cfg = synth_preset("v2")
+    m = cfg.margin
+    img = _photo(128 + 2 * m)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        synthesize(img, 0, cfg, margin=m)
+        times = []
+        for seed in range(5):
+            t = time.perf_counter()
+            synthesize(img, seed, cfg, margin=m)
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.median(times) < 0.15  # about 0.045 s on one core; loose for a busy test machine

@@ -74,7 +74,9 @@ def test_mirrors_tree_keeps_depth_gray_alpha_exif(tree, tmp_path, tiny_weights):
     payload = json.loads(r.stdout)  # stdout is JSON only
     assert payload["counts"]["done"] == 4 and payload["counts"]["failed"] == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        ".cmdd/summary.json", "a.jpg", "sub/b.png", "sub/d.png", "sub/deep/c.tif"]
+        ".cmdd/records/a.jpg.json", ".cmdd/records/sub/b.png.json", ".cmdd/records/sub/d.png.json",
+        ".cmdd/records/sub/deep/c.tif.json", ".cmdd/summary.json", "a.jpg", "sub/b.png", "sub/d.png",
+        "sub/deep/c.tif"]
     a = Image.open(out / "a.jpg")
     assert a.size == (20, 28) and a.getexif()[274] == 1 and a.getexif()[271] == "TestMake"
     assert a.info["icc_profile"] == ICC

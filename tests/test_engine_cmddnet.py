@@ -32,7 +32,7 @@ def photo():
 
 
 def test_whole_image_matches_direct_call(tiny_net, photo):
-    eng = Deblurrer(model=tiny_net, device="cpu", tile=0, threads=1)
+    eng = Deblurrer(model=tiny_net, device="cpu", precision="fp32", tile=0, threads=1)
     x = torch.from_numpy(photo).permute(2, 0, 1)[None]
     with torch.no_grad():
         ref = tiny_net(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
@@ -41,8 +41,8 @@ def test_whole_image_matches_direct_call(tiny_net, photo):
 
 def test_tiled_close_to_whole_without_seams(tiny_net, photo):
     H, W = photo.shape[:2]
-    whole = Deblurrer(model=tiny_net, device="cpu", tile=0, threads=1).restore(photo)
-    tiled_eng = Deblurrer(model=tiny_net, device="cpu", tile=144, overlap=64, threads=1)
+    whole = Deblurrer(model=tiny_net, device="cpu", precision="fp32", tile=0, threads=1).restore(photo)
+    tiled_eng = Deblurrer(model=tiny_net, device="cpu", precision="fp32", tile=144, overlap=64, threads=1)
     tiled = tiled_eng.restore(photo)
     err = np.abs(tiled - whole).mean(-1)  # (H, W)
     tiles = plan_tiles(H, W, 144, 64, None, tiny_net.config.pad_multiple)
@@ -61,10 +61,10 @@ def test_tiled_close_to_whole_without_seams(tiny_net, photo):
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (4001, 3)])
 def test_odd_sizes_through_cmddnet(tiny_net, shape):
     img = np.random.default_rng(0).random((*shape, 3), dtype=np.float32)
-    out = Deblurrer(model=tiny_net, device="cpu", tile=None, threads=1).restore(img)
+    out = Deblurrer(model=tiny_net, device="cpu", precision="fp32", tile=None, threads=1).restore(img)
     assert out.shape == img.shape and np.isfinite(out).all()
     if shape == (4001, 3):  # tiled along the long side, whole across
-        tiled = Deblurrer(model=tiny_net, device="cpu", tile=1024, overlap=64, threads=1).restore(img)
+        tiled = Deblurrer(model=tiny_net, device="cpu", precision="fp32", tile=1024, overlap=64, threads=1).restore(img)
         assert tiled.shape == img.shape and np.abs(tiled - out).mean() < 1e-2
 
 

@@ -129,3 +129,132 @@ def test_config_file_errors(tmp_path):
         apply_overrides(train_preset("tiny"), ["stages.batch=[1, 2]"]).validate()
     with pytest.raises(CmddError, match="unknown training preset"):
         train_preset("huge")
+
+
+# ---------------------------------------------------------------- issue 11: AdamW + cosine, l1_fft, synth presets
+
+
+def test_cosine_schedule_decays_once_from_lr_to_the_last_eta_min(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('preset = "tiny"\niters = 1000\nloss = "l1_fft"\n[optim]\nlr = 1e-3\ndecoupled = true\n'
+                 '[schedule]\nkind = "cosine"\neta_mins = [1e-6]\n')
+    cfg = load_config(p).validate()
+    assert cfg.optim.decoupled and cfg.loss == "l1_fft" and cfg.fft_weight == 0.1
+    s = LRSchedule.from_config(cfg)
+    assert s(0) == pytest.approx(1e-3) and s(1000) == pytest.approx(1e-6)
+    assert s(500) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+    lrs = [s(i) for i in range(0, 1001, 50)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing, no flat part, no restart
+    with pytest.raises(CmddError, match="schedule.kind"):
+        apply_overrides(cfg, ["schedule.kind=cosine_warm"]).validate()
+
+
+def test_loss_option_and_fft_amplitude_loss():
+    import torch
+
+    from cmddcli.train.losses import fft_amplitude_l1, make_loss
+
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 16, 16)
+    pred = y + 0.05 * torch.randn_like(y)
+    l1 = make_loss("l1")(pred, y)
+    assert torch.allclose(l1, (pred - y).abs().mean())
+    amp = (torch.fft.rfft2(pred).abs() - torch.fft.rfft2(y).abs()).abs().mean()
+    assert torch.allclose(fft_amplitude_l1(pred, y), amp)
+    assert torch.allclose(make_loss("l1_fft", 0.1)(pred, y), l1 + 0.1 * amp)
+    assert torch.allclose(make_loss("l1_fft", 0.0)(pred, y), l1)
+    # amplitudes ignore a circular shift (phase), the pixel L1 does not
+    shifted = torch.roll(y, 3, dims=-1)
+    assert fft_amplitude_l1(shifted, y) < 1e-5 < make_loss("l1")(shifted, y)
+    pred.requires_grad_(True)
+    make_loss("l1_fft")(pred, y).backward()
+    assert torch.isfinite(pred.grad).all()
+    with pytest.raises(CmddError, match="loss"):
+        apply_overrides(train_preset("tiny"), ["loss=l2"]).validate()
+    with pytest.raises(CmddError, match="fft_weight"):
+        apply_overrides(train_preset("tiny"), ["fft_weight=-1"]).validate()
+
+
+def test_trainer_uses_the_configured_loss():
+    import torch
+
+    from cmddcli.train.dist import DistInfo
+    from cmddcli.train.loop import Trainer
+
+    cfg = apply_overrides(train_preset("tiny"), ["loss=l1_fft", "fft_weight=0.5", "optim.decoupled=true",
+                                                 "schedule.kind=cosine", "iters=4"]).validate()
+    t = Trainer(cfg, DistInfo(device=torch.device("cpu")))
+    assert isinstance(t.opt, torch.optim.AdamW)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = t.net(x)
+    want = (out - y).abs().mean() + 0.5 * (torch.fft.rfft2(out).abs() - torch.fft.rfft2(y).abs()).abs().mean()
+    assert t.loss_fn(out, y).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_synth_preset_keys(tmp_path):
+    from cmddcli.train.data import data_source, synth_config_for
+
+    cfg = apply_overrides(train_preset("tiny"), ['data.synth="v2_dpdd"', 'data.val_synth="heldout"']).validate()
+    assert (cfg.data.synth, cfg.data.val_synth) == ("v2_dpdd", "heldout")
+    with pytest.raises(CmddError, match="data.synth"):
+        apply_overrides(train_preset("tiny"), ['data.synth="v3"']).validate()
+    with pytest.raises(CmddError, match="data.val_synth"):
+        apply_overrides(train_preset("tiny"), ['data.val_synth="nope"']).validate()
+    assert synth_config_for(128, "v1").max_coc == (1.0, 16.0)
+    assert synth_config_for(128, "v2").max_coc == (0.5, 20.0) == synth_config_for(256, "v2").max_coc
+    assert synth_config_for(128, "v2_dpdd").target_residual == pytest.approx(4 / 22)
+    src = data_source(cfg)
+    train = src.train_dataset(32, 0)
+    val = src.val_dataset()
+    assert train.config.target_residual > 0 and {k for k, _ in val.config.psf_family} == {"polygon", "ring"}
+    x, y = val[0]
+    assert x.shape == y.shape == (3, 64, 64)
+
+
+def test_val_sharp_photos_are_left_out_of_training(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cmddcli.train.data import data_source
+
+    rng = np.random.default_rng(0)
+    for sub in ("train", "val"):
+        (tmp_path / sub).mkdir()
+        for i in range(2):
+            Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / sub / f"{i}.png")
+    cfg = apply_overrides(train_preset("tiny"), ["data.kind=synth", f'data.path="{tmp_path}"',
+                                                 f'data.val_sharp="{tmp_path / "val"}"',
+                                                 'data.val_synth="heldout"']).validate()
+    src = data_source(cfg)
+    train, val = src.train_dataset(32, 0), src.val_dataset()
+    assert sorted(p.parent.name for p in train.sources) == ["train", "train"]
+    assert sorted(p.parent.name for p in val.sources) == ["val", "val"]
+    x, y = val[1]
+    assert x.shape == y.shape == (3, 64, 64) and not torch_equal(x, y)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_sharp_tiles_restrict_patches_to_sharp_regions(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cmddcli.train.data import data_source
+
+    rng = np.random.default_rng(0)
+    img = np.full((128, 256, 3), 0.5, np.float32)
+    img[:, :128] = rng.random((128, 128, 3))  # left half: texture (sharp), right half: flat
+    Image.fromarray((img * 255).astype(np.uint8)).save(tmp_path / "half.png")
+    cfg = apply_overrides(train_preset("tiny"), ["data.kind=synth", f'data.path="{tmp_path}"',
+                                                 "data.sharp_tiles=64"]).validate()
+    src = data_source(cfg)
+    ds = src.train_dataset(32, 0)
+    assert ds.sources and all(t.x + t.size <= 128 for t in ds.sources)
+    assert src.train_dataset(48, 1).sources == ds.sources and len(src._tiles) == 1  # found once
+    with pytest.raises(CmddError, match="sharp_tiles"):
+        apply_overrides(cfg, ["data.sharp_tiles=48"]).validate()

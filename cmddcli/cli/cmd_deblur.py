@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from ..errors import CmddError
@@ -71,6 +72,23 @@ def _plan_table(report) -> Table:
     return t
 
 
+def _weights_digest(weights: Optional[Path]) -> str:
+    """sha256 of the weights file (the shipped one by default): part of what made an output."""
+    import hashlib
+
+    from ..model.weights import default_weights_path
+
+    path = Path(weights) if weights is not None else default_weights_path()
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return f"unreadable:{path}"  # the engine reports the real problem when it loads them
+    return h.hexdigest()
+
+
 def _device_for_rank(device: str, info) -> str:
     """Under torchrun each rank takes cuda:LOCAL_RANK (when CUDA is there and no index was given)."""
     if not info.distributed or device.lower() not in ("auto", "cuda"):
@@ -96,7 +114,14 @@ def register(app: typer.Typer) -> None:
             None, "--bit-depth", help="8 or 16 bits per sample (default: the input's; JPEG/WebP are 8)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose output exists (default: skip)."),
         raw_linear: bool = typer.Option(False, "--raw-linear", help="Develop RAW with linear gamma (1, 1)."),
-        raw_half_size: bool = typer.Option(False, "--raw-half-size", help="Develop RAW at half size (faster)."),
+        raw_half_size: bool = typer.Option(
+            False, "--raw-half-size",
+            help="Develop RAW at half size (faster; LibRaw ignores it for already demosaiced LinearRaw DNGs, "
+                 "which is recorded per file)."),
+        max_megapixels: float = typer.Option(
+            180.0, "--max-megapixels",
+            help="Refuse images larger than this (checked from the header before decoding; the pages of a "
+                 "TIFF count together). 0 = no limit."),
         weights: Optional[Path] = typer.Option(
             None, "--weights", "-w", help="Weights (.safetensors); default: the shipped weights."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -104,15 +129,45 @@ def register(app: typer.Typer) -> None:
         tile: Optional[int] = typer.Option(
             None, "--tile", help="Tile size in pixels (default: from free memory; 0 = whole image)."),
         overlap: int = typer.Option(64, "--overlap", help="Overlap between tiles in pixels."),
+        strength: float = typer.Option(
+            1.0, "--strength", "-s",
+            help="0 = as shot, 1 = the network's result, up to 1.5 extrapolates; blended in linear light."),
+        focus: str = typer.Option(
+            "all", "--focus",
+            help="all: restore everything. auto: restore only the least-blurred region (the subject) and "
+                 "leave a blurrier background (bokeh) as shot."),
+        mask: Optional[Path] = typer.Option(
+            None, "--mask",
+            help="Grey image of the photo's size: white = restore, black = keep as shot, grey = blend "
+                 "(hard edges feathered over 8 px)."),
+        save_blur_map: bool = typer.Option(
+            False, "--save-blur-map",
+            help="Also write NAME_blurmap.png (estimated defocus; white = 16 px CoC radius or more) and, "
+                 "with --focus auto or --mask, NAME_restoremask.png next to each output."),
+        html_report: bool = typer.Option(
+            False, "--report", help="Write OUT/index.html: before/after slider per photo (static, opens offline)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; warnings only."),
         json_out: bool = typer.Option(False, "--json", help="Print the JSON summary on stdout (nothing else)."),
     ):
         """Remove defocus blur from photos: JPEG, PNG, TIFF, WebP and camera RAW (DNG, NEF, CR2, ARW, ...).
 
-        Existing outputs are skipped (an interrupted run resumes); any failed file makes the exit code 1.
+        Resume: an output is skipped only if OUT/.cmdd/records says it came from the same file and settings.
+
+        Any other existing output fails with the reason (--overwrite redoes it); any failure makes the exit code 1.
+
+        Kept: bit depth, gray, alpha, palette and colour-key transparency, premultiplied alpha (undone, redone in TIFF).
+
+        Kept: the range of float TIFFs (8/16-bit outputs clip it, with a warning), every page of a TIFF in TIFF output.
+
+        Kept in every format: ICC profile and EXIF (Make, Model, dates, exposure, ISO, focal length, lens, GPS), RAW too.
+
+        Not kept: XMP, MakerNote, thumbnails, JPEG alpha, further pages / frames in PNG/JPEG/WebP (with a warning).
+
+        EXIF orientation is applied to the pixels and written as 1.
         """
         from .. import batch
+        from ..engine.selective import RestoreOptions
         from ..photo import RawSettings
 
         setup_logging(quiet=quiet or json_out)
@@ -120,11 +175,17 @@ def register(app: typer.Typer) -> None:
             raise CmddError(f"--ext must be one of png, tif, jpg, webp (got {ext!r})")
         if bit_depth not in (None, 8, 16):
             raise CmddError(f"--bit-depth must be 8 or 16 (got {bit_depth})")
+        if max_megapixels < 0:
+            raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
+        restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
         info = batch.DistInfo.from_env()
         opts = batch.BatchOptions(
             out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
             overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
-            dry_run=dry_run,
+            dry_run=dry_run, max_pixels=int(max_megapixels * 1e6) or None,
+            recipe={"weights_sha256": _weights_digest(weights),
+                    "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"}},
+            restore=restore, report=html_report and not dry_run,
         )
         engine_settings: dict = {}
 
@@ -142,15 +203,22 @@ def register(app: typer.Typer) -> None:
         created_group = batch.init_distributed(info)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err_console, transient=True, disable=not show) as bars:
+                          TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True,
+                          disable=not show) as bars:
                 report = batch.run_batch(inputs, opts, make_deblurrer, _RichProgress(bars), info,
-                                         settings={"engine": engine_settings})
+                                         settings={"engine": engine_settings, "restore": restore.describe()})
         finally:
             if created_group:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
 
+        if opts.report and info.rank == 0:
+            from ..report import write_report
+
+            page = write_report(report.to_dict(), output)
+            if not (quiet or json_out):
+                err_console.print(f"report: [bold]{escape(str(page))}[/]", highlight=False)
         if info.rank == 0:
             if json_out:
                 print_json(report.to_dict())
@@ -161,5 +229,5 @@ def register(app: typer.Typer) -> None:
             elif report.failed:
                 for r in report.failed:
                     err_console.print(f"[red]failed:[/] {escape(r.input)}: {escape(r.reason)}", highlight=False)
-        if report.failed:
+        if report.failed or report.summary_error:
             raise typer.Exit(1)

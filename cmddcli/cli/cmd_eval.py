@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,10 +41,13 @@ def _table(report) -> Table:
     t.add_column("images", justify="right")
     for m in report.metrics:
         t.add_column(_HEADERS[m], justify="right")
+    identical = any(s.identical for s in report.summary)
+    if identical:
+        t.add_column("identical", justify="right")  # infinite PSNR, left out of the PSNR mean
     for s in report.summary:
         style = "bold" if s is report.summary[-1] else None
-        t.add_row(s.group, s.subset, str(s.count), *(_FORMATS[m].format(s.means[m]) for m in report.metrics),
-                  style=style)
+        cells = ["-" if s.means[m] is None else _FORMATS[m].format(s.means[m]) for m in report.metrics]
+        t.add_row(s.group, s.subset, str(s.count), *cells, *([str(s.identical)] if identical else []), style=style)
     return t
 
 
@@ -145,12 +149,21 @@ def register(app: typer.Typer) -> None:
                 engine = Deblurrer(weights, device=device, precision=precision, tile=tile)
                 report = E.evaluate_model(engine, items, settings,
                                           save_dir=(out / "images") if save_images else None, progress=progress)
+        write_error = None
         if out is not None:
-            paths = report.write(out)
-            report.extra["files"] = {k: str(v) for k, v in paths.items()}
+            try:
+                paths = report.write(out)
+                report.extra["files"] = {k: str(v) for k, v in paths.items()}
+            except OSError as e:  # e.g. a full disk: the report is still shown, then exit 1
+                write_error = f"cannot write {out / 'per_image.csv'} / {out / 'summary.json'} ({e.strerror or e})"
+                report.extra["write_error"] = write_error
         if json_out:
             print_json(report.to_json())
         else:
             out_console.print(_table(report))
-            if out is not None:
+            if out is not None and write_error is None:
                 err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
+        if write_error:
+            err_console.print(f"[yellow]warning:[/] {escape(write_error)}", highlight=False)
+        if write_error or report.extra.get("save_errors"):
+            raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from typing import Any, Callable
 
@@ -30,9 +31,19 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 
 def print_json(payload: Any) -> None:
-    """Machine-readable output: JSON only, on stdout."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    """Machine-readable output: strict JSON (RFC 8259: inf / nan become null) only, on stdout."""
+    sys.stdout.write(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":

@@ -24,6 +24,7 @@ _EXPORTS = {
     # synthesis and sources
     "SynthConfig": "synth", "SynthSample": "synth", "synthesize": "synth", "render_defocus": "synth",
     "disk_kernel": "synth", "random_disparity": "synth",
+    "SYNTH_PRESETS": "synth", "synth_preset": "synth", "PSFShape": "synth", "psf_kernel": "synth",
     "SharpnessFilter": "sources", "SharpTile": "sources", "list_images": "sources", "load_sharp": "sources",
     "find_sharp_tiles": "sources", "sharp_tiles": "sources",
     # datasets

@@ -20,7 +20,7 @@ from ..errors import InputError
 from .manifest import Manifest, Pair, load_manifest
 from .pngio import read_image, to_float
 from .sources import SharpTile, load_sharp
-from .synth import SynthConfig, SynthSample, synthesize
+from .synth import SynthConfig, SynthSample, segment_image, synthesize
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -100,8 +100,9 @@ class SynthDataset(_Seeded):
     """Synthetic defocus pairs made on the fly from sharp photographs.
 
     Each sample: pick a source (a :class:`SharpTile`, or a whole image), take a random
-    ``patch_size``² crop inside it, random flips, then :func:`~cmddcli.data.synth.synthesize`.
-    Returns ``(blurred, sharp)`` float32 (3, P, P) in [0, 1].
+    ``patch_size``² crop inside it (with ``config.margin`` pixels of context around it for v2 configs),
+    random flips, then :func:`~cmddcli.data.synth.synthesize`. Returns ``(blurred, target)`` float32
+    (3, P, P) in [0, 1]; the target is the sharp crop unless the config gives it residual blur.
 
     Args:
         sources: image paths, float (H, W, 3) arrays, or SharpTile regions (see
@@ -121,6 +122,7 @@ class SynthDataset(_Seeded):
         self.length = int(length) if length is not None else len(self.sources)
         self.flips, self.max_side, self.cache_size = flips, max_side, cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._segments: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return self.length
@@ -136,6 +138,19 @@ class SynthDataset(_Seeded):
         else:
             self._cache.move_to_end(key)
         return img
+
+    def _image_segments(self, key: str | os.PathLike, img: np.ndarray) -> np.ndarray:
+        """Felzenszwalb labels of a whole photograph, computed once (deterministic, no randomness)."""
+        key = str(key)
+        seg = self._segments.get(key)
+        if seg is None:
+            seg = segment_image(img)
+            self._segments[key] = seg
+            while len(self._segments) > self.cache_size:
+                self._segments.popitem(last=False)
+        else:
+            self._segments.move_to_end(key)
+        return seg
 
     def sample(self, index: int) -> SynthSample:
         """The synthesised sample (numpy, with disparity and CoC maps) for ``index``."""
@@ -155,11 +170,31 @@ class SynthDataset(_Seeded):
             raise InputError(getattr(src, "path", str(src) if not isinstance(src, np.ndarray) else "array"),
                              f"{w}x{h} is smaller than the {p}px patch")
         y, x = y0 + int(rng.integers(0, h - p + 1)), x0 + int(rng.integers(0, w - p + 1))
-        crop = img[y:y + p, x:x + p]
+        m = self.config.margin
+        seg = None
+        if self.config.depth == "segments" and not isinstance(src, np.ndarray):
+            seg = self._image_segments(getattr(src, "path", src), img)
+        if m:  # context around the patch from the image itself, reflected only past the image border
+            ih, iw = img.shape[:2]
+            top, left = min(m, y), min(m, x)
+            bottom, right = min(m, ih - y - p), min(m, iw - x - p)
+            crop = img[y - top:y + p + bottom, x - left:x + p + right]
+            seg = seg[y - top:y + p + bottom, x - left:x + p + right] if seg is not None else None
+            if (top, left, bottom, right) != (m, m, m, m):
+                widths = ((m - top, m - bottom), (m - left, m - right))
+                crop = np.pad(crop, widths + ((0, 0),), mode="reflect")
+                seg = np.pad(seg, widths, mode="reflect") if seg is not None else None
+        else:
+            crop = img[y:y + p, x:x + p]
+            seg = seg[y:y + p, x:x + p] if seg is not None else None
         if self.flips:
-            (crop,) = _random_flips(rng, crop)
-        return synthesize(np.ascontiguousarray(crop), rng, self.config)
+            if seg is not None:
+                crop, seg = _random_flips(rng, crop, seg)
+            else:
+                (crop,) = _random_flips(rng, crop)
+        return synthesize(np.ascontiguousarray(crop), rng, self.config, margin=m,
+                          segments=None if seg is None else np.ascontiguousarray(seg))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.sample(index)
-        return _to_tensor(s.blurred), _to_tensor(s.sharp)
+        return _to_tensor(s.blurred), _to_tensor(s.target)

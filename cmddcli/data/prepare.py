@@ -300,7 +300,7 @@ def run_synth_job(job: SynthJob) -> CropResult:
             if rng.uniform() < 0.5:
                 crop = crop[::-1, :]
             s = synthesize(np.ascontiguousarray(crop), rng, job.config)
-            arrays = {"source": from_float(s.blurred, job.bits), "target": from_float(s.sharp, job.bits),
+            arrays = {"source": from_float(s.blurred, job.bits), "target": from_float(s.target, job.bits),
                       "depth": from_float(s.disparity, 16)}
             for k, p in paths.items():
                 data = encode_png(arrays[k])

@@ -18,10 +18,25 @@ Pipeline for one sharp sRGB image (float32 HxWx3 in [0, 1]):
 4. optionally Poisson–Gaussian sensor noise (in linear light) and a JPEG round trip.
 
 Everything random comes from one ``numpy.random.Generator``: the same seed gives the same bytes.
+
+Version 2 (``SYNTH_PRESETS["v2"]``, docs/synthetic_defocus.md) adds, each a :class:`SynthConfig` field
+whose default keeps the version 1 output (``SYNTH_PRESETS["v1"]`` gives the old bytes):
+
+- a family of PSF shapes (:class:`PSFShape`, :func:`psf_kernel`): bright or soft rims, apodisation,
+  Gaussian-like softening, cat's-eye vignetting, per-channel radii; polygonal and ring apertures are
+  kept out of v2 for a held-out validation (``"heldout"``);
+- PSFs integrated over ``supersample``² sub-pixels (anti-aliased as if rendered at a higher
+  resolution and downscaled);
+- a target with residual blur (``target_residual``: the aperture ratio, 4/22 for DPDD) plus
+  diffraction;
+- depth layers whose outlines follow image segments (``depth="segments"``, Felzenszwalb);
+- heavy-tailed blur sizes (``max_coc_dist="lognormal"``), coarser slices for large radii
+  (``radius_step_rel``), and synthesis on a crop with a margin of real image around the patch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import asdict, dataclass, field
@@ -30,7 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
-DEPTH_MODES = ("layers", "planes", "blobs", "mixed")
+DEPTH_MODES = ("layers", "planes", "blobs", "mixed", "segments")
+PSF_KINDS = ("disk", "rim", "apodized", "gaussian", "soft", "polygon", "ring")
+AIRY_SIGMA_PER_DIAMETER = 0.42 / 2.44  # Gaussian fit of an Airy pattern: sigma = 0.42 lambda N, diameter 2.44 lambda N
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,21 @@ class SynthConfig:
         jpeg_prob: probability of a JPEG round trip of the blurred image.
         jpeg_quality: JPEG quality range.
         linear_light: blur in linear light (sRGB decode/encode around the blur).
+        max_coc_dist: "uniform" in ``max_coc``, or "lognormal" (median ``max_coc_median``, log-sd
+            ``max_coc_sigma``) truncated to ``max_coc``: mostly small blur with a heavy tail.
+        psf_family: (kind, probability) pairs, kinds from ``PSF_KINDS``; one shape per image.
+        supersample: PSFs are integrated over supersample² sub-pixels (1 = the v1 disk).
+        chroma_prob, chroma_spread: probability of per-channel radii, and the largest relative
+            difference: R and B radii are ``r·(1 ∓ δ)``, ``|δ| <= chroma_spread``.
+        catseye: strength of cat's-eye vignetting at the frame corner (0 = none); the patch gets a
+            random position in a virtual frame, the strength grows with its radius squared.
+        target_residual: the target's CoC as a fraction of the input's (the aperture ratio; 0 = a
+            perfectly sharp target, 4/22 = DPDD's f/22 target for an f/4 input).
+        diffraction: Airy disk diameter (px) of the target (DPDD: about 1.4 px at 1680 px width);
+            rendered as a Gaussian with sigma = 0.172 · diameter.
+        radius_step_rel: if > 0, slices may also differ by this fraction of their radius (fewer
+            slices for large blur, where 0.5 px is invisible).
+        segment_scale: range of Felzenszwalb's ``scale`` for ``depth="segments"``.
     """
 
     max_coc: tuple[float, float] = (2.0, 16.0)
@@ -70,8 +102,30 @@ class SynthConfig:
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (75, 95)
     linear_light: bool = True
+    max_coc_dist: str = "uniform"
+    max_coc_median: float = 6.0
+    max_coc_sigma: float = 0.6
+    psf_family: tuple[tuple[str, float], ...] = (("disk", 1.0),)
+    supersample: int = 1
+    chroma_prob: float = 0.0
+    chroma_spread: float = 0.0
+    catseye: float = 0.0
+    target_residual: float = 0.0
+    diffraction: float = 0.0
+    radius_step_rel: float = 0.0
+    segment_scale: tuple[float, float] = (60.0, 300.0)
 
     def __post_init__(self):
+        object.__setattr__(self, "psf_family", tuple((str(k), float(p)) for k, p in self.psf_family))
+        bad = [k for k, _ in self.psf_family if k not in PSF_KINDS]
+        probs = [p for _, p in self.psf_family]
+        if bad or not probs or min(probs) < 0 or sum(probs) <= 0:
+            raise ValueError(f"psf_family must be (kind, probability) pairs with kinds from {PSF_KINDS} and a "
+                             f"positive total, got {self.psf_family}")
+        if self.max_coc_dist not in ("uniform", "lognormal"):
+            raise ValueError(f"max_coc_dist must be uniform or lognormal, got {self.max_coc_dist!r}")
+        if self.supersample < 1 or self.target_residual < 0 or self.diffraction < 0 or self.catseye < 0:
+            raise ValueError("supersample must be >= 1; target_residual, diffraction and catseye >= 0")
         if self.depth not in DEPTH_MODES:
             raise ValueError(f"depth must be one of {DEPTH_MODES}, got {self.depth!r}")
         if self.max_coc[0] < 0 or self.max_coc[1] < self.max_coc[0]:
@@ -82,6 +136,18 @@ class SynthConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def legacy(self) -> bool:
+        """True when no v2 feature is on: synthesis runs the v1 code path (v1's bytes)."""
+        return (self.psf_family == (("disk", 1.0),) and self.supersample == 1 and self.chroma_prob == 0
+                and self.catseye == 0 and self.target_residual == 0 and self.diffraction == 0
+                and self.radius_step_rel == 0 and self.max_coc_dist == "uniform" and self.depth != "segments")
+
+    @property
+    def margin(self) -> int:
+        """Pixels of real image wanted around a patch so that the largest blur sees no padding."""
+        return 0 if self.legacy else int(math.ceil(self.max_coc[1] * (1 + self.chroma_spread))) + 2
+
 
 @dataclass
 class SynthSample:
@@ -90,6 +156,11 @@ class SynthSample:
     disparity: np.ndarray  # (H, W) float32 in [0, 1], 1 = nearest
     coc: np.ndarray  # (H, W) float32 CoC radius in px per pixel
     params: dict[str, Any] = field(default_factory=dict)
+    target: np.ndarray | None = None  # (H, W, 3) the training target; None = ``sharp`` (no residual blur)
+
+    def __post_init__(self):
+        if self.target is None:
+            self.target = self.sharp
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,6 +198,136 @@ def disk_kernel(radius: float, soft_edge: float = 0.0, antialias: bool = True) -
         k = (dist <= radius).astype(np.float64)
     k /= k.sum()
     return k.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PSFShape:
+    """One lens's defocus PSF shape, scaled by the CoC radius ``R`` (see :func:`psf_kernel`).
+
+    Profile over ``rho = dist / R`` inside the aperture: disk 1; rim ``1 + rim · rho^rim_power``
+    (overcorrected spherical aberration, "soap bubble" bokeh); apodized ``max(1 − rim · rho², 0.05)``;
+    gaussian ``exp(−rho² / 2 sigma²)``; soft: a disk with a wide rim ramp; ring
+    ``exp(−((rho − 0.8) / 0.12)²)`` (mirror lenses); polygon: a ``blades``-sided aperture rotated by
+    ``rotation``. ``edge``: width of the rim ramp as a fraction of R. ``catseye``, ``cat_angle``: the
+    aperture is cut to the intersection of two disks of radius R centred at ``±catseye·R/2`` along
+    ``cat_angle`` (mechanical vignetting off axis; the shape stays centred). ``chroma``: R and B
+    radii ``R·(1 − chroma)``, ``R·(1 + chroma)``.
+    """
+
+    kind: str = "disk"
+    rim: float = 0.0
+    rim_power: float = 4.0
+    sigma: float = 0.5
+    edge: float = 0.0
+    blades: int = 6
+    rotation: float = 0.0
+    catseye: float = 0.0
+    cat_angle: float = 0.0
+    chroma: float = 0.0
+
+
+def _psf_weights(xx: np.ndarray, yy: np.ndarray, radius: float, shape: PSFShape, ramp: float) -> np.ndarray:
+    """The continuous PSF (unnormalised) at points (xx, yy) px from its centre."""
+    dist = np.hypot(xx, yy)
+    bound = np.full_like(dist, radius)
+    if shape.kind == "polygon":  # regular polygon with inradius-to-circumradius ratio cos(pi / n)
+        n = max(3, int(shape.blades))
+        seg = 2 * math.pi / n
+        theta = (np.arctan2(yy, xx) - shape.rotation) % seg - seg / 2
+        bound = radius * math.cos(math.pi / n) / np.cos(theta)
+    w = np.clip((bound - dist) / ramp + 0.5, 0.0, 1.0)
+    if shape.catseye > 0:
+        off = 0.5 * shape.catseye * radius
+        ox, oy = off * math.cos(shape.cat_angle), off * math.sin(shape.cat_angle)
+        for sgn in (1.0, -1.0):
+            w = w * np.clip((radius - np.hypot(xx - sgn * ox, yy - sgn * oy)) / ramp + 0.5, 0.0, 1.0)
+    rho = dist / radius
+    if shape.kind in ("rim", "polygon") and shape.rim:
+        w = w * (1.0 + shape.rim * np.minimum(rho, 1.0) ** shape.rim_power)
+    elif shape.kind == "apodized":
+        w = w * np.maximum(1.0 - shape.rim * rho ** 2, 0.05)
+    elif shape.kind == "gaussian":
+        w = w * np.exp(-rho ** 2 / (2 * shape.sigma ** 2))
+    elif shape.kind == "ring":
+        w = w * np.exp(-((rho - 0.8) / 0.12) ** 2)
+    return w
+
+
+def psf_kernel(radius: float, shape: PSFShape = PSFShape(), supersample: int = 4) -> np.ndarray:
+    """Normalised, non-negative PSF (2H+1, 2H+1) for CoC radius ``radius`` px and a :class:`PSFShape`.
+
+    The continuous PSF is sampled at ``supersample``² points per pixel and averaged (pixel
+    integration, as if rendered at a ``supersample``× larger size and downscaled with a box filter);
+    a hard edge gets a ramp of 1/supersample px between sub-samples. Radius < 0.5 gives a unit impulse.
+    """
+    if radius < 0.5:
+        return np.ones((1, 1), np.float32)
+    s = max(1, int(supersample))
+    edge = shape.edge * radius
+    ramp = max(edge, 1.0 / s)
+    half = int(math.ceil(radius + edge + 1.0))
+    n = 2 * half + 1
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    coords = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()  # (n·s,)
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    k = _psf_weights(xx, yy, radius, shape, ramp).reshape(n, s, n, s).mean(axis=(1, 3))
+    total = k.sum()
+    if total <= 0:  # pragma: no cover - a positive radius always covers the centre
+        return np.ones((1, 1), np.float32)
+    return (k / total).astype(np.float32)
+
+
+def psf_kernels_rgb(radius: float, shape: PSFShape, supersample: int = 4) -> np.ndarray:
+    """Per-channel PSFs (3, k, k) with radii ``r·(1 − chroma)``, ``r``, ``r·(1 + chroma)``, padded alike."""
+    ks = [psf_kernel(radius * f, shape, supersample) for f in (1.0 - shape.chroma, 1.0, 1.0 + shape.chroma)]
+    n = max(k.shape[0] for k in ks)
+    out = np.zeros((3, n, n), np.float32)
+    for c, k in enumerate(ks):
+        o = (n - k.shape[0]) // 2
+        out[c, o:o + k.shape[0], o:o + k.shape[0]] = k
+    return out
+
+
+def gaussian_kernel(sigma: float, supersample: int = 4) -> np.ndarray:
+    """Normalised Gaussian PSF, integrated over sub-pixels; sigma <= 0 gives a unit impulse."""
+    if sigma <= 0:
+        return np.ones((1, 1), np.float32)
+    s = max(1, int(supersample))
+    half = max(1, int(math.ceil(3 * sigma)))
+    n = 2 * half + 1
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    coords = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()
+    g = np.exp(-coords ** 2 / (2 * sigma ** 2))
+    k = np.outer(g, g).reshape(n, s, n, s).mean(axis=(1, 3))
+    return (k / k.sum()).astype(np.float32)
+
+
+def sample_psf_shape(rng: np.random.Generator, config: "SynthConfig") -> PSFShape:
+    """One random PSF shape from ``config.psf_family`` (with cat's eye and chroma per the config)."""
+    kinds = [k for k, _ in config.psf_family]
+    probs = np.array([p for _, p in config.psf_family], np.float64)
+    kind = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
+    rim, power, sigma, edge = 0.0, 4.0, 0.5, float(rng.uniform(0.0, 0.06))
+    blades, rotation = 6, 0.0
+    if kind == "rim":
+        rim, power = float(rng.uniform(0.3, 2.0)), float(rng.uniform(2.0, 8.0))
+    elif kind == "apodized":
+        rim, edge = float(rng.uniform(0.3, 0.95)), float(rng.uniform(0.05, 0.2))
+    elif kind == "gaussian":
+        sigma, edge = float(rng.uniform(0.35, 0.7)), float(rng.uniform(0.1, 0.3))
+    elif kind == "soft":
+        edge = float(rng.uniform(0.15, 0.5))
+    elif kind == "polygon":
+        blades, rotation = int(rng.choice([5, 7])), float(rng.uniform(0, 2 * math.pi))  # odd: not point-symmetric
+        rim, power = float(rng.uniform(0.0, 1.0)), float(rng.uniform(2.0, 6.0))
+    cat = cat_angle = 0.0
+    if config.catseye > 0:  # a random position in a virtual frame, uniform over its area
+        fr, cat_angle = math.sqrt(float(rng.uniform())), float(rng.uniform(0, 2 * math.pi))
+        cat = config.catseye * fr * fr
+    chroma = 0.0
+    if config.chroma_prob > 0 and rng.uniform() < config.chroma_prob:
+        chroma = float(rng.uniform(-config.chroma_spread, config.chroma_spread))
+    return PSFShape(kind, rim, power, sigma, edge, blades, rotation, cat, cat_angle, chroma)
 
 
 def _fast_len(n: int) -> int:
@@ -176,17 +377,68 @@ def slice_disparity(disparity: np.ndarray, coc_scale: float, focus: float, radiu
     return remap[labels], d, coc_scale * np.abs(d - focus)
 
 
+def slice_disparity_rel(disparity: np.ndarray, coc_scale: float, focus: float, radius_step: float = 0.5,
+                        radius_step_rel: float = 0.15,
+                        max_slices: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`slice_disparity`, but neighbouring slices may differ by ``max(radius_step,
+    radius_step_rel · r)`` px: uniform steps up to ``r0 = radius_step / radius_step_rel``, geometric
+    beyond. Fewer slices (FFT convolutions) for large blur, where half a pixel is invisible."""
+    r0 = radius_step / radius_step_rel
+    signed = (disparity.astype(np.float64) - focus) * coc_scale  # signed CoC radius, increasing with d
+    r = np.abs(signed)
+    g = np.where(r <= r0, r / radius_step,
+                 r0 / radius_step + np.log(np.maximum(r, r0) / r0) / math.log1p(radius_step_rel))
+    t = np.sign(signed) * g
+    t = t - t.min()
+    span = float(t.max())
+    scale = 1.0 if span < max_slices else (max_slices - 1e-6) / span
+    labels = np.floor(t * scale).astype(np.int64)
+    n = int(labels.max()) + 1
+    counts = np.bincount(labels.ravel(), minlength=n)
+    sums = np.bincount(labels.ravel(), weights=disparity.ravel().astype(np.float64), minlength=n)
+    present = np.nonzero(counts)[0]
+    remap = np.full(n, -1, np.int64)
+    remap[present] = np.arange(len(present))
+    d = sums[present] / counts[present]
+    return remap[labels], d, coc_scale * np.abs(d - focus)
+
+
+def _fft_blur_rgb(stack: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:
+    """Convolve (2·3, H, W) (premultiplied RGB, then RGB alpha) with per-channel kernels (3, k, k)."""
+    _, h, w = stack.shape
+    _, kh, kw = kernels.shape
+    k = torch.zeros(3, h, w, dtype=stack.dtype)
+    k[:, :kh, :kw] = torch.from_numpy(kernels)
+    k = torch.roll(k, shifts=(-(kh // 2), -(kw // 2)), dims=(1, 2))
+    kf = torch.fft.rfft2(k).repeat(2, 1, 1)  # (6, H, W/2+1)
+    return torch.fft.irfft2(torch.fft.rfft2(stack) * kf, s=(h, w))
+
+
 def render_defocus(linear: np.ndarray, disparity: np.ndarray, focus: float, coc_scale: float,
                    soft_edge: float = 0.0, antialias: bool = True, radius_step: float = 0.5,
-                   max_slices: int = 40) -> tuple[np.ndarray, np.ndarray]:
+                   max_slices: int = 40, kernel_fn=None, radius_step_rel: float = 0.0,
+                   margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Layered defocus of a linear-light image (H, W, 3) for a disparity map (H, W).
 
     CoC radius = ``coc_scale · |disparity − focus|`` px. Returns (blurred (H, W, 3), coc (H, W)).
     Pixels whose slice radius is < 0.5 px are copied exactly.
+
+    ``kernel_fn(radius)`` gives the PSF: (k, k), or (3, k, k) per channel (default: the disk of
+    :func:`disk_kernel`). ``radius_step_rel``: see :func:`slice_disparity_rel`. ``margin``: the
+    image already has this many pixels of real content around the part that matters, so reflect
+    padding is only added for kernels wider than that (the border of the output is then approximate).
     """
     h, w, _ = linear.shape
-    labels, d, radii = slice_disparity(disparity, coc_scale, focus, radius_step, max_slices)
-    kernels = [disk_kernel(float(r), soft_edge, antialias) for r in radii]
+    if radius_step_rel > 0:
+        labels, d, radii = slice_disparity_rel(disparity, coc_scale, focus, radius_step, radius_step_rel, max_slices)
+    else:
+        labels, d, radii = slice_disparity(disparity, coc_scale, focus, radius_step, max_slices)
+    if kernel_fn is None:
+        kernels = [disk_kernel(float(r), soft_edge, antialias) for r in radii]
+    else:
+        kernels = [kernel_fn(float(r)) for r in radii]
+    if kernel_fn is not None or margin > 0:
+        return _render_general(linear, labels, radii, kernels, margin)
     pad = max(k.shape[0] // 2 for k in kernels) + 1
     if pad > 1:
         # reflect-pad by the largest kernel radius (no wrap-around reaches the kept centre), and a
@@ -210,6 +462,38 @@ def render_defocus(linear: np.ndarray, disparity: np.ndarray, focus: float, coc_
         acc_a = acc_a * (1.0 - alpha) + alpha
     out = acc_c / acc_a.clamp(min=1e-6)
     out = out[:, pad:pad + h, pad:pad + w] if pad > 1 else out
+    coc = radii[labels].astype(np.float32)
+    return out.permute(1, 2, 0).numpy().astype(np.float32), coc
+
+
+def _render_general(linear: np.ndarray, labels: np.ndarray, radii: np.ndarray, kernels: list, margin: int = 0):
+    """render_defocus's loop for any kernels and a margin. With per-channel kernels (3, k, k) each
+    channel has its own alpha (6-channel FFTs); otherwise 4 channels as in the v1 path."""
+    h, w, _ = linear.shape
+    rgb = any(k.ndim == 3 for k in kernels)
+    if rgb:
+        kernels = [k if k.ndim == 3 else np.repeat(k[None], 3, 0) for k in kernels]
+    else:
+        kernels = [k[None] for k in kernels]
+    nc = 3 if rgb else 1
+    half = max(k.shape[1] // 2 for k in kernels)
+    pad = max(0, half + 1 - margin)
+    ph, pw = _fast_len(h + 2 * pad) - h - pad, _fast_len(w + 2 * pad) - w - pad
+    img_p = np.pad(linear, ((pad, ph), (pad, pw), (0, 0)), mode="reflect")
+    lab_p = np.pad(labels, ((pad, ph), (pad, pw)), mode="reflect")
+    img_t = torch.from_numpy(np.ascontiguousarray(img_p.transpose(2, 0, 1), dtype=np.float32))  # (3, Hp, Wp)
+    lab_t = torch.from_numpy(lab_p)
+    acc_c = torch.zeros_like(img_t)
+    acc_a = torch.zeros_like(img_t[:nc])
+    for s in range(len(radii)):  # far to near
+        mask = (lab_t == s).to(torch.float32)[None]  # (1, Hp, Wp)
+        layer = torch.cat([img_t * mask, mask.expand(nc, -1, -1)])  # (3 + nc, Hp, Wp)
+        if kernels[s].shape[1] > 1:
+            layer = (_fft_blur_rgb(layer, kernels[s]) if rgb else _fft_blur(layer, kernels[s][0])).clamp_(min=0.0)
+        alpha = layer[3:].clamp(max=1.0)  # (nc, Hp, Wp)
+        acc_c = acc_c * (1.0 - alpha) + layer[:3]
+        acc_a = acc_a * (1.0 - alpha) + alpha
+    out = (acc_c / acc_a.clamp(min=1e-6))[:, pad:pad + h, pad:pad + w]
     coc = radii[labels].astype(np.float32)
     return out.permute(1, 2, 0).numpy().astype(np.float32), coc
 
@@ -252,9 +536,48 @@ def _shape_mask(h: int, w: int, rng: np.random.Generator, kind: str) -> np.ndarr
     return noise * 0.6 + 1.0 - falloff > 0.3
 
 
+def segment_image(image: np.ndarray, scale: float = 130.0, min_size: int = 80) -> np.ndarray:
+    """Felzenszwalb segments (H, W) int32 of an sRGB float image (scikit-image; larger scale, larger segments).
+
+    :class:`~cmddcli.data.datasets.SynthDataset` segments each photograph once with this and crops the
+    labels with the patch (segmentation is most of the cost of a v2 sample otherwise)."""
+    from skimage.segmentation import felzenszwalb
+
+    return felzenszwalb(image, scale=float(scale), sigma=0.8, min_size=int(min_size)).astype(np.int32)
+
+
+def image_segments(image: np.ndarray, rng: np.random.Generator,
+                   scale: tuple[float, float] = (60.0, 300.0)) -> np.ndarray:
+    """Felzenszwalb segments (H, W) of a crop, with a random ``scale`` (coarser or finer)."""
+    h, w = image.shape[:2]
+    sc = float(np.exp(rng.uniform(math.log(scale[0]), math.log(scale[1]))))
+    return segment_image(image, sc, max(20, h * w // 400))
+
+
+def _snap_to_segments(mask: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """The union of the segments (compact labels 0..n-1) that the mask covers by more than half."""
+    counts = np.bincount(segments.ravel())
+    inside = np.bincount(segments.ravel(), weights=mask.ravel().astype(np.float64), minlength=len(counts))
+    return (inside > 0.5 * np.maximum(counts, 1))[segments]
+
+
 def random_disparity(h: int, w: int, rng: np.random.Generator, mode: str = "mixed",
-                     n_objects: tuple[int, int] = (1, 5)) -> np.ndarray:
-    """A random layered disparity map (H, W) float32 in [0, 1] (1 = nearest)."""
+                     n_objects: tuple[int, int] = (1, 5), image: np.ndarray | None = None,
+                     segment_scale: tuple[float, float] = (60.0, 300.0),
+                     segments: np.ndarray | None = None) -> np.ndarray:
+    """A random layered disparity map (H, W) float32 in [0, 1] (1 = nearest).
+
+    ``mode="segments"`` needs ``image`` (H, W, 3) or its ``segments`` (H, W) labels: the objects are
+    the shapes of "mixed" snapped to the image's segments (:func:`image_segments`), so depth edges
+    follow object edges.
+    """
+    if mode == "segments":
+        if segments is not None:
+            segments = np.unique(segments, return_inverse=True)[1].reshape(h, w)  # compact labels
+        elif image is not None:
+            segments = image_segments(image, rng, segment_scale)
+        else:
+            raise ValueError('depth mode "segments" needs the image or its segments')
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yn, xn = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
 
@@ -272,9 +595,11 @@ def random_disparity(h: int, w: int, rng: np.random.Generator, mode: str = "mixe
     n = int(rng.integers(n_objects[0], n_objects[1] + 1))
     levels = np.sort(rng.uniform(0.25, 1.0, n))  # painted far to near
     for level in levels:
-        kind = mode if mode != "mixed" else pick(("layers", "planes", "blobs"))
+        kind = mode if mode not in ("mixed", "segments") else pick(("layers", "planes", "blobs"))
         shape = "blob" if kind == "blobs" else pick(("ellipse", "polygon", "blob"))
         mask = _shape_mask(h, w, rng, shape)
+        if mode == "segments":
+            mask = _snap_to_segments(mask, segments)
         value = plane(level, rng.uniform(0.02, 0.12)) if kind == "planes" else np.full((h, w), level, np.float32)
         disp = np.where(mask, np.maximum(value, disp), disp)  # nearer surfaces occlude
     return np.clip(disp, 0.0, 1.0).astype(np.float32)
@@ -306,20 +631,42 @@ def jpeg_roundtrip(srgb: np.ndarray, quality: int) -> np.ndarray:
 # one pair
 
 
+def _sample_max_coc(rng: np.random.Generator, config: SynthConfig) -> float:
+    lo, hi = config.max_coc
+    if config.max_coc_dist == "uniform" or hi <= lo:
+        return float(rng.uniform(lo, hi))
+    for _ in range(64):  # truncated log-normal by rejection
+        r = config.max_coc_median * math.exp(config.max_coc_sigma * float(rng.standard_normal()))
+        if lo <= r <= hi:
+            return r
+    return float(rng.uniform(lo, hi))
+
+
 def synthesize(sharp: np.ndarray, rng: np.random.Generator | int, config: SynthConfig = SynthConfig(),
                disparity: np.ndarray | None = None, focus: float | None = None,
-               max_coc: float | None = None) -> SynthSample:
+               max_coc: float | None = None, margin: int = 0, psf: PSFShape | None = None,
+               segments: np.ndarray | None = None) -> SynthSample:
     """Make one blurred/sharp pair from a sharp sRGB float image (H, W, 3) in [0, 1].
 
-    ``disparity``, ``focus`` and ``max_coc`` override the random choices (tests, demos).
+    ``disparity``, ``focus``, ``max_coc`` and ``psf`` override the random choices (tests, demos).
+    ``margin``: ``sharp`` holds this many pixels of context on each side of the wanted patch; depth
+    and blur use them, and every returned array is the central (H − 2·margin, W − 2·margin) part.
+    ``segments``: (H, W) labels for ``depth="segments"`` (default: segment ``sharp`` here).
     """
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     sharp = np.ascontiguousarray(sharp, dtype=np.float32)
     if sharp.ndim != 3 or sharp.shape[2] != 3:
         raise ValueError(f"sharp must be (H, W, 3), got {sharp.shape}")
     h, w, _ = sharp.shape
+    if margin < 0 or 2 * margin >= min(h, w):
+        raise ValueError(f"margin {margin} does not fit a {w}x{h} image")
+    legacy = config.legacy and margin == 0 and psf is None
     if disparity is None:
-        disparity = random_disparity(h, w, rng, config.depth, config.n_objects)
+        if config.depth == "segments":
+            disparity = random_disparity(h, w, rng, config.depth, config.n_objects, sharp, config.segment_scale,
+                                         segments)
+        else:
+            disparity = random_disparity(h, w, rng, config.depth, config.n_objects)
     dmin, dmax = float(disparity.min()), float(disparity.max())
     if focus is None:
         if rng.uniform() < config.focus_in_scene or dmax - dmin < 1e-6:
@@ -327,16 +674,36 @@ def synthesize(sharp: np.ndarray, rng: np.random.Generator | int, config: SynthC
         else:  # focused in front of the nearest or behind the farthest surface
             focus = float(rng.uniform(dmax, 1.0)) if rng.uniform() < 0.5 else float(rng.uniform(0.0, dmin))
     if max_coc is None:
-        max_coc = float(rng.uniform(*config.max_coc))
+        max_coc = float(rng.uniform(*config.max_coc)) if legacy else _sample_max_coc(rng, config)
     # K such that the farthest point from the focal plane gets max_coc; a scene that hardly leaves
     # the focal plane (float rounding of a flat map included) stays (almost) sharp
     reach = max(abs(dmax - focus), abs(dmin - focus))
     coc_scale = max_coc / max(reach, 1e-3)
 
     base = srgb_to_linear(sharp) if config.linear_light else sharp
-    blurred, coc = render_defocus(base, disparity, focus, coc_scale, config.soft_edge, config.antialias,
-                                  config.radius_step, config.max_slices)
     params: dict[str, Any] = {"focus": focus, "max_coc": max_coc, "coc_scale": coc_scale}
+    target = None
+    if legacy:
+        blurred, coc = render_defocus(base, disparity, focus, coc_scale, config.soft_edge, config.antialias,
+                                      config.radius_step, config.max_slices)
+    else:
+        shape = psf if psf is not None else sample_psf_shape(rng, config)
+        ss = config.supersample
+
+        def kernel_fn(r: float) -> np.ndarray:
+            return psf_kernels_rgb(r, shape, ss) if shape.chroma else psf_kernel(r, shape, ss)
+
+        blurred, coc = render_defocus(base, disparity, focus, coc_scale, radius_step=config.radius_step,
+                                      max_slices=config.max_slices, kernel_fn=kernel_fn,
+                                      radius_step_rel=config.radius_step_rel, margin=margin)
+        params["psf"] = asdict(shape)
+        if config.target_residual > 0 or config.diffraction > 0:
+            target = _residual_target(base, disparity, focus, coc_scale, config, margin)
+            target = linear_to_srgb(target) if config.linear_light else np.clip(target, 0, 1).astype(np.float32)
+        if margin:
+            sl = (slice(margin, h - margin), slice(margin, w - margin))
+            blurred, coc, disparity, sharp = blurred[sl], coc[sl], disparity[sl], sharp[sl]
+            target = target[sl] if target is not None else None
     if config.noise_prob > 0 and rng.uniform() < config.noise_prob:
         photons, read = float(rng.uniform(*config.photons)), float(rng.uniform(*config.read_noise))
         lin = blurred if config.linear_light else srgb_to_linear(blurred)
@@ -348,4 +715,59 @@ def synthesize(sharp: np.ndarray, rng: np.random.Generator | int, config: SynthC
         q = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         out = jpeg_roundtrip(out, q)
         params["jpeg_quality"] = q
-    return SynthSample(blurred=out, sharp=sharp, disparity=disparity.astype(np.float32), coc=coc, params=params)
+    return SynthSample(blurred=np.ascontiguousarray(out), sharp=np.ascontiguousarray(sharp),
+                       disparity=np.ascontiguousarray(disparity, dtype=np.float32), coc=np.ascontiguousarray(coc),
+                       params=params, target=None if target is None else np.ascontiguousarray(target))
+
+
+def _residual_target(base: np.ndarray, disparity: np.ndarray, focus: float, coc_scale: float,
+                     config: SynthConfig, margin: int) -> np.ndarray:
+    """The target through the stopped-down lens: CoC ``target_residual ×`` the input's (a disk: the small
+    aperture of f/22), composited by depth like the input, then diffraction (a Gaussian fit of the Airy
+    pattern) over the whole image. Linear light in, linear light out."""
+    ss = config.supersample
+    out = base
+    if config.target_residual > 0:
+        out, _ = render_defocus(base, disparity, focus, coc_scale * config.target_residual,
+                                radius_step=config.radius_step, max_slices=config.max_slices,
+                                kernel_fn=lambda r: psf_kernel(r, PSFShape(), ss), margin=margin)
+    if config.diffraction > 0:
+        k = gaussian_kernel(AIRY_SIGMA_PER_DIAMETER * config.diffraction, ss)
+        half = k.shape[0] // 2
+        padded = np.pad(out, ((half, half), (half, half), (0, 0)), mode="reflect")
+        t = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[:, None]  # (3, 1, H+2h, W+2h)
+        out = torch.nn.functional.conv2d(t, torch.from_numpy(k)[None, None])[:, 0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# presets
+
+_V2 = dict(
+    max_coc=(0.5, 20.0), max_coc_dist="lognormal", max_coc_median=6.0, max_coc_sigma=0.6,
+    focus_in_scene=0.85, depth="segments", n_objects=(1, 5),
+    psf_family=(("disk", 0.2), ("rim", 0.25), ("apodized", 0.2), ("gaussian", 0.15), ("soft", 0.2)),
+    supersample=4, chroma_prob=0.5, chroma_spread=0.06, catseye=0.6,
+    radius_step=0.5, radius_step_rel=0.15, max_slices=16,
+    noise_prob=0.3, photons=(4000.0, 30000.0), read_noise=(0.0002, 0.001),
+    jpeg_prob=0.05, jpeg_quality=(88, 98),
+)
+
+SYNTH_PRESETS: dict[str, tuple[SynthConfig, str]] = {
+    "v1": (SynthConfig(max_coc=(1.0, 16.0)),
+           "version 1: hard disk PSF, random shapes for depth, uniform max CoC 1-16 px, sharp target"),
+    "v2": (SynthConfig(**_V2),
+           "disk / bright-rim / apodized / Gaussian-like / soft PSFs with cat's eye and per-channel radii, "
+           "segment-following depth, heavy-tailed max CoC 0.5-20 px, mild noise, rare JPEG, sharp target"),
+    "v2_dpdd": (SynthConfig(**{**_V2, "target_residual": 4.0 / 22.0, "diffraction": 1.4}),
+                "v2 with DPDD's target: residual CoC 4/22 of the input's (f/22 vs f/4) plus a 1.4 px Airy disk"),
+    "heldout": (SynthConfig(**{**_V2, "psf_family": (("polygon", 0.7), ("ring", 0.3))}),
+                "v2 with PSF shapes v2 never uses (5- or 7-blade polygons, rings): validation only"),
+}
+
+
+def synth_preset(name: str, **overrides: Any) -> SynthConfig:
+    """A named :class:`SynthConfig` (``SYNTH_PRESETS``), with field overrides."""
+    if name not in SYNTH_PRESETS:
+        raise ValueError(f"unknown synth preset {name!r}; choose from {', '.join(SYNTH_PRESETS)}")
+    return dataclasses.replace(SYNTH_PRESETS[name][0], **overrides)

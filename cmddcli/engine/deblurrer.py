@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CmddError, WeightsError
-from .tiling import Tile, default_margin, plan_tiles
+from ..runtime import tune_cpu_allocator
+from .tiling import Tile, default_margin, plan_axis, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 DEFAULT_OVERLAP = 64
-CPU_PIXEL_BUDGET = 1024 * 1024  # CPU: whole image up to this many pixels, else tiles of sqrt(budget)
+CPU_PIXEL_BUDGET = 512 * 512  # CPU: whole image up to this many pixels, else tiles of sqrt(budget) (benchmarks/RESULTS.md: 512² tiles give the best MP/s under ~1 GB)
 MIN_TILE = 32  # OOM halving stops here
 MAX_AUTO_TILE = 2048  # CUDA: auto tiles stop growing here (more tiles per batch instead)
 MAX_BATCH_TILES = 16
@@ -78,15 +79,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 convolutions/GEMMs natively here (AVX512-BF16 or AMX); elsewhere
+    bf16 on CPU is emulated and slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA devices that support it, else fp16 on CUDA, fp32 on CPU."""
+    """'auto' -> bf16 on CUDA devices that support it, else fp16 on CUDA; on CPU bf16 where the CPU
+    has native bf16 (AVX512-BF16/AMX), else fp32.
+
+    The CPU bf16 default is backed by benchmarks/bf16_check.md: with the shipped weights the bf16
+    output is >= 61.9 dB PSNR from the fp32 output on every real photo in the samples (the rule is
+    >= 50 dB); the selective scan itself always runs in fp32."""
     p = (precision or "auto").lower()
     if p not in PRECISIONS:
         raise CmddError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if p == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     return p
 
 
@@ -107,7 +122,8 @@ class Deblurrer:
             memory). It is put in eval mode and moved to ``device``; its parameters are left alone
             (inference runs under ``torch.no_grad``). Input in [0, 1]; output is clamped here.
         device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        precision: 'auto' (bf16 on CUDA where supported, else fp16; fp32 on CPU), 'fp32', 'bf16'
+        precision: 'auto' (bf16 on CUDA where supported, else fp16; on CPU bf16 where the CPU has
+            native bf16, else fp32), 'fp32', 'bf16'
             or 'fp16'. Reduced precision runs under autocast; a tile whose output is not finite is
             recomputed in fp32.
         tile: network input size in pixels. ``None``: chosen from free memory (CUDA) or a pixel
@@ -146,6 +162,7 @@ class Deblurrer:
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, threads or available_cores()))
+            tune_cpu_allocator()
 
         self.metadata: dict = {}
         if model is None:
@@ -216,13 +233,32 @@ class Deblurrer:
         if self.device.type == "cpu":
             if height * width <= self.cpu_pixel_budget:
                 return whole, 1
-            tile = max(MIN_TILE, _floor_to(int(math.isqrt(self.cpu_pixel_budget)), self.align))
-            return min(tile, whole), self.batch_tiles or 1
+            target = max(MIN_TILE, _floor_to(int(math.isqrt(self.cpu_pixel_budget)), self.align))
+            return min(self._fit_tile(height, width, target), whole), self.batch_tiles or 1
         pixels = self._cuda_pixel_capacity()
         if height * width <= pixels:
             return whole, 1
         tile = max(MIN_TILE, min(MAX_AUTO_TILE, _floor_to(int(math.isqrt(max(pixels, 1))), self.align)))
         return min(tile, whole), self.batch_tiles or self._auto_batch(tile)
+
+    def _fit_tile(self, height: int, width: int, target: int) -> int:
+        """The tile size within [3/4, 5/4] of ``target`` that processes the fewest pixels in all.
+
+        CPU cost is linear in the pixels the network sees, and a fixed tile can waste a whole extra
+        row of tiles (1024 px with 512-px tiles and 64 px overlap needs 3 tiles per axis, 552-px
+        tiles need 2). Ties go to the smaller tile (less memory)."""
+        overlap = min(self.overlap, target // 2)
+        lo = max(MIN_TILE, _ceil_to(target * 3 // 4, self.align))
+        hi = max(lo, _floor_to(target * 5 // 4, self.align))
+        best, best_cost = target, None
+        for t in range(lo, hi + 1, self.align):
+            ov = min(overlap, t // 2)
+            ny = plan_axis(height, t, ov, self.align)
+            nx = plan_axis(width, t, ov, self.align)
+            cost = sum(b - a for a, b in ny) * sum(b - a for a, b in nx)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = t, cost
+        return best
 
     def _cuda_pixel_capacity(self) -> int:
         free, _total = torch.cuda.mem_get_info(self.device)

@@ -1,8 +1,22 @@
 """CMDDNet's building blocks, from small parts up: norms, the CNN branch, SS2D and its
-window-attention alternative, the Mamba branch, and the CNN-Mamba parallel block."""
+window-attention alternative, the Mamba branch, and the CNN-Mamba parallel block.
+
+Two code paths compute the same function with the same parameters:
+
+* the **fast path** (default) is layout-stable: the network runs channels-last (NHWC memory,
+  ``torch.channels_last``), so the layer norms over channels read their input in place; the SS2D
+  projections are plain matrix products that write the scan's operands directly in the layout the
+  scan kernel reads ((b, d, L) and (b, K, N, L), no permute-then-copy); in eval mode the batch norms
+  are folded into the convolutions (Ioffe & Szegedy 2015: y = γ(Wx − μ)/σ + β is a convolution with
+  weight γW/σ and bias β − γμ/σ); sums are accumulated in place when no gradient is recorded.
+* the **reference path** is the straightforward transcription of ../shared/SPEC.md (permute,
+  normalise, permute back; einsums; separate batch norms). ``with reference_path():`` selects it;
+  tests/test_model_fastpath.py compares the two (outputs and gradients) on random inputs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -11,6 +25,39 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .ssm import K_DIRECTIONS, cross_scan
+
+_FAST = True
+
+
+@contextlib.contextmanager
+def reference_path(enabled: bool = True):
+    """Within the block, CMDDNet runs its plain reference path (``enabled=False``: the fast path).
+
+    Process-wide switch for tests and benchmarks; the two paths share parameters and weights."""
+    global _FAST
+    old, _FAST = _FAST, not enabled
+    try:
+        yield
+    finally:
+        _FAST = old
+
+
+def fast_path_enabled() -> bool:
+    """True unless inside :func:`reference_path`."""
+    return _FAST
+
+
+def _recording(*tensors) -> bool:
+    """Whether autograd records through these tensors (then no in-place updates)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """Eval-mode BatchNorm folded into the preceding bias-free conv: (weight, bias) of one conv.
+
+    weight' = W · γ/√(σ²+ε) per output channel, bias' = β − μ · γ/√(σ²+ε)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (c_out,)
+    return conv.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -34,9 +81,21 @@ class ConvBranch(nn.Module):
         self.act = nn.LeakyReLU(slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W)
+        if _FAST and not self.training:
+            return self._forward_folded(x)
         y = self.act(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
         return self.act(y + x)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W), eval mode only
+        slope = self.act.negative_slope
+        inplace = not _recording(x, self.conv1.weight)
+        w1, b1 = _fold_bn(self.conv1, self.bn1)
+        w2, b2 = _fold_bn(self.conv2, self.bn2)
+        y = F.leaky_relu(F.conv2d(x, w1, b1, padding=1), slope, inplace=inplace)
+        y = F.conv2d(y, w2, b2, padding=1)
+        y = y.add_(x) if inplace else y + x
+        return F.leaky_relu(y, slope, inplace=inplace)
 
 
 class SS2D(nn.Module):
@@ -69,6 +128,33 @@ class SS2D(nn.Module):
         self.Ds._no_weight_decay = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, H, W) -> (B, d, H, W)
+        if _FAST:
+            H, W = x.shape[-2:]
+            return self.scan_flat(x.flatten(2), H, W).unflatten(-1, (H, W))
+        return self._forward_ref(x)
+
+    def scan_flat(self, xs: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Fast path on a row-major map: xs (B, d, L), L = H*W -> (B, d, L) in xs's dtype.
+
+        Each projection is one matrix product whose output is already in the scan's layout
+        (contiguous (B, K, R, L), (B, K, N, L) and (B, K, d, L)); nothing is permuted or copied."""
+        Bsz, d, L = xs.shape
+        K, N, R = K_DIRECTIONS, self.N, self.R
+        w = self.x_proj_weight  # (K, R+2N, d)
+        xs = xs.contiguous()
+        dts = torch.matmul(w[:, :R].reshape(K * R, d), xs)  # (B, K*R, L)
+        Bs = torch.matmul(w[:, R : R + N].reshape(K * N, d), xs).view(Bsz, K, N, L)
+        Cs = torch.matmul(w[:, R + N :].reshape(K * N, d), xs).view(Bsz, K, N, L)
+        dts = dts.view(Bsz, K, R, L)
+        if R == 1:  # rank-1 dt projection: an outer product (a GEMM with inner size 1 is slower)
+            dts = self.dt_projs_weight.unsqueeze(0) * dts  # (1, K, d, 1) * (B, K, 1, L) -> (B, K, d, L)
+        else:
+            dts = torch.matmul(self.dt_projs_weight, dts)  # (K, d, R) @ (B, K, R, L) -> (B, K, d, L)
+        As = -torch.exp(self.A_logs.float())  # (K*d, N)
+        y = cross_scan(xs, dts, As, Bs, Cs, self.Ds.float(), self.dt_projs_bias.float().flatten(), H, W)  # (B, d, L)
+        return y.to(xs.dtype)
+
+    def _forward_ref(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, H, W) -> (B, d, H, W)
         Bsz, d, H, W = x.shape
         L = H * W
         xs = x.flatten(2)  # (B, d, L) row-major
@@ -130,6 +216,34 @@ class MambaBranch(nn.Module):
         self.combine = cfg.combine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W)
+        if _FAST and isinstance(self.ss2d, SS2D):
+            return self._forward_fast(x)
+        return self._forward_ref(x)
+
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W), best channels-last
+        Bsz, c, H, W = x.shape
+        d = self.out_norm.normalized_shape[0]
+        t = self.norm(x.permute(0, 2, 3, 1).reshape(Bsz, H * W, c))  # (B, L, c); no copy if channels-last
+        w = self.in_proj.weight  # (2d, c)
+        xx = F.linear(t, w[:d])  # (B, L, d)
+        z = F.linear(t, w[d:])  # (B, L, d)
+        xx = self.conv2d(xx.view(Bsz, H, W, d).permute(0, 3, 1, 2))  # (B, d, H, W) channels-last: the fast dwconv
+        inplace = not _recording(xx)
+        if inplace:  # SiLU fused with the one layout change: channels-last -> the scan's (B, d, L)
+            u = torch.ops.aten.silu.out(xx, out=torch.empty(Bsz, d, H, W, dtype=xx.dtype, device=xx.device))
+        else:
+            u = F.silu(xx).contiguous()
+        y = self.ss2d.scan_flat(u.view(Bsz, d, H * W), H, W)  # (B, d, L)
+        y = self.out_norm(y.transpose(1, 2))  # (B, L, d)
+        g = F.silu(z, inplace=inplace)
+        if self.combine == "add":
+            y = y.add_(g) if inplace else y + g
+        else:
+            y = y.mul_(g) if inplace else y * g
+        out = self.out_proj(y)  # (B, L, c)
+        return out.view(Bsz, H, W, c).permute(0, 3, 1, 2)  # (B, c, H, W) channels-last
+
+    def _forward_ref(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W)
         t = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, c)
         xz = self.in_proj(t)  # (B, H, W, 2d)
         xx, z = xz.chunk(2, dim=-1)  # (B, H, W, d) each
@@ -152,6 +266,13 @@ class CMDDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W)
         n = self.norm(x)
+        if _FAST and not _recording(x, self.skip_scale):
+            out = None
+            for branch in (self.cnn, self.mixer):
+                if branch is not None:
+                    y = branch(n)
+                    out = y if out is None else out.add_(y)
+            return torch.addcmul(out, self.skip_scale, x) if out is not None else self.skip_scale * x
         out = self.skip_scale * x
         if self.cnn is not None:
             out = out + self.cnn(n)

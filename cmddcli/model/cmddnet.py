@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import blocks
 from .blocks import CMDDBlock, Downsample, Upsample
 from .config import ModelConfig
 
@@ -58,6 +59,8 @@ class CMDDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W)
         xp, (H, W) = pad_to_multiple(x, self.config.pad_multiple)
+        if blocks.fast_path_enabled():  # run channels-last throughout (see blocks' docstring)
+            xp = xp.contiguous(memory_format=torch.channels_last)
         f = self.embed(xp)  # (B, C, Hp, Wp)
         for enc, down in zip(self.encoders, self.downs):
             f = down(enc(f))  # (B, 2c, h/2, w/2)
@@ -66,4 +69,4 @@ class CMDDNet(nn.Module):
             f = dec(up(f))  # (B, c/2, 2h, 2w)
         f = self.refinement(f)  # (B, C, Hp, Wp)
         out = self.output(f) + xp  # residual
-        return out[..., :H, :W]
+        return out[..., :H, :W].contiguous()  # (B, 3, H, W), standard layout

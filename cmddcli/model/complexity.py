@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .blocks import SS2D
+from .blocks import SS2D, reference_path
 from .ssm import K_DIRECTIONS
 
 
@@ -72,7 +72,8 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> dict:
     prev = os.environ.get("CMDD_SCAN")
     os.environ["CMDD_SCAN"] = "torch"
     try:
-        meta(torch.zeros(1, 3, height, width, device="meta"))
+        with reference_path():  # the module-by-module path (the fast path calls F.* with fused weights)
+            meta(torch.zeros(1, 3, height, width, device="meta"))
     finally:
         if prev is None:
             os.environ.pop("CMDD_SCAN", None)

@@ -3,8 +3,8 @@
 Pillow reduces 48- and 64-bit PNGs to 8 bits and cannot write them, so 16-bit PNGs go through here:
 
 * :func:`read_png` decodes any non-interlaced PNG of bit depth 8 or 16 and colour type 0 (gray),
-  2 (RGB), 4 (gray+alpha) or 6 (RGBA), with its iCCP profile and eXIf block (gAMA/sRGB/cHRM are
-  left aside). For 16-bit RGB/RGBA, Pillow's C decoder undoes the scan-line filters and is asked
+  2 (RGB), 4 (gray+alpha) or 6 (RGBA), with its iCCP profile, eXIf block and tRNS colour key
+  (gAMA/sRGB/cHRM are left aside; the caller turns the key into alpha). For 16-bit RGB/RGBA, Pillow's C decoder undoes the scan-line filters and is asked
   for the high and the low bytes in two passes; any other layout, or a Pillow that refuses, goes
   through a numpy decoder that undoes the filters along anti-diagonals (pixel (r, x) needs
   (r, x-1), (r-1, x) and (r-1, x-1)): about 10 s for 24 MP.
@@ -44,6 +44,7 @@ class PngInfo:
     interlaced: bool
     icc_profile: Optional[bytes] = None
     exif: Optional[bytes] = None  # raw TIFF-structured EXIF (no "Exif\0\0" prefix)
+    transparency: Optional[tuple] = None  # tRNS colour key: (gray,) or (r, g, b) sample values
 
 
 def _chunks(data: bytes):
@@ -86,6 +87,10 @@ def read_png(data: bytes) -> tuple[np.ndarray, PngInfo]:
             info.icc_profile = zlib.decompress(body[name_end + 2 :])
         elif ctype == b"eXIf" and info is not None:
             info.exif = bytes(body)
+        elif ctype == b"tRNS" and info is not None and info.color_type in (0, 2):
+            n = 1 if info.color_type == 0 else 3
+            if len(body) >= 2 * n:
+                info.transparency = struct.unpack(f">{n}H", body[: 2 * n])
     if info is None:
         raise PngError("PNG without an IHDR chunk")
     if info.color_type not in _CHANNELS or info.bit_depth not in (8, 16):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -73,9 +74,31 @@ class RawSettings:
         }
 
 
+@dataclass
+class RawDevelopment:
+    """What :func:`develop` made: the pixels and what LibRaw actually did and read."""
+
+    rgb: np.ndarray  # upright (H, W, 3) uint16
+    half_size_applied: bool  # False when half_size was asked for and LibRaw ignored it (LinearRaw DNG)
+    libraw_tags: dict  # exiv2-style EXIF tags from LibRaw's parse (exposure, ISO, lens, ...)
+    size: tuple  # (width, height) before development
+
+
 def develop_raw(path: str | Path, settings: RawSettings | None = None) -> np.ndarray:
     """Develop a RAW file to an upright (H, W, 3) uint16 array; InputError with one line if LibRaw can't."""
+    return develop(path, settings).rgb
+
+
+def develop(path: str | Path, settings: RawSettings | None = None,
+            check_size: Optional[Callable[[int, int], None]] = None) -> RawDevelopment:
+    """Develop a RAW file (see :func:`develop_raw`) and say what LibRaw did.
+
+    ``check_size(width, height)`` is called with the sensor size from the header, before LibRaw
+    unpacks or develops anything (it raises to refuse the file).
+    """
     import rawpy
+
+    from .meta import libraw_tags
 
     settings = settings or RawSettings()
 
@@ -87,7 +110,14 @@ def develop_raw(path: str | Path, settings: RawSettings | None = None) -> np.nda
     kwargs["highlight_mode"] = rawpy.HighlightMode.Clip
     try:
         with rawpy.imread(str(path)) as raw:
+            sizes = raw.sizes
+            if check_size is not None:
+                check_size(int(sizes.width), int(sizes.height))
             rgb = raw.postprocess(**kwargs)
+            try:
+                tags = libraw_tags(raw.other, raw.lens)
+            except Exception:  # noqa: BLE001 - older rawpy without other/lens: exiv2 still reads them
+                tags = {}
     except rawpy.LibRawFileUnsupportedError as e:
         raise InputError(path, "unsupported RAW format or compression (LibRaw cannot decode it)") from e
     except rawpy.LibRawIOError as e:
@@ -96,7 +126,10 @@ def develop_raw(path: str | Path, settings: RawSettings | None = None) -> np.nda
         raise InputError(path, f"RAW decoding failed: {_libraw_message(e)}") from e
     except MemoryError as e:
         raise InputError(path, "RAW decoding ran out of memory") from e
-    return rgb
+    full = max(int(sizes.width), int(sizes.height))
+    applied = settings.half_size and max(rgb.shape[:2]) <= (full + 1) // 2
+    return RawDevelopment(rgb, bool(applied) if settings.half_size else False, tags,
+                          (int(sizes.width), int(sizes.height)))
 
 
 def _libraw_message(e: Exception) -> str:

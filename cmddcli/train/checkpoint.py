@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -88,24 +89,46 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> Path:
-    """Write `state` atomically: a temp file in the same folder, fsync, then ``os.replace``."""
+    """Write `state` atomically: a temp file in the same folder, fsync, then ``os.replace``.
+
+    A failed write (a full disk, ...) removes the temp file and raises CmddError with one line; the
+    file at `path` and every other checkpoint are left as they were.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        # torch.save reports a failed write (ENOSPC included) as a RuntimeError from its zip writer
+        if isinstance(e, (OSError, RuntimeError)):
+            raise CmddError(f"{path}: cannot write the checkpoint ({_write_failure(e, path.parent)}); "
+                            "the earlier checkpoints are intact") from e
         raise
     return path
+
+
+def _write_failure(e: BaseException, folder: Path) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+        note = f"{free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        note = "free space unknown"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{first[:120]}; {note}"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:

@@ -33,7 +33,12 @@ eta_mins = [3e-4, 1e-6]
 [data]
 kind = "manifest"         # manifest | pairs | synth
 path = "data/dpdd/manifest.json"
+# synthetic pairs on the fly instead (docs/synthetic_defocus.md): kind = "synth", path = a folder of
+# sharp photographs, synth = "v2", val_synth = "heldout", val_sharp = "...", sharp_tiles = 256
 ```
+
+Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``optim.decoupled = true`` (AdamW),
+``schedule.kind = "cosine"`` (one cosine decay to ``schedule.eta_mins[-1]``).
 """
 
 from __future__ import annotations
@@ -119,7 +124,9 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Restormer/BasicSR ``CosineAnnealingRestartCyclicLR``; ``kind = "constant"`` keeps ``optim.lr``."""
+    """Restormer/BasicSR ``CosineAnnealingRestartCyclicLR``; ``kind = "constant"`` keeps ``optim.lr``;
+    ``kind = "cosine"``: one cosine decay from ``optim.lr`` at the start to ``eta_mins[-1]`` at ``iters``
+    (``periods`` and ``restart_weights`` unused)."""
 
     kind: str = "cosine_restart_cyclic"
     periods: List[float] = field(default_factory=lambda: [92.0, 208.0])
@@ -138,6 +145,16 @@ class DataConfig:
     manifest's or a DPDD tree's ``val``; a plain ``source/`` + ``target/`` folder has no splits, so its
     own images are used: set val_path then), or, for synth, a fixed set of 8 synthetic pairs.
     val_images: validate on at most this many images (0 = all); val_crop: centre crop (0 = full image).
+    synth: the synthesiser preset for ``kind = "synth"`` (``cmddcli.data.synth.SYNTH_PRESETS``: v1, v2,
+    v2_dpdd, heldout); v1's largest blur is capped at patch/8 as before.
+    val_synth: preset of the synthetic validation pairs ("" = ``synth``; "heldout" validates on PSF
+    shapes never trained on, to see over-fitting to the synthesiser).
+    val_sharp: a folder of sharp photographs for the synthetic validation (``val_images`` pairs of
+    ``val_crop``² px, default 8 of 128², fixed seed); images under it are left out of training. ""
+    = procedural images.
+    sharp_tiles: for ``synth`` from photographs, crop patches only inside sharp tiles of this size
+    (``find_sharp_tiles``: wallpapers often have deliberate bokeh, which would teach the network to
+    keep blur); 0 = anywhere in the photographs. Must be >= every stage's patch.
     """
 
     kind: str = "manifest"
@@ -149,15 +166,22 @@ class DataConfig:
     workers: int = 2
     val_images: int = 0
     val_crop: int = 0
+    synth: str = "v2"
+    val_synth: str = ""
+    val_sharp: str = ""
+    sharp_tiles: int = 0
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved (resolved) next to the checkpoints as ``config.toml``.
 
-    iters: total optimizer steps. precision: fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA
-    only). ema_decay: 0 disables the EMA of the weights. log_every / val_every / ckpt_every: in steps
-    (0 disables validation / periodic checkpoints). keep_last: periodic checkpoints kept (plus best).
+    iters: total optimizer steps. init_weights: a safetensors file (same model config) to start from
+    instead of a random initialisation (fine-tuning; ignored by --resume, which loads the checkpoint). precision: fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA
+    only). ema_decay: 0 disables the EMA of the weights. loss: "l1" (the paper's) or "l1_fft" (L1 +
+    ``fft_weight`` × L1 between FFT amplitudes, MIMO-UNet / NAFNet; see :mod:`cmddcli.train.losses`).
+    log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
+    keep_last: periodic checkpoints kept (plus best).
     """
 
     name: str = "paper"
@@ -169,6 +193,8 @@ class TrainConfig:
     compile: bool = False
     ema_decay: float = 0.0
     loss: str = "l1"
+    fft_weight: float = 0.1
+    init_weights: str = ""
     log_every: int = 100
     val_every: int = 5000
     ckpt_every: int = 5000
@@ -189,8 +215,10 @@ class TrainConfig:
         if self.iters < 1:
             raise CmddError(f"iters must be >= 1, got {self.iters}")
         sc = self.schedule
-        if sc.kind not in ("cosine_restart_cyclic", "constant"):
-            raise CmddError(f"schedule.kind must be cosine_restart_cyclic or constant, got {sc.kind!r}")
+        if sc.kind not in ("cosine_restart_cyclic", "cosine", "constant"):
+            raise CmddError(f"schedule.kind must be cosine_restart_cyclic, cosine or constant, got {sc.kind!r}")
+        if sc.kind == "cosine" and (not sc.eta_mins or not 0 <= sc.eta_mins[-1] <= self.optim.lr):
+            raise CmddError("schedule.kind = cosine needs eta_mins[-1] (the final lr) in [0, optim.lr]")
         if sc.kind == "cosine_restart_cyclic":
             if not (len(sc.periods) == len(sc.restart_weights) == len(sc.eta_mins)) or not sc.periods:
                 raise CmddError("schedule.periods, restart_weights and eta_mins must be equally long")
@@ -203,12 +231,22 @@ class TrainConfig:
             raise CmddError("optim: lr must be > 0, weight_decay and grad_clip >= 0")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.loss != "l1":
-            raise CmddError(f"loss must be 'l1' (the paper's), got {self.loss!r}")
+        if self.loss not in ("l1", "l1_fft"):
+            raise CmddError(f"loss must be 'l1' (the paper's) or 'l1_fft', got {self.loss!r}")
+        if self.fft_weight < 0:
+            raise CmddError(f"fft_weight must be >= 0, got {self.fft_weight}")
         if not 0 <= self.ema_decay < 1:
             raise CmddError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data.kind not in ("manifest", "pairs", "synth"):
             raise CmddError(f"data.kind must be manifest, pairs or synth, got {self.data.kind!r}")
+        if self.data.sharp_tiles and (self.data.sharp_tiles < max(s.patch) or self.data.sharp_tiles < 32):
+            raise CmddError(f"data.sharp_tiles ({self.data.sharp_tiles}) must be 0 or >= the largest patch "
+                            f"({max(s.patch)}) and >= 32")
+        from ..data.synth import SYNTH_PRESETS
+
+        for key, name in (("data.synth", self.data.synth), ("data.val_synth", self.data.val_synth or self.data.synth)):
+            if name not in SYNTH_PRESETS:
+                raise CmddError(f"{key} must be one of {', '.join(SYNTH_PRESETS)}, got {name!r}")
         if min(self.log_every, self.val_every, self.ckpt_every, self.keep_last, self.data.workers) < 0:
             raise CmddError("log_every, val_every, ckpt_every, keep_last and data.workers must be >= 0")
         self.model.model_config()  # raises on an unknown preset or bad override

@@ -7,8 +7,11 @@ gives random ``patch``² crops with random flips, ``val_dataset()`` whole valida
   ``data.train_split`` / ``data.val_split``;
 - ``pairs``: the same over a DPDD / RealDOF tree or any ``source/`` + ``target/`` folder, discovered in
   place (no copy);
-- ``synth``: :class:`~cmddcli.data.SynthDataset` synthesising defocus pairs on the fly from the sharp
-  images under ``data.path``, or from procedural images when the path is empty (smoke tests).
+- ``synth``: :class:`~cmddcli.data.SynthDataset` synthesising defocus pairs on the fly (new blur at
+  every step) from the sharp images under ``data.path``, or from procedural images when the path is
+  empty (smoke tests), with the synthesiser preset ``data.synth`` (default v2); validation: a fixed
+  set of pairs made with ``data.val_synth`` (e.g. "heldout") from ``data.val_sharp`` or procedural
+  images.
 
 Randomness: the loop draws every sample with its own seed (:mod:`cmddcli.train.sampling`); these
 datasets take it through their ``rng_for`` hook, so crops, flips and synthetic blur are the same after
@@ -21,7 +24,7 @@ datasets take it through their ``rng_for`` hook, so crops, flips and synthetic b
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -37,6 +40,7 @@ __all__ = ["data_source", "parse_data_arg", "procedural_sharp", "synth_config_fo
 
 PROCEDURAL_IMAGES = 16  # sharp sources for `synth` without a folder
 VAL_DEFAULT_IMAGES = 8
+SYNTH_CACHE_IMAGES = 128  # decoded sharp photographs kept per loader worker (~20 MB each at 1600 px)
 
 
 def parse_data_arg(text: str) -> Tuple[str, str]:
@@ -79,11 +83,17 @@ def procedural_sharp(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 1)
 
 
-def synth_config_for(patch: int):
-    """The synthesiser's defaults, with the largest blur radius capped at patch/8 (16 px at 128²)."""
-    from ..data.synth import SynthConfig
+def synth_config_for(patch: int, preset: str = "v1"):
+    """The synthesiser preset ``preset`` (``SYNTH_PRESETS``) for ``patch``² crops. v1 (the old default)
+    caps the largest blur radius at patch/8 (16 px at 128²); the others at patch/6 (their 20 px from
+    128² up; smaller for the tiny test patches)."""
+    from ..data.synth import synth_preset
 
-    return SynthConfig(max_coc=(1.0, float(max(2.0, min(16.0, patch / 8)))))
+    if preset == "v1":
+        return synth_preset("v1", max_coc=(1.0, float(max(2.0, min(16.0, patch / 8)))))
+    lo, hi = synth_preset(preset).max_coc
+    hi = float(max(2.0, min(hi, patch / 6)))
+    return synth_preset(preset, max_coc=(min(lo, hi), hi))
 
 
 # ---------------------------------------------------------------- from a config
@@ -107,6 +117,21 @@ class ConfigDataSource:
 
     data: DataConfig
     seed: int = 0
+    _tiles: dict = field(default_factory=dict, init=False, repr=False)  # (paths, size) -> sharp tiles
+
+    def _sharp_tiles(self, sources: list, size: int) -> list:
+        """Sharp ``size``² tiles of the photographs (found once per data source: it decodes them all)."""
+        from ..data.sources import find_sharp_tiles
+
+        key = (tuple(str(p) for p in sources), size)
+        if key not in self._tiles:
+            tiles = find_sharp_tiles(sources, tile=size)
+            used = len({t.path for t in tiles})
+            log.info("sharp %dpx tiles: %d from %d of %d photographs", size, len(tiles), used, len(sources))
+            if not tiles:
+                raise InputError(self.data.path, f"no photograph has a sharp {size}px tile")
+            self._tiles[key] = tiles
+        return self._tiles[key]
 
     def _manifest(self, path: str, split: str):
         from ..data.manifest import load_manifest
@@ -128,12 +153,19 @@ class ConfigDataSource:
                 from ..data.sources import list_images
 
                 sources = list_images(d.path)
+                if d.val_sharp:  # keep the validation photographs out of training
+                    held = Path(d.val_sharp).resolve()
+                    sources = [p for p in sources if not Path(p).resolve().is_relative_to(held)]
                 if not sources:
                     raise InputError(d.path, "no sharp images to synthesise from")
+                if d.sharp_tiles:
+                    sources = self._sharp_tiles(sources, d.sharp_tiles)
             else:
                 sources = self._procedural(max(256, patch), PROCEDURAL_IMAGES, self.seed)
-            return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch), seed=self.seed,
-                                flips=d.flips)
+            # every sample picks a random photograph: keep them all decoded (a 1600 px photo is ~20 MB
+            # as float32 and takes up to a second to decode; a 16-image cache missed 2 times in 3)
+            return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch, d.synth), seed=self.seed,
+                                flips=d.flips, cache_size=SYNTH_CACHE_IMAGES)
         if not d.path:
             raise CmddError(f"data.kind = {d.kind!r} needs data.path (or --data)")
         return PairsDataset(self._manifest(d.path, d.train_split), d.train_split, patch_size=patch, flips=d.flips,
@@ -146,9 +178,16 @@ class ConfigDataSource:
         if d.kind == "synth" and not d.val_path:
             size = d.val_crop or 128
             n = d.val_images or VAL_DEFAULT_IMAGES
-            sources = self._procedural(size, n, 10_000 + self.seed)  # disjoint from the training images
-            return SynthDataset(sources, patch_size=size, config=synth_config_for(size), seed=10_000 + self.seed,
-                                length=n, flips=False)
+            if d.val_sharp:
+                from ..data.sources import list_images
+
+                sources = list_images(d.val_sharp)
+                if not sources:
+                    raise InputError(d.val_sharp, "no sharp images for the synthetic validation")
+            else:
+                sources = self._procedural(size, n, 10_000 + self.seed)  # disjoint from the training images
+            return SynthDataset(sources, patch_size=size, config=synth_config_for(size, d.val_synth or d.synth),
+                                seed=10_000 + self.seed, length=n, flips=False)
         path = d.val_path or d.path
         if not path:
             return None

@@ -7,7 +7,7 @@ the number of finished iterations. Per iteration:
 
     x, y = next batch of stage(i)          # (B, 3, P, P) each
     lr = schedule(i)
-    loss = mean |model(x) - y|             # under autocast for bf16 / fp16
+    loss = mean |model(x) - y|             # under autocast for bf16 / fp16 (+ FFT-amplitude L1: cfg.loss)
     stop if loss is not finite on any rank (no update; the last checkpoint stays the last good one)
     backward; clip global grad norm; Adam step; EMA update
 
@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CmddError
@@ -48,6 +47,7 @@ from .dist import (
     init_distributed,
     shutdown_distributed,
 )
+from .losses import make_loss
 from .sampling import SampleStream, SeededDataset
 from .schedule import LRSchedule, Stage, stage_at, stages_of
 
@@ -104,9 +104,18 @@ class TrainResult:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
+    """A fresh CMDDNet of ``cfg.model``; with ``cfg.init_weights``, those weights loaded into it
+    (strictly: a file for another configuration raises WeightsError). A resumed run then replaces
+    them with the checkpoint's."""
     from ..model import CMDDNet
 
-    return CMDDNet(cfg.model.model_config())
+    model = CMDDNet(cfg.model.model_config())
+    if cfg.init_weights:
+        from ..model.weights import load_state
+
+        load_state(model, cfg.init_weights)
+        log.info("initial weights from %s", cfg.init_weights)
+    return model
 
 
 # ---------------------------------------------------------------- small helpers
@@ -205,6 +214,10 @@ class Trainer:
                  callback: Optional[Callable[[TrainEvent], None]] = None):
         self.cfg, self.info, self.callback = cfg, info, callback
         self.device = info.device
+        if self.device.type == "cpu":
+            from ..runtime import tune_cpu_allocator
+
+            tune_cpu_allocator()
         if data is None:
             from .data import data_source
 
@@ -214,6 +227,7 @@ class Trainer:
         self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
+        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight)
 
         precision = cfg.precision
         if precision == "fp16" and self.device.type != "cuda":
@@ -396,7 +410,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
-        loss = F.l1_loss(out.float(), y)
+        loss = self.loss_fn(out.float(), y)  # cfg.loss: l1, or l1 + fft_weight x FFT-amplitude L1
         mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size
         lv = float(mean_loss.item())  # one sync per step: the non-finite check needs it
         if not math.isfinite(lv):

@@ -61,6 +61,8 @@ class LRSchedule:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "LRSchedule":
         s = cfg.schedule
+        if s.kind == "cosine":  # one period over the whole run, down to the last eta_min
+            return cls(s.kind, cfg.optim.lr, (cfg.iters,), (1.0,), (float(s.eta_mins[-1]),))
         periods = tuple(scaled_lengths(s.periods, cfg.iters)) if s.kind != "constant" else (cfg.iters,)
         return cls(s.kind, cfg.optim.lr, periods, tuple(s.restart_weights), tuple(s.eta_mins))
 
