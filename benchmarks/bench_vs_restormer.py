@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from restormer import Restormer  # noqa: E402
 
-from cmddcli.bench import machine_line  # noqa: E402
+from cmddcli.engine.bench import machine_line  # noqa: E402
 from cmddcli.model import CMDDNet, model_config  # noqa: E402
 from cmddcli.model.ssm import choose_backend  # noqa: E402
 

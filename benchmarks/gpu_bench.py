@@ -211,7 +211,7 @@ N_STATE, K_DIRS = 16, 4
 
 def scan_backends() -> dict:
     """name -> (cross-scan callable (u, delta, A, B, C, D, bias, H, W), or the reason it is missing)."""
-    from cmddcli.model import scan_triton
+    from cmddcli.model.kernels import scan_triton
     from cmddcli.model.ssm import cross_scan_ref, selective_scan_torch
 
     out = {}
@@ -221,7 +221,7 @@ def scan_backends() -> dict:
     else:
         out["triton fused"] = scan_triton.why_unavailable()
     try:
-        from cmddcli.model import scan_mamba
+        from cmddcli.model.kernels import scan_mamba
 
         if scan_mamba.available():
             out["mamba-ssm + copies"] = lambda *a: cross_scan_ref(*a[:7], a[7], a[8], scan=scan_mamba.selective_scan_mamba)
@@ -309,7 +309,7 @@ def sec_scan():
     for name, fn in backends.items():
         if isinstance(fn, str):
             s["notes"].append(f"{name}: unavailable ({fn})")
-    from cmddcli.model import scan_triton
+    from cmddcli.model.kernels import scan_triton
 
     for lname, d, H, W in LEVELS:
         L = H * W
@@ -374,7 +374,7 @@ def sec_mamba_check():
     except Exception as e:
         s["notes"].append("mamba-ssm not importable here: " + _err(e)[7:] + " (see mamba_build.log)")
         return
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
 
     def mamba(u, delta, A, B, C, D, bias):
         return selective_scan_fn(u, delta, A, B, C, D=D, z=None, delta_bias=bias, delta_softplus=True)
@@ -416,7 +416,7 @@ def sec_mamba_check():
 
 
 def _model_backends() -> list:
-    from cmddcli.model import scan_mamba, scan_triton
+    from cmddcli.model.kernels import scan_mamba, scan_triton
 
     if not CUDA:  # the registry runs triton / mamba on CUDA only
         return ["torch"]
@@ -600,7 +600,7 @@ SWEEP = [(1, 64, 4, 16), (1, 128, 8, 16), (2, 32, 4, 16), (2, 64, 4, 16), (4, 16
 def sec_sweep():
     """Triton block sizes (BD channels, BL steps, warps, BNS states) per level: the numbers to retune
     launch_config()."""
-    from cmddcli.model import scan_triton
+    from cmddcli.model.kernels import scan_triton
 
     cols = ["level", "BD,BL,warps,BNS", "fwd ms", "fwd+bwd ms"]
     s = REPORT.section("sweep", "Triton block-size sweep (fused cross scan, fp32, batch 1)", cols)
@@ -641,7 +641,7 @@ def sec_sweep():
 
 def sec_kernels():
     """Registers, spills and shared memory of every Triton scan kernel compiled in this run."""
-    from cmddcli.model import scan_triton
+    from cmddcli.model.kernels import scan_triton
 
     cols = ["kernel", "constexprs", "warps", "regs", "spills", "shared B"]
     s = REPORT.section("kernels", "Compiled Triton scan kernels (from this run's cache)", cols,

@@ -20,8 +20,8 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from skimage.restoration import richardson_lucy, wiener
 
-from cmddcli.evaluate import load_for_eval
-from cmddcli.metrics import mae, psnr, ssim
+from cmddcli.eval.protocol import load_for_eval
+from cmddcli.eval.metrics import mae, psnr, ssim
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "defocus"
 

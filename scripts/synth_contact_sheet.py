@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cmddcli.data.pngio import from_float
+from cmddcli.photo.arrays import from_float
 from cmddcli.data.sources import find_sharp_tiles, list_images, load_sharp
 from cmddcli.data.synth import SynthConfig, synthesize
 

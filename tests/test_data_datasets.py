@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cmddcli.cli.main import app
 from cmddcli.data.datasets import PairsDataset, SynthDataset
 from cmddcli.data.manifest import load_manifest
-from cmddcli.data.pngio import read_image, to_float, write_png
+from cmddcli.photo.arrays import read_image, to_float, write_png
 from cmddcli.data.prepare import prepare_dpdd, prepare_synth
 from cmddcli.data.sources import SharpnessFilter, list_images, sharp_tiles
 from cmddcli.data.synth import SynthConfig, disk_kernel

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from cmddcli.cli.main import app
 from cmddcli.data.crops import keep_sharpest, sharpness_scores, sobel_kernels, stride_for, window_grid, window_starts
-from cmddcli.data.dpdd import DPDD_INDOOR_TEST, discover_dpdd, natural_key
+from cmddcli.data.discovery import DPDD_INDOOR_TEST, discover_dpdd, natural_key
 from cmddcli.data.manifest import load_manifest, sha256_file
-from cmddcli.data.pngio import png_header, read_image, write_png
+from cmddcli.photo.arrays import png_header, read_image, write_png
 from cmddcli.data.prepare import prepare_dpdd, prepare_pairs, prepare_realdof
 from cmddcli.errors import InputError
 
@@ -135,7 +135,7 @@ def test_missing_split_names_the_fix(tmp_path):
 def test_crops_positions_flips_manifest(tmp_path):
     make_dpdd(tmp_path)
     out = tmp_path / "out"
-    r = prepare_dpdd(tmp_path, out, window=WIN, overlap=0.6, workers=1)
+    r = prepare_dpdd(tmp_path, out, window=WIN, overlap_fraction=0.6, workers=1)
     assert r.counts == {"train": 2 * 12 * 3, "val": 12, "test": 3}
     m = load_manifest(out)
     assert m.dataset == "dpdd" and m.params["train"]["stride"] == 12

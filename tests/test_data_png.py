@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from cmddcli.data.pngio import encode_png, from_float, png_header, read_image, to_float, write_png
+from cmddcli.photo.arrays import encode_png, from_float, png_header, read_image, to_float, write_png
 from cmddcli.errors import InputError
 
 

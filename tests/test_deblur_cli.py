@@ -12,11 +12,12 @@ import tifffile
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from cmddcli import batch
-from cmddcli.batch import BatchOptions, DistInfo, Job, discover, merge_reports, plan, shard
+from cmddcli.engine import runner as batch
+from cmddcli.engine.runner import BatchOptions, Job, discover, merge_reports, plan, shard
+from cmddcli.runtime import DistInfo
 from cmddcli.cli.main import app
 from cmddcli.errors import CmddError
-from cmddcli.photo import png16
+from cmddcli.photo import png
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.is_dir():
@@ -28,7 +29,7 @@ ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     """The CLI gives torch every core; on a shared 2-core runner one thread is much faster."""
-    import cmddcli.engine.deblurrer as D
+    import cmddcli.runtime as D
 
     monkeypatch.setattr(D, "available_cores", lambda: 1)
 
@@ -51,7 +52,7 @@ def tree(tmp_path):
     ex[274] = 6
     ex[271] = "TestMake"
     Image.fromarray(img(20, 28)).save(root / "a.jpg", exif=ex, icc_profile=ICC, quality=95)
-    (root / "sub" / "b.png").write_bytes(png16.write_png(img(16, 24, 1, 16)))
+    (root / "sub" / "b.png").write_bytes(png.write_png(img(16, 24, 1, 16)))
     tifffile.imwrite(root / "sub" / "deep" / "c.tif", img(18, 22, 2, 16, 1), photometric="minisblack")
     Image.fromarray(img(16, 16, 3, 8, 4)).save(root / "sub" / "d.png")
     (root / "notes.txt").write_text("not an image")
@@ -80,7 +81,7 @@ def test_mirrors_tree_keeps_depth_gray_alpha_exif(tree, tmp_path, tiny_weights):
     a = Image.open(out / "a.jpg")
     assert a.size == (20, 28) and a.getexif()[274] == 1 and a.getexif()[271] == "TestMake"
     assert a.info["icc_profile"] == ICC
-    b, info = png16.read_png((out / "sub" / "b.png").read_bytes())
+    b, info = png.read_png((out / "sub" / "b.png").read_bytes())
     assert b.dtype == np.uint16 and b.shape == (16, 24, 3)
     c = tifffile.imread(out / "sub" / "deep" / "c.tif")
     assert c.dtype == np.uint16 and c.shape == (18, 22)

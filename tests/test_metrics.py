@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cmddcli import metrics as M
+from cmddcli.eval import metrics as M
 from cmddcli.errors import BackendUnavailable, CmddError
 
 skm = pytest.importorskip("skimage.metrics")

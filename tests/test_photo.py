@@ -1,6 +1,7 @@
 """Photo I/O: every format both ways, bit depth, gray, alpha, EXIF orientation, ICC, RAW, bad files."""
 
 import io
+import struct
 import logging
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from cmddcli.photo import (
     Photo,
     RawSettings,
     apply_orientation,
-    atomic_path,
     read_photo,
     srgb_icc_profile,
     write_photo,
 )
-from cmddcli.photo import png16
+from cmddcli.atomic import atomic_path
+from cmddcli.photo import png
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.is_dir():  # CI: shared/ beside the clone
@@ -58,7 +59,7 @@ def test_png_codec_decodes_pillow_files(mode):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
     data_ = buf.getvalue()
-    decoded, info = png16.read_png(data_)
+    decoded, info = png.read_png(data_)
     np.testing.assert_array_equal(decoded, np.asarray(Image.open(io.BytesIO(data_))))
 
 
@@ -66,58 +67,82 @@ def test_png_codec_decodes_pillow_files(mode):
 @pytest.mark.parametrize("depth", [8, 16])
 def test_png_codec_round_trip(ch, depth):
     arr = gradient(37, 23, depth, ch)
-    data = png16.write_png(arr, icc_profile=ICC, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")
-    back, info = png16.read_png(data)
+    data = png.write_png(arr, icc_profile=ICC, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")
+    back, info = png.read_png(data)
     np.testing.assert_array_equal(back, arr)
     assert info.icc_profile == ICC and info.exif.startswith(b"MM\x00*")
     assert Image.open(io.BytesIO(data)).info["icc_profile"] == ICC  # Pillow agrees on the metadata
 
 
-def test_png_codec_numpy_path_all_filters():
-    arr = gradient(40, 50, 16, 3)
-    rows = png16._filter_rows(np.ascontiguousarray(arr.astype(">u2")).view(np.uint8).reshape(40, -1), 6)
-    # force every filter type in turn and decode with the numpy decoder
-    pix = np.ascontiguousarray(arr.astype(">u2")).view(np.uint8).reshape(40, 50, 6)
-    for forced in range(5):
-        filt = np.full(40, forced, np.uint8)
-        enc = _encode_with(pix, filt)
-        np.testing.assert_array_equal(png16._unfilter(enc, filt), pix)
-    assert rows.shape == (40, 301)
+def _png_file(width, height, depth, color, rows, plte=b""):
+    """A PNG written by hand: packed rows (filter 0) at any legal bit depth, optional palette."""
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    body = b"".join(b"\x00" + r for r in rows)
+    return (png.SIGNATURE + png.chunk(b"IHDR", ihdr) + (png.chunk(b"PLTE", plte) if plte else b"")
+            + png.chunk(b"IDAT", zlib.compress(body)) + png.chunk(b"IEND", b""))
 
 
-def _encode_with(pix, filters):
-    """Reference PNG filtering (per pixel, the spec's formulas) for the decoder test."""
-    H, W, bpp = pix.shape
-    x = pix.astype(np.int32)
-    out = np.zeros_like(x)
-    for r in range(H):
-        for c in range(W):
-            a = x[r, c - 1] if c else np.zeros(bpp, np.int32)
-            b = x[r - 1, c] if r else np.zeros(bpp, np.int32)
-            cc = x[r - 1, c - 1] if r and c else np.zeros(bpp, np.int32)
-            f = filters[r]
-            if f == 0:
-                pred = 0
-            elif f == 1:
-                pred = a
-            elif f == 2:
-                pred = b
-            elif f == 3:
-                pred = (a + b) // 2
-            else:
-                p = a + b - cc
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - cc)
-                pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, cc))
-            out[r, c] = (x[r, c] - pred) % 256
-    return out.astype(np.uint8)
+def _pack(values, depth):
+    """One row of samples packed MSB-first at 1 / 2 / 4 / 8 / 16 bits."""
+    if depth == 16:
+        return np.asarray(values, ">u2").tobytes()
+    if depth == 8:
+        return np.asarray(values, np.uint8).tobytes()
+    bits = np.unpackbits(np.asarray(values, np.uint8)[:, None], axis=1)[:, 8 - depth:]
+    return np.packbits(bits.reshape(-1)).tobytes()
+
+
+# Every (colour type, bit depth) the PNG spec allows.
+PNG_KINDS = [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (2, 8), (2, 16), (3, 1), (3, 2), (3, 4), (3, 8),
+             (4, 8), (4, 16), (6, 8), (6, 16)]
+
+
+@pytest.mark.parametrize("color,depth", PNG_KINDS, ids=[f"type{c}-{d}bit" for c, d in PNG_KINDS])
+def test_png_every_colour_type_and_bit_depth_round_trips(tmp_path, color, depth):
+    """Decoded exactly by read_photo; kept at 8 / 16 bits (and gray / alpha) when written back as PNG."""
+    h, w = 5, 9
+    top = 2**depth - 1
+    rng = np.random.default_rng(color * 100 + depth)
+    if color in (0, 3):
+        idx = rng.integers(0, top + 1, (h, w))
+        if color == 0:
+            rows = [_pack(r, depth) for r in idx]
+            want = np.repeat((idx / top)[..., None], 3, axis=2)
+            data = _png_file(w, h, depth, 0, rows)
+        else:
+            pal = rng.integers(0, 256, (top + 1, 3))
+            rows = [_pack(r, depth) for r in idx]
+            want = pal[idx] / 255.0
+            data = _png_file(w, h, depth, 3, rows, plte=pal.astype(np.uint8).tobytes())
+        alpha = None
+    else:
+        ch = {2: 3, 4: 2, 6: 4}[color]
+        arr = rng.integers(0, top + 1, (h, w, ch)).astype(np.uint8 if depth == 8 else np.uint16)
+        data = png.write_png(arr)
+        color_part = arr[..., :3] if ch >= 3 else np.repeat(arr[..., :1], 3, axis=2)
+        want = color_part / top
+        alpha = arr[..., -1] / top if ch in (2, 4) else None
+    src = tmp_path / "in.png"
+    src.write_bytes(data)
+    photo = read_photo(src)
+    np.testing.assert_allclose(photo.rgb, want, atol=1e-6)
+    if alpha is not None:
+        np.testing.assert_allclose(photo.alpha, alpha, atol=1e-6)
+    out = tmp_path / "out.png"
+    write_photo(out, photo)
+    back = read_photo(out)
+    np.testing.assert_allclose(back.rgb, photo.rgb, atol=1e-6)
+    assert back.bit_depth == (16 if depth == 16 else 8) and back.gray == (color in (0, 4))
 
 
 def test_png_codec_errors():
-    with pytest.raises(png16.PngError):
-        png16.read_png(b"not a png")
-    data = png16.write_png(gradient(10, 10, 16, 3))
-    with pytest.raises(png16.PngError):
-        png16.read_png(data[: len(data) // 2])
+    with pytest.raises(png.PngError):
+        png.read_png(b"not a png")
+    data = png.write_png(gradient(10, 10, 16, 3))
+    with pytest.raises(png.PngError):
+        png.read_png(data[: len(data) // 2])
 
 
 # ------------------------------------------------------------------------------------ formats
@@ -132,7 +157,7 @@ def test_lossless_round_trip_keeps_depth_gray_alpha(tmp_path, ext, depth, ch):
     arr = gradient(21, 34, depth, ch)
     src = tmp_path / f"in.{ext}"
     if ext == "png":
-        src.write_bytes(png16.write_png(arr, icc_profile=ICC))
+        src.write_bytes(png.write_png(arr, icc_profile=ICC))
     else:
         tifffile.imwrite(src, arr, photometric="minisblack" if ch in (1, 2) else "rgb",
                          extrasamples=["unassalpha"] if ch in (2, 4) else None, iccprofile=ICC)
@@ -151,7 +176,7 @@ def test_lossless_round_trip_keeps_depth_gray_alpha(tmp_path, ext, depth, ch):
     if p.alpha is not None:
         np.testing.assert_array_equal(q.alpha, p.alpha)
         np.testing.assert_array_equal(np.rint(q.alpha * top), arr[..., -1])
-    raw_back = png16.read_png(out.read_bytes())[0] if ext == "png" else tifffile.imread(out)
+    raw_back = png.read_png(out.read_bytes())[0] if ext == "png" else tifffile.imread(out)
     np.testing.assert_array_equal(raw_back, arr)  # the file holds exactly the input samples
 
 
@@ -170,7 +195,7 @@ def test_planar_and_float_tiff(tmp_path):
 
 def test_16bit_to_8bit_formats(tmp_path):
     arr = gradient(10, 12, 16, 4)
-    (tmp_path / "a.png").write_bytes(png16.write_png(arr))
+    (tmp_path / "a.png").write_bytes(png.write_png(arr))
     p = read_photo(tmp_path / "a.png")
     write_photo(tmp_path / "a.jpg", p)
     write_photo(tmp_path / "a.webp", p)
@@ -333,7 +358,7 @@ def test_bad_files_fail_with_one_line(tmp_path):
     Image.fromarray(gradient(64, 64, 8, 3)).save(buf, "JPEG")
     (tmp_path / "trunc.jpg").write_bytes(buf.getvalue()[:600])
     cases["trunc.jpg"] = "truncated"
-    data = png16.write_png(gradient(32, 32, 16, 3))
+    data = png.write_png(gradient(32, 32, 16, 3))
     (tmp_path / "trunc16.png").write_bytes(data[: len(data) // 2])
     cases["trunc16.png"] = "truncated"
     Image.new("RGB", (8, 8)).save(tmp_path / "black.png")
@@ -381,7 +406,7 @@ def test_write_photo_interrupted_leaves_nothing(tmp_path, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(png16, "write_png", interrupted)
+    monkeypatch.setattr(png, "write_png", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_photo(tmp_path / "x.png", p, bit_depth=16)
     assert list(tmp_path.iterdir()) == []

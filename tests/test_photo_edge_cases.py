@@ -21,10 +21,10 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from cmddcli import batch
+from cmddcli.engine import runner as batch
 from cmddcli.cli.main import app
 from cmddcli.errors import CmddError, InputError
-from cmddcli.photo import RawSettings, meta, png16, read_photo, write_photo
+from cmddcli.photo import RawSettings, meta, png, read_photo, write_photo
 
 pyexiv2 = pytest.importorskip("pyexiv2")
 
@@ -36,7 +36,7 @@ needs_samples = pytest.mark.skipif(not (SAMPLES / "raw").is_dir(), reason="share
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
-    import cmddcli.engine.deblurrer as D
+    import cmddcli.runtime as D
 
     monkeypatch.setattr(D, "available_cores", lambda: 1)
 
@@ -62,7 +62,7 @@ def exiv2_tags(path) -> dict:
 def png_with_chunk(data: bytes, ctype: bytes, body: bytes) -> bytes:
     """Insert a chunk right before the first IDAT."""
     i = data.index(b"IDAT") - 4
-    return data[:i] + png16._chunk(ctype, body) + data[i:]
+    return data[:i] + png.chunk(ctype, body) + data[i:]
 
 
 def make_dng(path, h=48, w=64, seed=0, exif=None):
@@ -114,18 +114,18 @@ def _keyed(kind):
         return b.getvalue(), mask
     if kind == "gray16":
         g = np.where(mask, 1234, 50000).astype(np.uint16)
-        return png_with_chunk(png16.write_png(g), b"tRNS", struct.pack(">H", 1234)), mask
+        return png_with_chunk(png.write_png(g), b"tRNS", struct.pack(">H", 1234)), mask
     if kind == "rgb16":
         a = np.full((8, 10, 3), (40000, 3000, 20000), np.uint16)
         a[mask] = (1, 2, 3)
-        return png_with_chunk(png16.write_png(a), b"tRNS", struct.pack(">3H", 1, 2, 3)), mask
+        return png_with_chunk(png.write_png(a), b"tRNS", struct.pack(">3H", 1, 2, 3)), mask
     if kind == "gray2":  # 2-bit gray: Pillow scales the samples but not the key
         vals = np.where(mask, 1, 3).astype(np.uint8)
         rows = b"".join(b"\x00" + np.packbits(np.unpackbits(r[:, None], axis=1)[:, -2:].ravel()).tobytes()
                         for r in vals)
-        data = (png16.SIGNATURE + png16._chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 8, 2, 0, 0, 0, 0))
-                + png16._chunk(b"tRNS", struct.pack(">H", 1)) + png16._chunk(b"IDAT", zlib.compress(rows))
-                + png16._chunk(b"IEND", b""))
+        data = (png.SIGNATURE + png.chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 8, 2, 0, 0, 0, 0))
+                + png.chunk(b"tRNS", struct.pack(">H", 1)) + png.chunk(b"IDAT", zlib.compress(rows))
+                + png.chunk(b"IEND", b""))
         return data, mask
     raise ValueError(kind)
 
@@ -368,12 +368,12 @@ def test_deblur_disk_full_reports_and_exits_1(tmp_path, tiny_weights, monkeypatc
 
 
 def test_eval_out_disk_full_prints_report_and_exits_1(tmp_path, monkeypatch):
-    import cmddcli.evaluate as E
+    import cmddcli.eval.protocol as E
 
     a = (np.random.default_rng(2).random((12, 12, 3)) * 255).astype(np.uint8)
     Image.fromarray(a).save(tmp_path / "p.png")
     Image.fromarray(255 - a).save(tmp_path / "t.png")
-    monkeypatch.setattr(E, "write_atomic", _enospc)
+    monkeypatch.setattr(E, "atomic_write_bytes", _enospc)
     res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "p.png"), "--target", str(tmp_path / "t.png"),
                                    "--json", "--out", str(tmp_path / "res")], catch_exceptions=False)
     assert res.exit_code == 1
@@ -413,7 +413,7 @@ def test_checkpoint_disk_full_keeps_the_last_good_one(tmp_path, monkeypatch, fai
 def _forged_png(depth: int, w=14000, h=14000) -> bytes:
     """A PNG whose IHDR claims w x h (valid CRC) over a tiny image body."""
     a = np.zeros((2, 2, 3), np.uint16 if depth == 16 else np.uint8)
-    data = bytearray(png16.write_png(a))
+    data = bytearray(png.write_png(a))
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
     data[12:33] = ihdr + struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
     return bytes(data)
@@ -433,7 +433,7 @@ def test_one_limit_for_every_decoder(tmp_path):
     a = np.full((20, 30, 3), 100, np.uint8)
     Image.fromarray(a).save(tmp_path / "a.jpg")
     Image.fromarray(a).save(tmp_path / "a.webp")
-    (tmp_path / "a16.png").write_bytes(png16.write_png(a.astype(np.uint16) * 257))
+    (tmp_path / "a16.png").write_bytes(png.write_png(a.astype(np.uint16) * 257))
     tifffile.imwrite(tmp_path / "a.tif", a, photometric="rgb")
     with tifffile.TiffWriter(tmp_path / "pages.tif") as tw:  # each page fits, together they do not
         for _ in range(3):

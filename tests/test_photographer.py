@@ -21,7 +21,7 @@ TOL = 1 / 255
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
-    import cmddcli.engine.deblurrer as D
+    import cmddcli.runtime as D
 
     monkeypatch.setattr(D, "available_cores", lambda: 1)
 
@@ -215,7 +215,7 @@ def test_cli_focus_auto_saves_maps(tmp_path, tiny_weights):
 
 
 def test_progress_advances_per_tile(tmp_path):
-    from cmddcli import batch
+    from cmddcli.engine import runner as batch
     from cmddcli.photo import Photo, write_photo
 
     write_photo(tmp_path / "big.png", Photo(rgb=np.random.default_rng(0).random((96, 160, 3)).astype(np.float32)))

@@ -15,7 +15,7 @@ from cmddcli.cli.main import app
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
-    import cmddcli.engine.deblurrer as D
+    import cmddcli.runtime as D
 
     monkeypatch.setattr(D, "available_cores", lambda: 1)
 

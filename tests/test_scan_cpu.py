@@ -1,4 +1,4 @@
-"""The compiled CPU selective scan (cmddcli/model/scan_cpu.py) against selective_scan_ref / cross_scan_ref.
+"""The compiled CPU selective scan (cmddcli/model/kernels/scan_cpu.py) against selective_scan_ref / cross_scan_ref.
 
 The kernel compiles on first use (a few seconds, then cached); without a working g++/ninja the
 kernel tests skip with the reason and only the "fails cleanly" tests run.
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from cmddcli.model import scan_cpu
+from cmddcli.model.kernels import scan_cpu
 from cmddcli.model.ssm import (
     choose_backend,
     cross_scan,
@@ -250,7 +250,7 @@ def _run_python(code: str, env_extra: dict) -> subprocess.CompletedProcess:
 def test_import_does_not_build():
     code = (
         "import sys, cmddcli, cmddcli.model.ssm\n"
-        "m = sys.modules.get('cmddcli.model.scan_cpu')\n"
+        "m = sys.modules.get('cmddcli.model.kernels.scan_cpu')\n"
         "print('tried' if m is not None and m._state['tried'] else 'untouched')\n"
     )
     r = _run_python(code, {})
@@ -271,7 +271,7 @@ def fresh_kernel_state(monkeypatch, tmp_path):
 
 def test_missing_compiler_is_reported_not_raised(fresh_kernel_state, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with caplog.at_level(logging.DEBUG, logger="cmddcli.model.scan_cpu"):
+    with caplog.at_level(logging.DEBUG, logger="cmddcli.model.kernels.scan_cpu"):
         assert scan_cpu.available() is False
     reason = scan_cpu.why_unavailable()
     assert "compiler" in reason and "g++" in reason
@@ -285,7 +285,7 @@ def test_failing_build_is_reported_not_raised(fresh_kernel_state, monkeypatch, t
     fake.write_text("#!/bin/sh\necho 'fake-cxx: simulated failure' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
-    with caplog.at_level(logging.DEBUG, logger="cmddcli.model.scan_cpu"):
+    with caplog.at_level(logging.DEBUG, logger="cmddcli.model.kernels.scan_cpu"):
         assert scan_cpu.available() is False
     assert "build failed" in scan_cpu.why_unavailable()
     assert "CPU scan kernel build (native) failed" in caplog.text

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmddcli.model import scan_cpu, ssm
+from cmddcli.model import ssm
+from cmddcli.model.kernels import scan_cpu
 
 AVAILABLE = scan_cpu.available() and scan_cpu.grad_available()
 pytestmark = pytest.mark.skipif(

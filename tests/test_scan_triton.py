@@ -142,10 +142,10 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 # ----------------------------------------------------------------------------------------------
 def test_module_imports_without_triton():
-    """`import cmddcli.model.scan_triton` never fails; without triton it says how to install it."""
+    """`import cmddcli.model.kernels.scan_triton` never fails; without triton it says how to install it."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "from cmddcli.model import scan_triton as st\n"
+        "from cmddcli.model.kernels import scan_triton as st\n"
         "from cmddcli.errors import BackendUnavailable\n"
         "import torch\n"
         "assert not st.available()\n"
@@ -176,7 +176,7 @@ def test_interpreter_in_subprocess():
 _AOT_CODE = r"""
 import sys
 import triton
-from cmddcli.model import scan_triton as st
+from cmddcli.model.kernels import scan_triton as st
 try:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -217,7 +217,7 @@ def test_kernels_compile_for_sm90_without_gpu():
 
 @needs_triton
 def test_rejects_cpu_tensors_without_interpreter(monkeypatch):
-    from cmddcli.model import scan_triton as st
+    from cmddcli.model.kernels import scan_triton as st
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     args = _scan_inputs(1, 4, 4, 5)
@@ -231,7 +231,7 @@ def test_rejects_cpu_tensors_without_interpreter(monkeypatch):
     [(1, True, True, True), (2, False, False, True), (1, True, False, False)],
 )
 def test_selective_scan_forward(device, groups, use_d, use_bias, softplus):
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
 
     u, delta, A, B, C, D, bias = _scan_inputs(2, 8, 16, 37, groups=groups, device=device, seed=1)
     if not softplus:
@@ -247,7 +247,7 @@ def test_selective_scan_forward(device, groups, use_d, use_bias, softplus):
 
 @needs_triton
 def test_selective_scan_gradients(device):
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
 
     args = _scan_inputs(2, 8, 16, 37, device=device, seed=2)
     dy = torch.randn(2, 8, 37, generator=torch.Generator().manual_seed(3)).to(device)
@@ -266,7 +266,7 @@ def test_selective_scan_gradients(device):
 def test_block_sizes(device, monkeypatch, blocks, reverse):
     """One block and one chunk, many small chunks / channel blocks, the flip-based reverse scan and
     states split over programs (BNS=4 of N=16) all give the same gradients."""
-    from cmddcli.model.scan_triton import cross_scan_triton
+    from cmddcli.model.kernels.scan_triton import cross_scan_triton
 
     monkeypatch.setenv("CMDD_TRITON_SCAN", blocks)
     monkeypatch.setenv("CMDD_TRITON_REVERSE", reverse)
@@ -282,7 +282,7 @@ def test_block_sizes(device, monkeypatch, blocks, reverse):
 @needs_triton
 def test_selective_scan_split_states(device, monkeypatch):
     """1-D scan with the N states split over programs: y, du and ddelta become atomic partial sums."""
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
 
     monkeypatch.setenv("CMDD_TRITON_SCAN", "4,16,1,4")
     args = _scan_inputs(2, 6, 12, 21, groups=2, device=device, seed=15)
@@ -296,7 +296,7 @@ def test_selective_scan_split_states(device, monkeypatch):
 
 @needs_triton
 def test_cross_scan_forward_and_gradients(device):
-    from cmddcli.model.scan_triton import cross_scan_triton
+    from cmddcli.model.kernels.scan_triton import cross_scan_triton
 
     H, W = 5, 7
     args = _cross_inputs(2, 6, 16, H, W, device=device, seed=6)
@@ -313,7 +313,7 @@ def test_cross_scan_forward_and_gradients(device):
 @needs_triton
 def test_cross_scan_fewer_directions(device):
     """K = 2 (row-major and column-major only) follows the same direction numbering."""
-    from cmddcli.model.scan_triton import cross_scan_triton
+    from cmddcli.model.kernels.scan_triton import cross_scan_triton
 
     args = _cross_inputs(1, 4, 8, 4, 6, K=2, device=device, seed=8)
     y = cross_scan_triton(*args, 4, 6)
@@ -325,7 +325,7 @@ def test_cross_scan_fewer_directions(device):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs(device, dtype):
     """bf16 / fp16 u, delta, B, C: float32 inside, output in the input dtype, within its rounding."""
-    from cmddcli.model.scan_triton import cross_scan_triton, selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import cross_scan_triton, selective_scan_triton
 
     args = _scan_inputs(2, 8, 16, 37, device=device, dtype=dtype, seed=9)
     y = selective_scan_triton(*args)
@@ -344,7 +344,7 @@ def test_half_precision_inputs(device, dtype):
 
 @needs_triton
 def test_no_grad_skips_checkpoints(device):
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
 
     args = [a.requires_grad_() if a.is_floating_point() else a for a in _scan_inputs(1, 4, 8, 20, device=device)]
     with torch.no_grad():
@@ -359,7 +359,7 @@ def test_no_grad_skips_checkpoints(device):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_cross_scan_large(monkeypatch, dtype):
-    from cmddcli.model.scan_triton import cross_scan_triton
+    from cmddcli.model.kernels.scan_triton import cross_scan_triton
     from cmddcli.model.ssm import selective_scan_torch
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -377,7 +377,7 @@ def test_cuda_cross_scan_large(monkeypatch, dtype):
 
 @needs_cuda
 def test_cuda_selective_scan_long(monkeypatch):
-    from cmddcli.model.scan_triton import selective_scan_triton
+    from cmddcli.model.kernels.scan_triton import selective_scan_triton
     from cmddcli.model.ssm import selective_scan_torch
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

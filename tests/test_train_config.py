@@ -5,16 +5,8 @@ import math
 import pytest
 
 from cmddcli.errors import CmddError
-from cmddcli.train.config import (
-    TRAIN_PRESETS,
-    apply_overrides,
-    load_config,
-    parse_override,
-    scaled_lengths,
-    stage_bounds,
-    to_toml,
-    train_preset,
-)
+from cmddcli.train.config import TRAIN_PRESETS, scaled_lengths, stage_bounds, train_preset
+from cmddcli.train.overrides import apply_overrides, load_config, parse_override, to_toml
 from cmddcli.train.schedule import (
     LRSchedule,
     cosine_restart_cyclic_lr,
@@ -178,7 +170,7 @@ def test_loss_option_and_fft_amplitude_loss():
 def test_trainer_uses_the_configured_loss():
     import torch
 
-    from cmddcli.train.dist import DistInfo
+    from cmddcli.runtime import DistInfo
     from cmddcli.train.loop import Trainer
 
     cfg = apply_overrides(train_preset("tiny"), ["loss=l1_fft", "fft_weight=0.5", "optim.decoupled=true",

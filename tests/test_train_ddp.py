@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cmddcli.train.config import apply_overrides, train_preset
+from cmddcli.train.config import train_preset
+from cmddcli.train.overrides import apply_overrides
 
 
 def _free_port() -> int:

@@ -13,9 +13,11 @@ from cmddcli.cli.main import app
 from cmddcli.data.datasets import SynthDataset
 from cmddcli.model.weights import load_weights
 from cmddcli.train.checkpoint import load_checkpoint
-from cmddcli.train.config import apply_overrides, train_preset
+from cmddcli.train.config import train_preset
+from cmddcli.train.overrides import apply_overrides
 from cmddcli.train.data import procedural_sharp, synth_config_for
-from cmddcli.train.loop import TrainingDiverged, collate_pairs, train
+from cmddcli.train.collate import collate_pairs
+from cmddcli.train.loop import TrainingDiverged, train
 from cmddcli.train.sampling import SampleStream, SeededDataset
 
 
@@ -216,7 +218,7 @@ def test_cli_train_stop_resume_and_export(tmp_path):
 
 @pytest.mark.parametrize("kind", ["pairs", "manifest"])
 def test_trains_from_a_pairs_folder_or_a_prepared_manifest(tmp_path, kind):
-    from cmddcli.data.pngio import write_png
+    from cmddcli.photo.arrays import write_png
     from cmddcli.data.prepare import prepare_pairs
 
     rng = np.random.default_rng(0)
@@ -254,7 +256,7 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(tmp_path):
 
 def test_decoupled_weight_decay_uses_adamw(tmp_path):
     """optim.decoupled switches Adam (L2 in the gradient, the paper) to AdamW (decay on the weights)."""
-    from cmddcli.train.dist import DistInfo
+    from cmddcli.runtime import DistInfo
     from cmddcli.train.loop import Trainer
 
     fixed = synth_pairs(2)

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import err_console, handle_errors, out_console, print_json, setup_logging
+from .common import device_option, err_console, handle_errors, json_option, out_console, print_json, setup_logging
 
 
 def _parse_size(s: str) -> tuple:
@@ -20,19 +20,21 @@ def _parse_size(s: str) -> tuple:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd bench`` to ``app``."""
+
     @app.command("bench")
     @handle_errors
     def bench(
         preset: List[str] = typer.Option(["paper"], "--preset", "-p", help="Model preset(s) to time."),
         size: List[str] = typer.Option(["256"], "--size", "-s", help="Input size(s): 256 or HxW."),
-        device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+        device: str = device_option("cpu", "cpu, cuda or cuda:N."),
         backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Scan backend(s); default: all usable here."),
         repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
-        json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
+        json_out: bool = json_option("Print the rows as JSON on stdout."),
     ):
         """Time whole-model forward passes, split into selective scan and everything else."""
-        from ..bench import bench_forward, machine_line, rows_to_markdown
+        from ..engine.bench import bench_forward, machine_line, rows_to_markdown
 
         setup_logging(quiet=json_out)
         sizes = [_parse_size(s) for s in size]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,13 +13,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 
 from ..errors import CmddError
-from .common import err_console, handle_errors, print_json, setup_logging
-
-_EXTS = ("png", "tif", "tiff", "jpg", "jpeg", "webp")
-
+from .common import (
+    device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_json,
+    quiet_option, scan_option, setup_logging, tile_option, weights_option)
 
 class _RichProgress:
-    """Files and tiles bars on stderr (implements cmddcli.batch.BatchProgress)."""
+    """Files and tiles bars on stderr (implements cmddcli.engine.runner.BatchProgress)."""
 
     def __init__(self, progress: Progress):
         self.p = progress
@@ -72,35 +72,9 @@ def _plan_table(report) -> Table:
     return t
 
 
-def _weights_digest(weights: Optional[Path]) -> str:
-    """sha256 of the weights file (the shipped one by default): part of what made an output."""
-    import hashlib
-
-    from ..model.weights import default_weights_path
-
-    path = Path(weights) if weights is not None else default_weights_path()
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError:
-        return f"unreadable:{path}"  # the engine reports the real problem when it loads them
-    return h.hexdigest()
-
-
-def _device_for_rank(device: str, info) -> str:
-    """Under torchrun each rank takes cuda:LOCAL_RANK (when CUDA is there and no index was given)."""
-    if not info.distributed or device.lower() not in ("auto", "cuda"):
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{info.local_rank % torch.cuda.device_count()}"
-    return "cpu" if device.lower() == "auto" else device
-
-
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd deblur`` to ``app``."""
+
     @app.command("deblur")
     @handle_errors
     def deblur_cmd(
@@ -122,13 +96,11 @@ def register(app: typer.Typer) -> None:
             180.0, "--max-megapixels",
             help="Refuse images larger than this (checked from the header before decoding; the pages of a "
                  "TIFF count together). 0 = no limit."),
-        weights: Optional[Path] = typer.Option(
-            None, "--weights", "-w", help="Weights (.safetensors); default: the shipped weights."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
-        tile: Optional[int] = typer.Option(
-            None, "--tile", help="Tile size in pixels (default: from free memory; 0 = whole image)."),
-        overlap: int = typer.Option(64, "--overlap", help="Overlap between tiles in pixels."),
+        weights: Optional[Path] = weights_option(),
+        device: str = device_option(),
+        precision: str = precision_option(),
+        tile: Optional[int] = tile_option(),
+        overlap: int = overlap_option(),
         strength: float = typer.Option(
             1.0, "--strength", "-s",
             help="0 = as shot, 1 = the network's result, up to 1.5 extrapolates; blended in linear light."),
@@ -147,8 +119,9 @@ def register(app: typer.Typer) -> None:
         html_report: bool = typer.Option(
             False, "--report", help="Write OUT/index.html: before/after slider per photo (static, opens offline)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; warnings only."),
-        json_out: bool = typer.Option(False, "--json", help="Print the JSON summary on stdout (nothing else)."),
+        quiet: bool = quiet_option(),
+        json_out: bool = json_option(),
+        scan: Optional[str] = scan_option(),
     ):
         """Remove defocus blur from photos: JPEG, PNG, TIFF, WebP and camera RAW (DNG, NEF, CR2, ARW, ...).
 
@@ -166,24 +139,25 @@ def register(app: typer.Typer) -> None:
 
         EXIF orientation is applied to the pixels and written as 1.
         """
-        from .. import batch
+        from .. import runtime
+        from ..engine import runner as batch
         from ..engine.selective import RestoreOptions
-        from ..photo import RawSettings
+        from ..photo import OUTPUT_FORMATS, RawSettings
 
         setup_logging(quiet=quiet or json_out)
-        if ext is not None and ext.lower().lstrip(".") not in _EXTS:
+        if ext is not None and ext.lower().lstrip(".") not in OUTPUT_FORMATS:
             raise CmddError(f"--ext must be one of png, tif, jpg, webp (got {ext!r})")
         if bit_depth not in (None, 8, 16):
             raise CmddError(f"--bit-depth must be 8 or 16 (got {bit_depth})")
         if max_megapixels < 0:
             raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
         restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
-        info = batch.DistInfo.from_env()
+        info = runtime.DistInfo.from_env()
         opts = batch.BatchOptions(
             out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
             overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
             dry_run=dry_run, max_pixels=int(max_megapixels * 1e6) or None,
-            recipe={"weights_sha256": _weights_digest(weights),
+            recipe={"weights_sha256": batch.weights_digest(weights),
                     "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"}},
             restore=restore, report=html_report and not dry_run,
         )
@@ -191,16 +165,16 @@ def register(app: typer.Typer) -> None:
 
         def make_deblurrer():
             from ..engine import Deblurrer
-            from ..engine.deblurrer import available_cores
 
-            threads = max(1, available_cores() // max(1, info.local_world_size))
-            engine = Deblurrer(weights, device=_device_for_rank(device, info), precision=precision,
+            threads = max(1, runtime.available_cores() // max(1, info.local_world_size))
+            engine = Deblurrer(weights, device=runtime.device_for_rank(device, info), precision=precision,
                                tile=tile, overlap=overlap, threads=threads)
             engine_settings.update(engine.describe())
             return engine
 
         show = not (quiet or json_out) and info.rank == 0
-        created_group = batch.init_distributed(info)
+        info = runtime.join_group(info, backend="gloo",
+                                  timeout=datetime.timedelta(hours=runtime.GATHER_TIMEOUT_HOURS))
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True,
@@ -208,13 +182,10 @@ def register(app: typer.Typer) -> None:
                 report = batch.run_batch(inputs, opts, make_deblurrer, _RichProgress(bars), info,
                                          settings={"engine": engine_settings, "restore": restore.describe()})
         finally:
-            if created_group:
-                import torch.distributed as dist
-
-                dist.destroy_process_group()
+            runtime.shutdown_distributed(info)
 
         if opts.report and info.rank == 0:
-            from ..report import write_report
+            from ..engine.report import write_report
 
             page = write_report(report.to_dict(), output)
             if not (quiet or json_out):

@@ -17,21 +17,12 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import CmddError
-from .common import err_console, handle_errors, out_console, print_json
+from .common import (
+    device_option, err_console, handle_errors, json_option, precision_option, print_json, scan_option, setup_logging,
+    tile_option, weights_option)
 
 _FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "mae": "{:.4f}", "lpips": "{:.4f}"}
 _HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "lpips": "LPIPS"}
-
-
-def _per_set(values: List[int], n: int, flag: str) -> List[int]:
-    """One value for every set, one per set, or none (0)."""
-    if not values:
-        return [0] * n
-    if len(values) == 1:
-        return values * n
-    if len(values) != n:
-        raise CmddError(f"{flag} was given {len(values)} times for {n} sets (give it once, or once per set)")
-    return list(values)
 
 
 def _table(report) -> Table:
@@ -52,11 +43,12 @@ def _table(report) -> Table:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd eval`` to ``app``."""
+
     @app.command("eval")
     @handle_errors
     def eval_cmd(
-        weights: Optional[Path] = typer.Option(
-            None, "--weights", "-w", help="Weights (.safetensors) to evaluate; default: the shipped weights."),
+        weights: Optional[Path] = weights_option("Weights (.safetensors) to evaluate; default: the shipped weights."),
         data: List[str] = typer.Option(
             [], "--data", "-d",
             help="DPDD tree, RealDOF tree, manifest JSON, or a source/+target/ folder (repeatable)."),
@@ -77,14 +69,15 @@ def register(app: typer.Typer) -> None:
         ssim_window: str = typer.Option(
             "uniform", "--ssim", help="SSIM window: uniform (7x7, the published numbers) or gaussian (11x11, s=1.5)."),
         bits: int = typer.Option(8, "--bits", help="8 (published protocol: 16-bit files read as 8-bit) or 16."),
-        tile: int = typer.Option(0, "--tile", help="Tile size for the network (0 = whole image, the protocol)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 (protocol), bf16, fp16 or auto."),
+        tile: int = tile_option(0, "Tile size for the network (0 = whole image, the protocol)."),
+        device: str = device_option(),
+        precision: str = precision_option("fp32", "fp32 (protocol), bf16, fp16 or auto."),
         limit: int = typer.Option(0, "--limit", help="Score only the first N images of each set (0 = all)."),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Write per_image.csv and summary.json (and images) here."),
         save_images: bool = typer.Option(False, "--save-images", help="Save restored images under OUT/images/."),
-        json_out: bool = typer.Option(False, "--json", help="Print the JSON summary on stdout (nothing else)."),
+        json_out: bool = json_option(),
+        scan: Optional[str] = scan_option(),
     ):
         """Score a model on DPDD / RealDOF / any pairs with the published protocol, or score saved predictions.
 
@@ -97,41 +90,15 @@ def register(app: typer.Typer) -> None:
           cmdd eval --pred dpdd_1024/blur --target dpdd_1024/sharp --crop-top 0 \\
                     --pred 'gif/*_input.png' --target 'gif/*_gt.png' --crop-top 48
         """
-        from .. import evaluate as E
+        from ..eval import protocol as E
 
+        setup_logging(quiet=json_out)
         settings = E.EvalSettings(metrics=metrics, bits=bits, ssim_window=ssim_window,
                                   mask=str(mask) if mask else None, tile=tile, precision=precision, device=device)
         if save_images and out is None:
             raise CmddError("--save-images needs --out DIR")
-
-        items: list = []
-        if pred:
-            if target and data:
-                raise CmddError("give --pred with either --target or --data, not both")
-            refs = target or data
-            if not refs:
-                raise CmddError("--pred needs --target (images to compare with) or --data (a dataset's targets)")
-            if len(refs) != len(pred):
-                raise CmddError(f"{len(pred)} --pred but {len(refs)} --{'target' if target else 'data'} "
-                                "(give them in pairs)")
-            crops = _per_set(crop_top, len(pred), "--crop-top")
-            for p, r, c in zip(pred, refs, crops):
-                if target:
-                    set_items = E.items_from_predictions(p, r, pred_suffix=pred_suffix, crop_top=c)
-                else:
-                    set_items = E.items_with_predictions(E.items_from_data(r, split, crop_top=c), p, pred_suffix)
-                items += set_items[:limit] if limit else set_items
-            if weights is not None:
-                raise CmddError("--weights is for model evaluation; drop it when scoring --pred images")
-        else:
-            if target:
-                raise CmddError("--target needs --pred (to score saved predictions)")
-            if not data:
-                raise CmddError("nothing to evaluate: give --data (with --weights) or --pred with --target")
-            crops = _per_set(crop_top, len(data), "--crop-top")
-            for d, c in zip(data, crops):
-                set_items = E.items_from_data(d, split, crop_top=c)
-                items += set_items[:limit] if limit else set_items
+        items = E.gather_items(data=data, pred=pred, target=target, split=split, pred_suffix=pred_suffix,
+                               crop_top=crop_top, limit=limit, with_weights=weights is not None)
 
         with Progress(TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=err_console, transient=True,
@@ -141,14 +108,8 @@ def register(app: typer.Typer) -> None:
             def progress(done: int, total: int, name: str) -> None:
                 bar.update(task, completed=done, description=name)
 
-            if pred:
-                report = E.evaluate_predictions(items, settings, progress=progress)
-            else:
-                from ..engine import Deblurrer
-
-                engine = Deblurrer(weights, device=device, precision=precision, tile=tile)
-                report = E.evaluate_model(engine, items, settings,
-                                          save_dir=(out / "images") if save_images else None, progress=progress)
+            report = E.run_eval(items, settings, weights=weights,
+                                save_dir=(out / "images") if save_images else None, progress=progress)
         write_error = None
         if out is not None:
             try:
@@ -160,7 +121,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(report.to_json())
         else:
-            out_console.print(_table(report))
+            err_console.print(_table(report))
             if out is not None and write_error is None:
                 err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
         if write_error:

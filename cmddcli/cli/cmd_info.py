@@ -2,64 +2,28 @@
 
 from __future__ import annotations
 
-import os
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import handle_errors, out_console, print_json
-
-
-def collect_info(preset: str) -> dict:
-    import torch
-
-    from .. import __version__
-    from ..model import CMDDNet, model_config
-    from ..model import ssm
-    from ..model.complexity import count_macs, count_params
-    from ..model.weights import default_weights_path, read_metadata
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    backends = [
-        {"name": n, "available": ok, "differentiable": d, "devices": list(devs), "reason": why}
-        for (n, ok, d, devs, why) in ssm.backend_status()
-    ]
-    active_infer = ssm.choose_backend(device, needs_grad=False).name
-    active_train = ssm.choose_backend(device, needs_grad=True).name
-    net = CMDDNet(model_config(preset))
-    macs = count_macs(net, 256, 256)
-    wpath = default_weights_path()
-    weights = {"path": str(wpath), "installed": wpath.is_file()}
-    if wpath.is_file():
-        weights["metadata"] = read_metadata(wpath)
-    return {
-        "version": __version__,
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "scan_override": os.environ.get("CMDD_SCAN"),
-        "scan_backends": backends,
-        "active_backend": {"inference": active_infer, "training": active_train},
-        "preset": {
-            "name": preset,
-            "config": net.config.to_dict(),
-            "params": count_params(net),
-            "macs_thop_256": macs["thop"],
-            "macs_full_256": macs["full"],
-        },
-        "default_weights": weights,
-    }
+from .common import handle_errors, json_option, out_console, print_json, scan_option
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd info`` to ``app``."""
+
     @app.command("info")
     @handle_errors
     def info(
         preset: str = typer.Option("paper", "--preset", "-p", help="Preset whose size and cost to show."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
+        json_out: bool = json_option("Print JSON only."),
+        scan: Optional[str] = scan_option(),
     ):
         """Show the version, device, selective-scan backends and the chosen preset's size and cost."""
+        from ..engine.info import collect_info
+
         data = collect_info(preset)
         if json_out:
             print_json(data)

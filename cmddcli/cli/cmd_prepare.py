@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .common import err_console, handle_errors, print_json, setup_logging
+from .common import err_console, handle_errors, json_option, print_json, quiet_option, setup_logging
 
 prepare_app = typer.Typer(
     name="prepare",
@@ -22,8 +22,8 @@ prepare_app = typer.Typer(
 # Options shared by several commands (declared once).
 OUT = typer.Option(..., "-o", "--out", help="Output folder (manifest.json, crops, records for resuming).")
 WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Worker processes (default: CPU count, at most 8).")
-JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (progress and logs stay on stderr).")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings only.")
+JSON = json_option("Print the result as JSON on stdout (progress and logs stay on stderr).")
+QUIET = quiet_option("No progress bar, warnings only.")
 WINDOW = typer.Option(512, "--window", min=1, help="Crop window size in pixels (paper: 512).")
 OVERLAP = typer.Option(0.6, "--overlap", min=0.0, max=0.99, help="Window overlap fraction (paper: 0.6, stride 204).")
 STRIDE = typer.Option(None, "--stride", min=1, help="Window stride in pixels (overrides --overlap).")
@@ -100,7 +100,7 @@ def dpdd(
     setup_logging(quiet=quiet)
     _run("cropping DPDD", quiet, json_out, lambda progress: prepare_dpdd(
         root, out, splits=tuple(s.strip() for s in splits.split(",") if s.strip()), window=window,
-        overlap=overlap, stride=stride, flips=_flips(flips), drop_blurry=drop_blurry, val_crops=val_crops,
+        overlap_fraction=overlap, stride=stride, flips=_flips(flips), drop_blurry=drop_blurry, val_crops=val_crops,
         workers=_workers(workers), progress=progress))
 
 
@@ -142,7 +142,7 @@ def pairs(
 
     setup_logging(quiet=quiet)
     _run("preparing pairs", quiet, json_out, lambda progress: prepare_pairs(
-        root, out, split=split, crop=crop, window=window, overlap=overlap, stride=stride, flips=_flips(flips),
+        root, out, split=split, crop=crop, window=window, overlap_fraction=overlap, stride=stride, flips=_flips(flips),
         drop_blurry=drop_blurry, workers=_workers(workers), progress=progress))
 
 
@@ -209,4 +209,5 @@ def synth(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd prepare`` to ``app``."""
     app.add_typer(prepare_app, name="prepare")

@@ -15,83 +15,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..errors import CmddError
-from .common import err_console, handle_errors, print_json, setup_logging
-
-
-def _count(text: str) -> int:
-    """'300k' -> 300000, '1.5M' -> 1500000, '2000' -> 2000."""
-    t = text.strip().lower().replace("_", "")
-    mult = 1
-    if t.endswith("k"):
-        t, mult = t[:-1], 1000
-    elif t.endswith("m"):
-        t, mult = t[:-1], 1_000_000
-    try:
-        v = float(t) * mult
-    except ValueError:
-        raise CmddError(f"not an iteration count: {text!r} (e.g. 300000, 300k)") from None
-    if v != int(v) or v < 1:
-        raise CmddError(f"not an iteration count: {text!r}")
-    return int(v)
-
-
-def _toml_str(s: str) -> str:
-    import json
-
-    return json.dumps(s)
-
-
-def build_config(config: Optional[Path], preset: Optional[str], resume: Optional[str], sets: List[str],
-                 iters: Optional[str], out: Optional[Path], data: Optional[str], val_data: Optional[str],
-                 device: Optional[str], precision: Optional[str], ema: Optional[float], compile_: Optional[bool],
-                 seed: Optional[int], workers: Optional[int]):
-    """Preset / file / checkpoint config, then the flags, then --set overrides (last wins)."""
-    from ..train import config as C
-    from ..train.data import parse_data_arg
-    from ..train.loop import resume_config
-
-    if resume:
-        if config is not None or preset is not None:
-            raise CmddError("--resume takes the run's configuration from its checkpoint; change it with --set")
-        cfg = resume_config(resume)
-    elif config is not None:
-        cfg = C.load_config(config, base=C.train_preset(preset) if preset else None)
-    else:
-        cfg = C.train_preset(preset or "paper")
-    kind, path = parse_data_arg(data) if data is not None else (None, None)
-    given = (  # (config key, flag value or None when not given, value -> TOML text)
-        ("iters", iters, _count),
-        ("out", out, lambda v: _toml_str(str(v))),
-        ("data.kind", kind, _toml_str),
-        ("data.path", path, _toml_str),
-        ("data.val_path", val_data, _toml_str),
-        ("device", device, _toml_str),
-        ("precision", precision, _toml_str),
-        ("ema_decay", ema, str),
-        ("compile", compile_, lambda v: "true" if v else "false"),
-        ("seed", seed, str),
-        ("data.workers", workers, str),
-    )
-    flags: List[str] = [f"{key}={fmt(value)}" for key, value, fmt in given if value is not None]
-    cfg = C.apply_overrides(cfg, flags + list(sets))
-    return cfg.validate()
-
-
-def _plan(cfg) -> dict:
-    from ..train.schedule import LRSchedule, stages_of
-
-    sched = LRSchedule.from_config(cfg)
-    return {
-        "stages": [{"stage": s.index + 1, "patch": s.patch, "batch": s.batch, "iterations": [s.start + 1, s.end]}
-                   for s in stages_of(cfg)],
-        "lr_periods": list(sched.periods),
-        "lr_at": {str(i): sched(i) for i in sorted({1, sched.periods[0], sched.periods[0] + 1, cfg.iters // 2,
-                                                    cfg.iters})},
-    }
+from .common import (
+    device_option, err_console, handle_errors, json_option, precision_option, print_json, scan_option, setup_logging)
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``cmdd train`` to ``app``."""
+
     @app.command("train")
     @handle_errors
     def train_cmd(
@@ -106,14 +36,15 @@ def register(app: typer.Typer) -> None:
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint or a run folder."),
         stop_at: Optional[str] = typer.Option(
             None, "--stop-at", help="Stop (with a checkpoint) after this many total iterations, e.g. for job limits."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-        precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
+        device: Optional[str] = device_option(None, "auto, cpu, cuda, cuda:N."),
+        precision: Optional[str] = precision_option(None, "fp32, bf16 or fp16 (autocast)."),
         ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (e.g. 0.999; 0 = off)."),
         compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Data loader worker processes."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+        json_out: bool = json_option("Print the result as JSON on stdout."),
+        scan: Optional[str] = scan_option(),
     ):
         """Train CMDDNet. Multi-GPU: torchrun --nproc_per_node N -m cmddcli.cli.main train ...
 
@@ -127,16 +58,20 @@ def register(app: typer.Typer) -> None:
         """
         rank = int(os.environ.get("RANK", "0"))
         setup_logging(quiet=json_out or rank != 0)
-        from ..train import config as C
+        from ..train.checkpoint import ResumePoint
+        from ..train.overrides import build_config, parse_count, to_toml
+        from ..train.schedule import plan_of
 
-        cfg = build_config(config, preset, resume, sets, iters, out, data, val_data, device, precision, ema,
-                           compile_, seed, workers)
+        point = ResumePoint.find(resume) if resume else None  # read once: config here, state in train()
+        cfg = build_config(config=config, preset=preset, resume=point, overrides=sets, flags={
+            "iters": iters, "out": out, "data": data, "data.val_path": val_data, "device": device,
+            "precision": precision, "ema_decay": ema, "compile": compile_, "seed": seed, "data.workers": workers})
         if dry_run:
             if json_out:
-                print_json({"config": cfg.to_dict(), "plan": _plan(cfg)})
+                print_json({"config": cfg.to_dict(), "plan": plan_of(cfg)})
             else:
-                typer.echo(C.to_toml(cfg), nl=False)
-                err_console.print(_plan(cfg))
+                typer.echo(to_toml(cfg), nl=False)
+                err_console.print(plan_of(cfg))
             return
         from ..train.loop import TrainEvent, train
 
@@ -161,8 +96,8 @@ def register(app: typer.Typer) -> None:
                 bar.console.print(f"step {ev.step}: val PSNR {ev.values['psnr']:.3f} dB, SSIM {ev.values['ssim']:.4f}")
 
         try:
-            result = train(cfg, resume=resume, callback=on_event,
-                           stop_at=_count(stop_at) if stop_at is not None else None)
+            result = train(cfg, resume=point, callback=on_event,
+                           stop_at=parse_count(stop_at) if stop_at is not None else None)
         finally:
             bar.stop()
         if rank != 0:

@@ -1,18 +1,20 @@
-"""Shared CLI plumbing: consoles, error handling, JSON output, logging set-up."""
+"""Shared CLI plumbing: consoles, error handling, JSON output, logging set-up, and the options that
+several commands take (declared once here, with defaults from the library)."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import math
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from ..engine.options import DEFAULT_OVERLAP, PRECISIONS
 from ..errors import CmddError
 
 # Progress, tables and logs go to stderr; stdout is reserved for --json payloads and plain results.
@@ -21,6 +23,7 @@ out_console = Console()
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Library logs to stderr through rich: warnings only with ``quiet``, debug with ``verbose``, else info."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(
         level=level,
@@ -32,21 +35,14 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 def print_json(payload: Any) -> None:
     """Machine-readable output: strict JSON (RFC 8259: inf / nan become null) only, on stdout."""
-    sys.stdout.write(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False) + "\n")
+    from ..eval.protocol import finite_json
+
+    sys.stdout.write(json.dumps(finite_json(payload), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _finite(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print one red ``error:`` line on stderr and return the ``typer.Exit`` to raise."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     return typer.Exit(code)
 
@@ -65,3 +61,60 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(130)
 
     return wrapper
+
+
+# ---------------------------------------------------------------------------------------- shared options
+
+
+def _or_list(values) -> str:
+    values = list(values)
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else "".join(values)
+
+
+def device_option(default: Optional[str] = "auto", help: str = "auto, cpu, cuda or cuda:N."):
+    """``--device``, shared by deblur, eval, train and bench."""
+    return typer.Option(default, "--device", help=help)
+
+
+def precision_option(default: Optional[str] = "auto", help: Optional[str] = None):
+    """``--precision``; the choices come from :data:`cmddcli.engine.options.PRECISIONS`."""
+    return typer.Option(default, "--precision", help=help or f"{_or_list(PRECISIONS)}.")
+
+
+def weights_option(help: str = "Weights (.safetensors); default: the shipped weights."):
+    """``--weights / -w``: a .safetensors file (default: the shipped weights)."""
+    return typer.Option(None, "--weights", "-w", help=help)
+
+
+def tile_option(default: Optional[int] = None,
+                help: str = "Tile size in pixels (default: from free memory; 0 = whole image)."):
+    """``--tile`` in pixels."""
+    return typer.Option(default, "--tile", help=help)
+
+
+def overlap_option():
+    """``--overlap`` between tiles in pixels, default :data:`cmddcli.engine.options.DEFAULT_OVERLAP`."""
+    return typer.Option(DEFAULT_OVERLAP, "--overlap", help="Overlap between tiles in pixels.")
+
+
+def json_option(help: str = "Print the JSON summary on stdout (nothing else)."):
+    """``--json``: only JSON on stdout."""
+    return typer.Option(False, "--json", help=help)
+
+
+def quiet_option(help: str = "No progress bars or tables; warnings only."):
+    """``--quiet / -q``: warnings only."""
+    return typer.Option(False, "--quiet", "-q", help=help)
+
+
+def _set_scan(value: Optional[str]) -> Optional[str]:
+    """``--scan NAME`` is ``CMDD_SCAN=NAME`` for this process and the processes it starts."""
+    if value:
+        os.environ["CMDD_SCAN"] = value
+    return value
+
+
+def scan_option():
+    """``--scan NAME``: the selective-scan backend, as ``CMDD_SCAN=NAME``."""
+    return typer.Option(None, "--scan", callback=_set_scan,
+                        help="Selective-scan backend (ref, torch, cpu, triton, mamba); same as CMDD_SCAN.")

@@ -40,6 +40,7 @@ _register_all()
 
 
 def main() -> None:
+    """The ``cmdd`` console script."""
     app()
 
 

@@ -8,15 +8,15 @@ does not load torch):
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     # manifests
     "Manifest": "manifest", "Pair": "manifest", "PairEntry": "manifest", "load_manifest": "manifest",
     "save_manifest": "manifest", "MANIFEST_NAME": "manifest", "sha256_file": "manifest",
     # discovery
-    "discover_dpdd": "dpdd", "discover_realdof": "dpdd", "discover_pairs": "dpdd", "RawPair": "dpdd",
-    "Discovery": "dpdd", "DPDD_INDOOR_TEST": "dpdd", "natural_key": "dpdd",
+    "discover_dpdd": "discovery", "discover_realdof": "discovery", "discover_pairs": "discovery", "RawPair": "discovery",
+    "Discovery": "discovery", "DPDD_INDOOR_TEST": "discovery", "natural_key": "discovery",
     # preparing
     "prepare_dpdd": "prepare", "prepare_realdof": "prepare", "prepare_pairs": "prepare",
     "prepare_synth": "prepare", "PrepareResult": "prepare",
@@ -29,21 +29,7 @@ _EXPORTS = {
     "find_sharp_tiles": "sources", "sharp_tiles": "sources",
     # datasets
     "PairsDataset": "datasets", "SynthDataset": "datasets",
-    # image files
-    "read_image": "pngio", "write_png": "pngio", "to_float": "pngio", "from_float": "pngio",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cmddcli.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

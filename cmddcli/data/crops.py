@@ -20,17 +20,18 @@ import numpy as np
 
 from ..errors import InputError
 from .manifest import PairEntry, relpath, sha256_bytes, sha256_file
-from .pngio import encode_png, png_header, read_image, write_atomic
+from ..atomic import atomic_write_bytes
+from ..photo.arrays import encode_png, png_header, read_image
 
 FLIPS = ("h", "v")
 RECORD_DIR = ".cmdd-prepare"
 
 
-def stride_for(window: int, overlap: float) -> int:
-    """Stride for a window and an overlap fraction: ⌊window·(1 − overlap)⌋, at least 1."""
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    return max(1, int(math.floor(window * (1.0 - overlap) + 1e-9)))
+def stride_for(window: int, overlap_fraction: float) -> int:
+    """Stride for a window and an overlap fraction: ⌊window·(1 − overlap_fraction)⌋, at least 1."""
+    if not 0.0 <= overlap_fraction < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap_fraction}")
+    return max(1, int(math.floor(window * (1.0 - overlap_fraction) + 1e-9)))
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -233,7 +234,7 @@ def run_crop_job(job: CropJob) -> CropResult:
                 else:
                     data = encode_png(np.ascontiguousarray(_flip(img[y:y + opt.window, x:x + opt.window], flip)),
                                       opt.png_level)
-                    write_atomic(path, data)
+                    atomic_write_bytes(path, data, fsync=False)
                     digest, nbytes = sha256_bytes(data), len(data)
                     res.written += 1
                 entry[key] = relpath(path, out)
@@ -241,7 +242,7 @@ def run_crop_job(job: CropJob) -> CropResult:
                 entry["bytes_" + key] = nbytes
             res.entries.append(entry)
     rec = {"options": opt.to_json(), "inputs": stats, "entries": res.entries}
-    write_atomic(_record_path(job), json.dumps(rec).encode())
+    atomic_write_bytes(_record_path(job), json.dumps(rec).encode(), fsync=False)
     return res
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from .manifest import Manifest, Pair, load_manifest
-from .pngio import read_image, to_float
+from ..photo.arrays import read_image, to_float
 from .sources import SharpTile, load_sharp
 from .synth import SynthConfig, SynthSample, segment_image, synthesize
 

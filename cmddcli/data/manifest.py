@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from .pngio import write_atomic
+from ..atomic import atomic_write_bytes
 
 MANIFEST_FORMAT = "cmdd-manifest"
 MANIFEST_VERSION = 1
@@ -181,6 +181,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``chunk``-byte blocks. Raises OSError when it cannot be read."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while True:
@@ -196,7 +197,7 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.parent.resolve() != Path(manifest.root).resolve():
         raise ValueError(f"manifest root {manifest.root} is not the folder of {path}")
-    write_atomic(path, (json.dumps(manifest.to_json(), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(manifest.to_json(), indent=1) + "\n").encode(), fsync=False)
     return path
 
 

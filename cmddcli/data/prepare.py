@@ -26,9 +26,10 @@ import numpy as np
 
 from ..errors import InputError
 from .crops import FLIPS, RECORD_DIR, CropJob, CropOptions, CropResult, entry_from_result, run_crop_job, stride_for
-from .dpdd import Discovery, RawPair, discover_dpdd, discover_pairs, discover_realdof, raise_problems
+from .discovery import Discovery, RawPair, discover_dpdd, discover_pairs, discover_realdof, raise_problems
 from .manifest import MANIFEST_NAME, SPLITS, Manifest, PairEntry, relpath, save_manifest, sha256_bytes, sha256_file
-from .pngio import encode_png, from_float, image_size, png_header, write_atomic
+from ..atomic import atomic_write_bytes
+from ..photo.arrays import encode_png, from_float, image_size, png_header
 from .sources import SharpnessFilter, SharpTile, list_images, load_sharp, sharp_tiles
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def _guarded(fn: Callable, job: Any) -> tuple:
         return ("input_error", e.path, e.reason)
 
 
-def run_jobs(fn: Callable, jobs: Sequence[Any], workers: int = 1, progress: ProgressFn | None = None) -> list:
+def map_jobs(fn: Callable, jobs: Sequence[Any], workers: int = 1, progress: ProgressFn | None = None) -> list:
     """``[fn(job) for job in jobs]``, in a spawn process pool when ``workers > 1``; results keep
     the jobs' order. The first InputError raised by a job is re-raised here."""
     results: list = [None] * len(jobs)
@@ -154,7 +155,7 @@ def _build(disc: Discovery, out: Path, crop_splits: dict[str, CropOptions], para
                                     out_dir=str(out), options=crop_splits[split], subset=p.subset))
             else:
                 jobs.append(ListJob(pair=p, out_dir=str(out)))
-    fn_results = run_jobs(_dispatch, jobs, workers, progress)
+    fn_results = map_jobs(_dispatch, jobs, workers, progress)
     entries: list[PairEntry] = []
     written = kept = 0
     for r in fn_results:
@@ -177,7 +178,7 @@ def _dispatch(job: Any) -> Any:
     return run_crop_job(job) if isinstance(job, CropJob) else run_list_job(job)
 
 
-def _crop_options(window: int, overlap: float, stride: int | None, flips: Iterable[str],
+def _crop_options(window: int, overlap_fraction: float, stride: int | None, flips: Iterable[str],
                   drop_blurry: float) -> CropOptions:
     flips = tuple(flips)
     bad = [f for f in flips if f not in FLIPS]
@@ -188,25 +189,25 @@ def _crop_options(window: int, overlap: float, stride: int | None, flips: Iterab
     if not 0.0 <= drop_blurry < 1.0:
         raise InputError("--drop-blurry", "must be in [0, 1)")
     try:
-        s = stride if stride else stride_for(window, overlap)
+        s = stride if stride else stride_for(window, overlap_fraction)
     except ValueError as e:
         raise InputError("--overlap", str(e)) from e
     return CropOptions(window=window, stride=s, flips=flips, drop_blurry=drop_blurry)
 
 
 def prepare_dpdd(root: str | Path, out: str | Path, *, splits: Sequence[str] = SPLITS, window: int = 512,
-                 overlap: float = 0.6, stride: int | None = None, flips: Iterable[str] = FLIPS,
+                 overlap_fraction: float = 0.6, stride: int | None = None, flips: Iterable[str] = FLIPS,
                  drop_blurry: float = 0.0, val_crops: bool = True, workers: int = 1,
                  progress: ProgressFn | None = None) -> PrepareResult:
     """Prepare DPDD for training and evaluation.
 
-    train: ``window``² crops at ``stride`` (default ⌊window·(1−overlap)⌋ = 204), last window flush
+    train: ``window``² crops at ``stride`` (default ⌊window·(1−overlap_fraction)⌋ = 204), last window flush
     with the border, plus one flipped copy per entry of ``flips``; optionally the ``drop_blurry``
     fraction of least-sharp windows per image dropped first (DPDNet/Restormer use 0.3).
     val: the same windows, no flips and no filter (``val_crops=False``: full images instead).
     test: full images, not copied, with SPEC §3's indoor/outdoor subsets.
     """
-    train_opt = _crop_options(window, overlap, stride, flips, drop_blurry)
+    train_opt = _crop_options(window, overlap_fraction, stride, flips, drop_blurry)
     val_opt = CropOptions(window=train_opt.window, stride=train_opt.stride, flips=(), drop_blurry=0.0)
     disc = discover_dpdd(root, tuple(splits))
     crop_splits = {"train": train_opt}
@@ -225,7 +226,7 @@ def prepare_realdof(root: str | Path, out: str | Path, *, workers: int = 1,
 
 
 def prepare_pairs(root: str | Path, out: str | Path, *, split: str = "test", crop: bool = False,
-                  window: int = 512, overlap: float = 0.6, stride: int | None = None,
+                  window: int = 512, overlap_fraction: float = 0.6, stride: int | None = None,
                   flips: Iterable[str] = FLIPS, drop_blurry: float = 0.0, workers: int = 1,
                   progress: ProgressFn | None = None) -> PrepareResult:
     """Any ``source/`` + ``target/`` folder (or ``{train,val,test}/{source,target}``), matched by
@@ -237,7 +238,7 @@ def prepare_pairs(root: str | Path, out: str | Path, *, split: str = "test", cro
     crop_splits: dict[str, CropOptions] = {}
     params: dict[str, Any] = {}
     if crop:
-        opt = _crop_options(window, overlap, stride, flips, drop_blurry)
+        opt = _crop_options(window, overlap_fraction, stride, flips, drop_blurry)
         crop_splits = {"train": opt, "val": CropOptions(opt.window, opt.stride, (), 0.0)}
         params = {"train": opt.to_json(), "val": crop_splits["val"].to_json()}
     return _build(disc, Path(out), crop_splits, params, workers, progress)
@@ -304,7 +305,7 @@ def run_synth_job(job: SynthJob) -> CropResult:
                       "depth": from_float(s.disparity, 16)}
             for k, p in paths.items():
                 data = encode_png(arrays[k])
-                write_atomic(p, data)
+                atomic_write_bytes(p, data, fsync=False)
                 digests[k] = sha256_bytes(data)
                 res.written += 1
         res.entries.append({
@@ -333,11 +334,11 @@ def _sharp_tiles_cached(images: list[Path], out: Path, patch: int, max_side: int
     known: dict[str, Any] = cache.get("images", {})
     stats = {str(p.resolve()): _stat_list(p) for p in images}
     todo = [p for p in images if known.get(str(p.resolve()), {}).get("stat") != stats[str(p.resolve())]]
-    found = run_jobs(run_tile_job, [TileJob(str(p.resolve()), patch, max_side, filt) for p in todo], workers)
+    found = map_jobs(run_tile_job, [TileJob(str(p.resolve()), patch, max_side, filt) for p in todo], workers)
     for p, tiles in zip(todo, found):
         known[str(p.resolve())] = {"stat": stats[str(p.resolve())], "tiles": [[t.y, t.x, t.score] for t in tiles]}
     if todo:
-        write_atomic(cache_path, json.dumps({"key": key, "images": known}).encode())
+        atomic_write_bytes(cache_path, json.dumps({"key": key, "images": known}).encode(), fsync=False)
     return [[SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc)
              for y, x, sc in known[str(p.resolve())]["tiles"]] for p in images]
 
@@ -404,7 +405,7 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
     jobs = [SynthJob(image=str(images[i].resolve()), origin=images[i].relative_to(sharp_dir).as_posix(),
                      items=tuple(items), out_dir=str(out), seed=seed, patch=patch, max_side=max_side,
                      config=config, bits=bits, save_depth=save_depth) for i, items in sorted(plan.items())]
-    results = run_jobs(run_synth_job, jobs, workers, progress)
+    results = map_jobs(run_synth_job, jobs, workers, progress)
     entries = sorted((entry_from_result(e) for r in results for e in r.entries), key=lambda e: e.name)
     params = {"seed": seed, "count": count, "patch": patch, "val_fraction": val_fraction, "bits": bits,
               "max_side": max_side, "sharpness_filter": asdict(filt), "synth": config.to_json(),

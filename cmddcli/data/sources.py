@@ -26,8 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from .dpdd import natural_key
-from .pngio import IMAGE_SUFFIXES, read_image, to_float
+from .discovery import natural_key
+from ..photo.arrays import DATASET_EXTENSIONS, read_image, to_float
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     if not folder.is_dir():
         raise InputError(folder, "not a folder")
     it = folder.rglob("*") if recursive else folder.iterdir()
-    files = [p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    files = [p for p in it if p.is_file() and p.suffix.lower() in DATASET_EXTENSIONS
              and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)]
     return sorted(files, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 

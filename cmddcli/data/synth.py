@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..photo.samples import linear_to_srgb, srgb_to_linear  # noqa: F401 - also part of this module's API
+
 DEPTH_MODES = ("layers", "planes", "blobs", "mixed", "segments")
 PSF_KINDS = ("disk", "rim", "apodized", "gaussian", "soft", "polygon", "ring")
 AIRY_SIGMA_PER_DIAMETER = 0.42 / 2.44  # Gaussian fit of an Airy pattern: sigma = 0.42 lambda N, diameter 2.44 lambda N
@@ -161,20 +163,6 @@ class SynthSample:
     def __post_init__(self):
         if self.target is None:
             self.target = self.sharp
-
-
-# --------------------------------------------------------------------------------------------------
-# colour
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,6 +342,19 @@ def _fft_blur(stack: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     return out
 
 
+def _slices(labels: np.ndarray, n: int, disparity: np.ndarray, coc_scale: float,
+            focus: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slice labels 0..n-1 -> (labels renumbered over the non-empty slices, each slice's mean
+    disparity, its CoC radius in px)."""
+    counts = np.bincount(labels.ravel(), minlength=n)
+    sums = np.bincount(labels.ravel(), weights=disparity.ravel().astype(np.float64), minlength=n)
+    present = np.nonzero(counts)[0]
+    remap = np.full(n, -1, np.int64)
+    remap[present] = np.arange(len(present))
+    d = sums[present] / counts[present]
+    return remap[labels], d, coc_scale * np.abs(d - focus)
+
+
 def slice_disparity(disparity: np.ndarray, coc_scale: float, focus: float, radius_step: float = 0.5,
                     max_slices: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut the disparity range into slices whose CoC radii differ by <= ``radius_step`` px.
@@ -368,13 +369,7 @@ def slice_disparity(disparity: np.ndarray, coc_scale: float, focus: float, radiu
         n = int(min(max_slices, max(1, math.ceil(span * coc_scale / radius_step))))
     labels = np.zeros(disparity.shape, np.int64) if n == 1 else np.minimum(
         ((disparity - dmin) / span * n).astype(np.int64), n - 1)
-    counts = np.bincount(labels.ravel(), minlength=n)
-    sums = np.bincount(labels.ravel(), weights=disparity.ravel().astype(np.float64), minlength=n)
-    present = np.nonzero(counts)[0]
-    remap = np.full(n, -1, np.int64)
-    remap[present] = np.arange(len(present))
-    d = sums[present] / counts[present]
-    return remap[labels], d, coc_scale * np.abs(d - focus)
+    return _slices(labels, n, disparity, coc_scale, focus)
 
 
 def slice_disparity_rel(disparity: np.ndarray, coc_scale: float, focus: float, radius_step: float = 0.5,
@@ -394,13 +389,7 @@ def slice_disparity_rel(disparity: np.ndarray, coc_scale: float, focus: float, r
     scale = 1.0 if span < max_slices else (max_slices - 1e-6) / span
     labels = np.floor(t * scale).astype(np.int64)
     n = int(labels.max()) + 1
-    counts = np.bincount(labels.ravel(), minlength=n)
-    sums = np.bincount(labels.ravel(), weights=disparity.ravel().astype(np.float64), minlength=n)
-    present = np.nonzero(counts)[0]
-    remap = np.full(n, -1, np.int64)
-    remap[present] = np.arange(len(present))
-    d = sums[present] / counts[present]
-    return remap[labels], d, coc_scale * np.abs(d - focus)
+    return _slices(labels, n, disparity, coc_scale, focus)
 
 
 def _fft_blur_rgb(stack: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:

@@ -1,17 +1,21 @@
-"""Inference engine: one `Deblurrer` owns weights, device, precision and tiling (see deblurrer.py)."""
+"""Inference engine: one `Deblurrer` owns weights, device, precision and tiling (deblurrer.py, tiling.py);
+strength / focus / masks on top of it (blend.py, blurmap.py, selective.py); the file runner behind
+``cmdd deblur`` (runner.py) with its HTML report (report.py); forward-time benchmarks (bench.py);
+``cmdd info``'s facts (info.py).
 
-from .deblurrer import DEFAULT_OVERLAP, PRECISIONS, Deblurrer, is_oom, resolve_device, resolve_precision
-from .tiling import Tile, axis_windows, plan_axis, plan_tiles
+Names are resolved lazily, so importing a torch-free submodule (``options``, ``tiling``) does not
+load torch.
+"""
 
-__all__ = [
-    "Deblurrer",
-    "DEFAULT_OVERLAP",
-    "PRECISIONS",
-    "Tile",
-    "axis_windows",
-    "is_oom",
-    "plan_axis",
-    "plan_tiles",
-    "resolve_device",
-    "resolve_precision",
-]
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "Deblurrer": "deblurrer", "is_oom": "deblurrer", "resolve_precision": "deblurrer",
+    "DEFAULT_OVERLAP": "options", "PRECISIONS": "options",
+    "Tile": "tiling", "axis_windows": "tiling", "plan_axis": "tiling", "plan_tiles": "tiling",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CmddError, InputError
+from ..photo.samples import linear_to_srgb, srgb_to_linear
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,6 @@ def check_strength(strength: float) -> float:
     if not (0.0 <= s <= STRENGTH_MAX):  # also rejects NaN
         raise CmddError(f"--strength must be between 0 and {STRENGTH_MAX} (got {strength})")
     return s
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1), float32."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear light in [0, 1] -> sRGB-encoded values (IEC 61966-2-1), float32."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
 
 
 def feather(mask: np.ndarray, width: int = FEATHER_PX) -> np.ndarray:

@@ -304,7 +304,7 @@ def save_map_images(output: str | Path, blur_map: np.ndarray, weight: np.ndarray
     """
     from PIL import Image, PngImagePlugin
 
-    from ..photo.atomic import atomic_path
+    from ..atomic import atomic_path
 
     map_path, mask_path = map_image_paths(output)
     info = PngImagePlugin.PngInfo()

@@ -27,17 +27,17 @@ import torch
 import torch.nn as nn
 
 from ..errors import CmddError, WeightsError
-from ..runtime import tune_cpu_allocator
+from .. import runtime
+from ..runtime import resolve_device, tune_cpu_allocator
+from .options import DEFAULT_OVERLAP, PRECISIONS
 from .tiling import Tile, default_margin, plan_axis, plan_tiles
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (tiles done, tiles total)
+TileProgress = Callable[[int, int], None]  # (tiles done, tiles total)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-DEFAULT_OVERLAP = 64
 CPU_PIXEL_BUDGET = 512 * 512  # CPU: whole image up to this many pixels, else tiles of sqrt(budget) (benchmarks/RESULTS.md: 512² tiles give the best MP/s under ~1 GB)
 MIN_TILE = 32  # OOM halving stops here
 MAX_AUTO_TILE = 2048  # CUDA: auto tiles stop growing here (more tiles per batch instead)
@@ -51,32 +51,6 @@ def is_oom(exc: BaseException) -> bool:
     if oom_type and isinstance(exc, oom_type):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> the current CUDA device if there is one, else CPU; 'cuda' / 'cuda:N' / 'cpu'."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = (device or "auto").strip().lower()
-        if name == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", torch.cuda.current_device())
-            return torch.device("cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError as e:
-            raise CmddError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CmddError(f"device {device!s} requested but CUDA is not available here; use --device cpu")
-        index = torch.cuda.current_device() if dev.index is None else dev.index
-        if index >= torch.cuda.device_count():
-            raise CmddError(f"device cuda:{index} does not exist ({torch.cuda.device_count()} CUDA devices)")
-        return torch.device("cuda", index)
-    if dev.type != "cpu":
-        raise CmddError(f"unsupported device {device!s} (use auto, cpu, cuda or cuda:N)")
-    return dev
 
 
 def cpu_has_native_bf16() -> bool:
@@ -103,13 +77,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return p
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class Deblurrer:
@@ -161,7 +128,7 @@ class Deblurrer:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, threads or available_cores()))
+            torch.set_num_threads(max(1, threads or runtime.available_cores()))
             tune_cpu_allocator()
 
         self.metadata: dict = {}
@@ -199,7 +166,7 @@ class Deblurrer:
             "batch_tiles": "auto" if self.batch_tiles is None else self.batch_tiles,
         }
 
-    def restore(self, image: np.ndarray, progress: Optional[Progress] = None) -> np.ndarray:
+    def restore(self, image: np.ndarray, progress: Optional[TileProgress] = None) -> np.ndarray:
         """Deblur one image: (H, W, 3) float32 in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
@@ -207,7 +174,7 @@ class Deblurrer:
         y = self.restore_tensor(x, progress=progress)  # (1, 3, H, W)
         return y[0].permute(1, 2, 0).contiguous().numpy()
 
-    def restore_tensor(self, x: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
+    def restore_tensor(self, x: torch.Tensor, progress: Optional[TileProgress] = None) -> torch.Tensor:
         """Deblur (B, 3, H, W) in [0, 1] (any device). Returns float32 (B, 3, H, W) on x's device."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
@@ -285,7 +252,7 @@ class Deblurrer:
 
     # ------------------------------------------------------------------ inference
 
-    def _restore_one(self, x: torch.Tensor, progress: Optional[Progress]) -> torch.Tensor:
+    def _restore_one(self, x: torch.Tensor, progress: Optional[TileProgress]) -> torch.Tensor:
         """(1, 3, H, W) -> (1, 3, H, W) float32 on x's device, not yet clamped; halves on OOM."""
         H, W = x.shape[-2:]
         tile, batch = self.plan(H, W)
@@ -310,7 +277,7 @@ class Deblurrer:
                 log.warning("engine: out of memory with %dpx tiles x %d per batch; retrying with %dpx x %d",
                             old[0], old[1], tile, batch)
 
-    def _run_tiles(self, x: torch.Tensor, tile: int, batch: int, progress: Optional[Progress]) -> torch.Tensor:
+    def _run_tiles(self, x: torch.Tensor, tile: int, batch: int, progress: Optional[TileProgress]) -> torch.Tensor:
         H, W = x.shape[-2:]
         if tile >= max(H, W):
             if progress:

@@ -9,7 +9,7 @@ Two code paths compute the same function with the same parameters:
   scan kernel reads ((b, d, L) and (b, K, N, L), no permute-then-copy); in eval mode the batch norms
   are folded into the convolutions (Ioffe & Szegedy 2015: y = γ(Wx − μ)/σ + β is a convolution with
   weight γW/σ and bias β − γμ/σ); sums are accumulated in place when no gradient is recorded.
-* the **reference path** is the straightforward transcription of ../shared/SPEC.md (permute,
+* the **reference path** is the straightforward transcription of the paper's equations (permute,
   normalise, permute back; einsums; separate batch norms). ``with reference_path():`` selects it;
   tests/test_model_fastpath.py compares the two (outputs and gradients) on random inputs.
 """

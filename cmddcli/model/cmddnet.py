@@ -33,7 +33,7 @@ def pad_to_multiple(x: torch.Tensor, m: int):
 
 
 class CMDDNet(nn.Module):
-    """CMDDNet (../shared/SPEC.md section 1).
+    """CMDDNet, the paper's CNN-Mamba U-Net.
 
     embed conv3x3 3->C; encoder levels at C, 2C, 4C (blocks, then Downsample); latent at 8C;
     decoder levels at 4C, 2C, C (Upsample, then blocks); refinement at C; output conv3x3 C->3

@@ -14,7 +14,8 @@ Combine = Literal["add", "mul"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """CMDDNet hyper-parameters (see ../shared/SPEC.md section 1). Defaults are the `paper` preset.
+    """CMDDNet hyper-parameters (the paper's architecture; the choices it leaves open are listed
+    below). Defaults are the `paper` preset.
 
     Args:
         width: channels C at full resolution; levels run at C, 2C, 4C, 8C.

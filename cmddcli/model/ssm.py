@@ -257,33 +257,33 @@ register_backend(ScanBackend("torch", selective_scan_torch, True, ("cpu", "cuda"
 register_backend(
     ScanBackend(
         "cpu",
-        _lazy(".scan_cpu", "selective_scan_cpu"),
+        _lazy(".kernels.scan_cpu", "selective_scan_cpu"),
         True,
         ("cpu",),
-        _probe(".scan_cpu"),
-        _reason(".scan_cpu"),
-        cross_fn=_lazy(".scan_cpu", "cross_scan_cpu"),
+        _probe(".kernels.scan_cpu"),
+        _reason(".kernels.scan_cpu"),
+        cross_fn=_lazy(".kernels.scan_cpu", "cross_scan_cpu"),
     )
 )
 register_backend(
     ScanBackend(
         "triton",
-        _lazy(".scan_triton", "selective_scan_triton"),
+        _lazy(".kernels.scan_triton", "selective_scan_triton"),
         True,
         ("cuda",),
-        _probe(".scan_triton"),
-        _reason(".scan_triton"),
-        cross_fn=_lazy(".scan_triton", "cross_scan_triton"),
+        _probe(".kernels.scan_triton"),
+        _reason(".kernels.scan_triton"),
+        cross_fn=_lazy(".kernels.scan_triton", "cross_scan_triton"),
     )
 )
 register_backend(
     ScanBackend(
         "mamba",
-        _lazy(".scan_mamba", "selective_scan_mamba"),
+        _lazy(".kernels.scan_mamba", "selective_scan_mamba"),
         True,
         ("cuda",),
-        _probe(".scan_mamba"),
-        _reason(".scan_mamba"),
+        _probe(".kernels.scan_mamba"),
+        _reason(".kernels.scan_mamba"),
     )
 )
 

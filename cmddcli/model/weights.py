@@ -8,8 +8,6 @@ caller adds (training data, iterations, scores). Only safetensors is read: no pi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..errors import WeightsError
 from .cmddnet import CMDDNet
 from .config import ModelConfig
@@ -34,15 +33,8 @@ def default_weights_path() -> Path:
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_weights(

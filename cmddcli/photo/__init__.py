@@ -1,6 +1,5 @@
-"""Photo I/O: decoding, RAW development, metadata (EXIF/ICC) and atomic writes."""
+"""Photo I/O: decoding, RAW development, metadata (EXIF/ICC); plain sample arrays for data sets (arrays.py)."""
 
-from .atomic import atomic_path, atomic_write_bytes
 from .io import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -28,8 +27,6 @@ __all__ = [
     "RawDevelopment",
     "RawSettings",
     "apply_orientation",
-    "atomic_path",
-    "atomic_write_bytes",
     "clean_exif",
     "default_output_suffix",
     "develop",

@@ -6,7 +6,7 @@ to write it back the way it came (bit depth, gray or colour, alpha, ICC profile,
 Who decodes what:
 
 * JPEG, WebP, 8-bit PNG and anything else Pillow opens: Pillow.
-* 16-bit PNG: :mod:`.png16` (Pillow reduces 16-bit colour PNGs to 8 bits).
+* 16-bit PNG: :mod:`.png` (libpng through imagecodecs; Pillow reduces 16-bit colour PNGs to 8 bits).
 * TIFF: tifffile (8/16-bit, float, planar, alpha, every full-resolution page), Pillow as a fallback
   for compressions tifffile cannot undo without imagecodecs (JPEG-in-TIFF, ...).
 * RAW: rawpy, developed as in :mod:`.raw`; its camera metadata read with exiv2 (:mod:`.meta`).
@@ -34,7 +34,7 @@ Metadata policy:
 * EXIF is carried by every output format: IFD0 descriptive tags (Make, Model, DateTime, Artist,
   Copyright, ImageDescription), the Exif sub-IFD (exposure, ISO, focal length, lens, ...) and GPS;
   layout tags, the thumbnail IFD, MakerNote, the interoperability pointer and XMP are dropped.
-  JPEG/PNG/WebP get it through Pillow / :mod:`.png16`; TIFF outputs get the IFD0 tags from tifffile
+  JPEG/PNG/WebP get it through Pillow / :mod:`.png`; TIFF outputs get the IFD0 tags from tifffile
   and the Exif sub-IFD and GPS from exiv2. RAW files' EXIF is read with exiv2 and completed from
   LibRaw (:mod:`.meta`). Without pyexiv2, RAW outputs carry no camera metadata and TIFF outputs
   only the IFD0 tags, with a warning.
@@ -65,8 +65,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
-from . import meta, png16
-from .atomic import atomic_path
+from . import meta, png
+from .samples import from_float, to_float
+from ..atomic import atomic_path
 from .orientation import ORIENTATION_TAG, apply_orientation
 from .raw import RAW_EXTENSIONS, RawSettings, develop, is_raw
 
@@ -205,10 +206,10 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     pending: list[str] = []  # warnings raised before the Photo exists
     if is_raw(path):
         photo = _read_raw(path, raw_settings, limit, pending)
-    elif head.startswith(png16.SIGNATURE) and _png_bit_depth(head) == 16:
-        info = png16.png_info(head)
+    elif head.startswith(png.SIGNATURE) and _png_bit_depth(head) == 16:
+        info = png.png_info(head)
         limit.check(info.width, info.height)
-        photo = _read_png16(path)
+        photo = _read_png_full_depth(path)
     elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         photo = _read_tiff(path, limit, pending)
     else:
@@ -260,18 +261,16 @@ def _pillow_bomb_check_off():
 
 def _png_bit_depth(head: bytes) -> int:
     try:
-        return png16.png_info(head).bit_depth
-    except png16.PngError:
+        return png.png_info(head).bit_depth
+    except png.PngError:
         return 0
 
 
 def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
     """Samples -> float32 and the bit depth they had: 8/16-bit integers scaled to [0, 1]; floating
     point (and other integer types) as they are, with 32 (their range is dealt with by the caller)."""
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0, 8
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0, 16
+    if arr.dtype in (np.uint8, np.uint16):
+        return to_float(arr), 8 * arr.dtype.itemsize
     if arr.dtype == np.bool_:
         return arr.astype(np.float32), 8
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
@@ -466,10 +465,10 @@ def _pillow_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def _read_png16(path: Path) -> Photo:
+def _read_png_full_depth(path: Path) -> Photo:
     try:
-        arr, info = png16.read_png(path.read_bytes())
-    except png16.PngError as e:
+        arr, info = png.read_png(path.read_bytes())
+    except png.PngError as e:
         raise InputError(path, str(e)) from e
     if info.transparency is not None:
         arr = _with_colour_key(arr, info.transparency)
@@ -596,10 +595,8 @@ def output_format(path: str | Path) -> str:
 
 def _quantise(x: np.ndarray, depth: int) -> np.ndarray:
     """8/16-bit: clipped to [0, 1] and rounded; 32 (float): as it is (its range was mapped back)."""
-    if depth == 8:
-        return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if depth == 16:
-        return np.rint(np.clip(x, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if depth in (8, 16):
+        return from_float(x, depth)
     return x.astype(np.float32)
 
 
@@ -662,7 +659,7 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
             _write_tiff(tmp, photo, depth, path.name)
         elif fmt == "png" and depth == 16:
             samples = encode_samples(photo, depth, keep_alpha, where=path.name)
-            data = png16.write_png(samples, icc_profile=photo.icc_profile, exif=exif_bytes)
+            data = png.write_png(samples, icc_profile=photo.icc_profile, exif=exif_bytes)
             tmp.write_bytes(data)
         else:
             im = Image.fromarray(encode_samples(photo, depth, keep_alpha, where=path.name))

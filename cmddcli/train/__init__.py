@@ -1,4 +1,4 @@
-"""Training: `TrainConfig` + presets (config.py), lr schedule and stages (schedule.py), the loop with
+"""Training: `TrainConfig` + presets (config.py), files / flags / ``--set`` overrides (overrides.py), lr schedule and stages (schedule.py), the loop with
 AMP / EMA / DDP / validation (loop.py), atomic checkpoints with exact resume (checkpoint.py,
 sampling.py), data from manifests / folders / synthesis (data.py).
 
@@ -6,14 +6,8 @@ sampling.py), data from manifests / folders / synthesis (data.py).
     result = train(apply_overrides(train_preset("tiny"), ["out=\"runs/t\""]))
 """
 
-from .config import (
-    TRAIN_PRESETS,
-    TrainConfig,
-    apply_overrides,
-    load_config,
-    to_toml,
-    train_preset,
-)
+from .config import TRAIN_PRESETS, TrainConfig, train_preset
+from .overrides import apply_overrides, build_config, load_config, to_toml
 from .loop import (
     Trainer,
     TrainEvent,
@@ -28,6 +22,7 @@ __all__ = [
     "TRAIN_PRESETS",
     "TrainConfig",
     "apply_overrides",
+    "build_config",
     "load_config",
     "to_toml",
     "train_preset",

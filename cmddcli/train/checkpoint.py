@@ -22,13 +22,14 @@ import os
 import random
 import re
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CmddError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ __all__ = [
     "restore_rng",
     "CheckpointManager",
     "find_checkpoint",
+    "ResumePoint",
 ]
 
 
@@ -96,21 +98,12 @@ def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> Path:
     """
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
         # torch.save reports a failed write (ENOSPC included) as a RuntimeError from its zip writer
         if isinstance(e, (OSError, RuntimeError)):
             raise CmddError(f"{path}: cannot write the checkpoint ({_write_failure(e, path.parent)}); "
@@ -161,6 +154,27 @@ def find_checkpoint(path: str | Path) -> Path:
             if steps:
                 return steps[-1][1]
     raise CmddError(f"{p}: no checkpoint found (expected a .pt file or a run folder with checkpoints/step_*.pt)")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint read once for ``--resume``: its path and its state (see :func:`load_checkpoint`)."""
+
+    path: Path
+    state: Dict[str, Any]
+
+    @classmethod
+    def find(cls, path: str | Path) -> "ResumePoint":
+        """The checkpoint file ``path``, or the newest one of a run folder (:func:`find_checkpoint`),
+        read on the CPU. Raises CmddError when there is none or it is not a cmdd checkpoint."""
+        p = find_checkpoint(path)
+        return cls(p, load_checkpoint(p, map_location="cpu"))
+
+    def config(self):
+        """The :class:`~cmddcli.train.config.TrainConfig` the run was started with."""
+        from .overrides import config_from_dict
+
+        return config_from_dict(self.state["train_config"])
 
 
 class CheckpointManager:

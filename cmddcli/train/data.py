@@ -101,10 +101,10 @@ def synth_config_for(patch: int, preset: str = "v1"):
 
 def _pairs_manifest(path: str, split: str):
     """An in-memory manifest of the pairs found under `path` (DPDD, RealDOF or source/ + target/)."""
+    from ..data.discovery import find_pairs
     from ..data.manifest import Manifest, PairEntry
-    from ..evaluate import items_from_data
 
-    items = items_from_data(path, split)
+    items, _ = find_pairs(path, split)
     entries = [PairEntry(name=it.name, split=split, source=str(Path(it.source).resolve()),
                          target=str(Path(it.target).resolve()), width=0, height=0, bit_depth=0,
                          sha256_source="", sha256_target="", subset=it.subset) for it in items]
@@ -206,4 +206,5 @@ class ConfigDataSource:
 
 
 def data_source(cfg: TrainConfig) -> ConfigDataSource:
+    """The :class:`~cmddcli.train.loop.DataSource` that ``cfg.data`` describes (manifest, pairs or synthesis)."""
     return ConfigDataSource(cfg.data, cfg.seed)

@@ -18,7 +18,6 @@ same weights (DDP averages gradients and broadcasts BatchNorm buffers from rank 
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import time
@@ -32,21 +31,17 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CmddError
+from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from .checkpoint import (
     CheckpointManager,
     capture_rng,
-    find_checkpoint,
-    load_checkpoint,
+    ResumePoint,
     restore_rng,
 )
-from .config import TrainConfig, config_from_dict, to_toml
-from .dist import (
-    DistInfo,
-    all_reduce_sum,
-    barrier,
-    init_distributed,
-    shutdown_distributed,
-)
+from .config import TrainConfig
+from .overrides import to_toml
+from .collate import center_crop, collate_pairs
+from .logs import CsvLog, tensorboard_writer
 from .losses import make_loss
 from .sampling import SampleStream, SeededDataset
 from .schedule import LRSchedule, Stage, stage_at, stages_of
@@ -93,6 +88,7 @@ class TrainEvent:
 
 @dataclass
 class TrainResult:
+    """A finished (or stopped) run: last step, run folder, last checkpoint, exported weights, best validation."""
     step: int
     out: Path
     last_checkpoint: Optional[Path]
@@ -121,71 +117,6 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 # ---------------------------------------------------------------- small helpers
 
 
-_SOURCE_KEYS = ("blurred", "blur", "source", "input", "lq")
-_TARGET_KEYS = ("sharp", "target", "gt")
-
-
-def _pair_of(item: Any) -> tuple:
-    if isinstance(item, dict):
-        src = next((item[k] for k in _SOURCE_KEYS if k in item), None)
-        tgt = next((item[k] for k in _TARGET_KEYS if k in item), None)
-        if src is None or tgt is None:
-            raise CmddError(f"dataset item has keys {sorted(item)}; expected a blurred and a sharp image")
-        return src, tgt
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        return item[0], item[1]
-    raise CmddError(f"dataset item of type {type(item).__name__} is not a (blurred, sharp) pair")
-
-
-def _chw(a: Any) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else torch.as_tensor(a)
-    if t.ndim == 3 and t.shape[0] != 3 and t.shape[-1] == 3:
-        t = t.permute(2, 0, 1)  # HWC -> CHW
-    return t.float()
-
-
-def collate_pairs(items: List[Any]) -> tuple:
-    """A list of pairs -> (blurred (B, 3, P, P), sharp (B, 3, P, P)) float32."""
-    pairs = [_pair_of(it) for it in items]
-    return torch.stack([_chw(p[0]) for p in pairs]), torch.stack([_chw(p[1]) for p in pairs])
-
-
-def _center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
-    if size <= 0:
-        return t
-    H, W = t.shape[-2:]
-    h, w = min(size, H), min(size, W)
-    y, x = (H - h) // 2, (W - w) // 2
-    return t[..., y : y + h, x : x + w]
-
-
-class _CsvLog:
-    """Append-only CSV that, on resume, first drops rows past the resumed step."""
-
-    def __init__(self, path: Path, columns: List[str], resume_step: Optional[int]):
-        self.path, self.columns = path, columns
-        rows: List[dict] = []
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - TensorBoard is optional; CSV logs are always written
-        log.debug("tensorboard not importable: CSV logs only")
-        return None
-    return SummaryWriter(log_dir=str(folder))
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
@@ -287,8 +218,14 @@ class Trainer:
             "best": self.best,
         }
 
-    def load(self, path: Path) -> None:
-        ck = load_checkpoint(path, map_location="cpu")
+    def load(self, resume: "str | Path | ResumePoint") -> None:
+        """Restore model, optimizer, scaler, EMA, step, best score and RNG states from a checkpoint
+        (a file, a run folder's newest checkpoint, or a :class:`ResumePoint` already read).
+
+        Raises CmddError when the checkpoint is for another model configuration or is not a cmdd
+        checkpoint; changed training settings only log a warning."""
+        point = resume if isinstance(resume, ResumePoint) else ResumePoint.find(resume)
+        path, ck = point.path, point.state
         from ..model import ModelConfig
 
         mine = self.model.config
@@ -329,6 +266,9 @@ class Trainer:
                         torch.distributed.broadcast(b, src=0)
 
     def save(self, best: bool = False) -> Optional[Path]:
+        """Write a checkpoint of the current step (``checkpoints/step_N.pt``, or ``best.pt`` with
+        ``best``), atomically. Collective under DDP: every rank calls it, rank 0 writes. Returns the
+        path on rank 0, None elsewhere. Raises CmddError when the file cannot be written."""
         self._sync_buffers()
         state = self._state()  # collective in DDP: every rank calls it
         if not self.info.is_main:
@@ -340,6 +280,8 @@ class Trainer:
         return self.last_ckpt
 
     def export(self, name: str, model: nn.Module) -> Path:
+        """Save ``model``'s weights as ``weights/NAME.safetensors`` (fp32, with the model config and
+        the run's name / step in the metadata) for ``cmdd deblur --weights``. Returns the path."""
         from ..model.weights import save_weights
 
         meta = {"train": {"name": self.cfg.name, "step": self.step, "iters": self.cfg.iters,
@@ -369,7 +311,7 @@ class Trainer:
         ds = self.data.val_dataset()
         if ds is None or len(ds) == 0:
             return None
-        from ..metrics import psnr, ssim
+        from ..eval.metrics import psnr, ssim
 
         model = self.ema if self.ema is not None else self.model
         was_training = model.training
@@ -378,8 +320,8 @@ class Trainer:
         ps, ss = [], []
         for i in range(n):
             x, y = collate_pairs([ds[i]])
-            x = _center_crop(x, self.cfg.data.val_crop).to(self.device)
-            y = _center_crop(y, self.cfg.data.val_crop)
+            x = center_crop(x, self.cfg.data.val_crop).to(self.device)
+            y = center_crop(y, self.cfg.data.val_crop)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 out = model(x)
@@ -430,10 +372,18 @@ class Trainer:
             self._ema_update()
         return lv, gn, lr
 
-    def run(self, resume: Optional[str], stop_at: Optional[int]) -> TrainResult:
+    def run(self, resume: "str | Path | ResumePoint | None", stop_at: Optional[int]) -> TrainResult:
+        """Train from step 0 (or from ``resume``: a checkpoint, run folder or :class:`ResumePoint`)
+        up to ``stop_at`` (default: ``cfg.iters``) steps, writing checkpoints, logs and final weights
+        under ``cfg.out``.
+
+        Raises:
+            CmddError: ``cfg.out`` already holds a run and ``resume`` is not given.
+            TrainingDiverged: the loss or gradient norm became non-finite (no update is made).
+        """
         cfg, info = self.cfg, self.info
         if resume:
-            self.load(find_checkpoint(resume))
+            self.load(resume)
         end = cfg.iters if stop_at is None else max(self.step, min(int(stop_at), cfg.iters))
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -442,10 +392,10 @@ class Trainer:
                                 "continue it, or choose another --out")
             (self.out / "config.toml").write_text(to_toml(cfg))
             resumed = self.step if resume else None
-            self.train_log = _CsvLog(self.out / "train_log.csv", ["step", "stage", "patch", "batch", "loss", "lr",
+            self.train_log = CsvLog(self.out / "train_log.csv", ["step", "stage", "patch", "batch", "loss", "lr",
                                      "grad_norm", "it_per_s", "elapsed_s"], resumed)
-            self.val_log = _CsvLog(self.out / "val_log.csv", ["step", "psnr", "ssim", "weights", "best"], resumed)
-            self.tb = _tensorboard(self.out / "tb")
+            self.val_log = CsvLog(self.out / "val_log.csv", ["step", "psnr", "ssim", "weights", "best"], resumed)
+            self.tb = tensorboard_writer(self.out / "tb")
         barrier(info)
 
         log.info("training %s: %d iterations (steps %d..%d now), stages %s, on %s%s", cfg.name, cfg.iters,
@@ -558,14 +508,15 @@ class Trainer:
             f"last good checkpoint: {last}. Resume from it with a lower optim.lr, or check the data.")
 
 
-def train(cfg: TrainConfig, *, resume: Optional[str] = None, data: Optional[DataSource] = None,
+def train(cfg: TrainConfig, *, resume: "str | Path | ResumePoint | None" = None, data: Optional[DataSource] = None,
           callback: Optional[Callable[[TrainEvent], None]] = None, stop_at: Optional[int] = None) -> TrainResult:
     """Run (or continue) a training run.
 
     Args:
         cfg: the run's configuration (validated here). With `resume`, pass the checkpoint's config
-            (``config_from_dict(ckpt["train_config"])``, done by :func:`resume_config`) plus any changes.
-        resume: a checkpoint file or a run folder (its newest ``checkpoints/step_*.pt``).
+            (``ResumePoint.config()``, or :func:`resume_config`) plus any changes.
+        resume: a checkpoint file or a run folder (its newest ``checkpoints/step_*.pt``), or a
+            :class:`~cmddcli.train.checkpoint.ResumePoint` already read (read once, not twice).
         data: training / validation data; default built from ``cfg.data`` (:mod:`cmddcli.train.data`).
         callback: called on rank 0 with every :class:`TrainEvent` (progress display).
         stop_at: stop after this many total steps (a checkpoint is written there), e.g. for job time
@@ -576,15 +527,14 @@ def train(cfg: TrainConfig, *, resume: Optional[str] = None, data: Optional[Data
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, info, data, callback).run(str(resume) if resume else None, stop_at)
+        return Trainer(cfg, info, data, callback).run(resume or None, stop_at)
     finally:
         shutdown_distributed(info)
 
 
 def resume_config(resume: str | Path) -> TrainConfig:
     """The TrainConfig stored in a checkpoint (or the newest checkpoint of a run folder)."""
-    ck = load_checkpoint(find_checkpoint(resume))
-    return config_from_dict(ck["train_config"])
+    return ResumePoint.find(resume).config()
 
 
-__all__ += ["resume_config", "collate_pairs"]
+__all__ += ["resume_config"]

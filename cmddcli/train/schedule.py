@@ -14,7 +14,7 @@ from typing import List, Sequence
 
 from .config import TrainConfig, scaled_lengths, stage_bounds
 
-__all__ = ["cosine_restart_cyclic_lr", "LRSchedule", "Stage", "stage_at", "stages_of"]
+__all__ = ["cosine_restart_cyclic_lr", "LRSchedule", "Stage", "stage_at", "stages_of", "plan_of"]
 
 
 def cosine_restart_cyclic_lr(
@@ -108,3 +108,16 @@ def stage_at(cfg: TrainConfig, it: int) -> Stage:
 
 # re-exported for convenience
 __all__ += ["scaled_lengths"]
+
+
+def plan_of(cfg: TrainConfig) -> dict:
+    """A run's plan for ``cmdd train --dry-run``: its stages (patch, batch, iterations 1-based and
+    inclusive), the lr restart periods, and the lr at a few telling iterations."""
+    sched = LRSchedule.from_config(cfg)
+    return {
+        "stages": [{"stage": s.index + 1, "patch": s.patch, "batch": s.batch, "iterations": [s.start + 1, s.end]}
+                   for s in stages_of(cfg)],
+        "lr_periods": list(sched.periods),
+        "lr_at": {str(i): sched(i) for i in sorted({1, sched.periods[0], sched.periods[0] + 1, cfg.iters // 2,
+                                                    cfg.iters})},
+    }

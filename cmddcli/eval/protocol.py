@@ -6,7 +6,7 @@ Protocol (defaults):
   ``bits=16`` they are used at their stored depth (8-bit files stay 8-bit);
 - the network sees the whole image (no tiling unless ``tile`` is set) in fp32;
 - the output is clamped to [0, 1] and **not** quantised (saved images, if asked for, are);
-- PSNR / SSIM / MAE from :mod:`cmddcli.metrics` per image (scikit-image conventions), then averaged
+- PSNR / SSIM / MAE from :mod:`cmddcli.eval.metrics` per image (scikit-image conventions), then averaged
   per image over the indoor / outdoor / combined subsets of the DPDD test split; an image identical to
   its target has an infinite PSNR: it is counted in ``identical``, left out of the PSNR mean (which
   is null when every image is identical), and written as null in JSON (``inf`` in the CSV), so
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob as _glob
 import io
 import json
 import logging
@@ -36,17 +35,11 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
+from ..data.discovery import find_pairs, keyed_images, natural_key
+from ..errors import CmddError, InputError
+from ..photo.arrays import from_float, read_image, write_png
 from . import metrics as M
-from .data.dpdd import (
-    discover_dpdd,
-    discover_pairs,
-    discover_realdof,
-    natural_key,
-    raise_problems,
-)
-from .data.manifest import MANIFEST_NAME, load_manifest
-from .data.pngio import IMAGE_SUFFIXES, from_float, read_image, write_atomic, write_png
-from .errors import CmddError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +55,12 @@ __all__ = [
     "items_with_predictions",
     "evaluate_predictions",
     "evaluate_model",
+    "gather_items",
+    "run_eval",
     "summarise",
 ]
 
-Progress = Callable[[int, int, str], None]  # (done, total, current name)
+ImageProgress = Callable[[int, int, str], None]  # (done, total, current name)
 
 
 # ---------------------------------------------------------------- what is scored
@@ -122,6 +117,7 @@ class EvalSettings:
 
 @dataclass
 class EvalRow:
+    """One scored image: name, group, subset, height and width (px), scores by metric (PSNR in dB), seconds."""
     name: str
     group: str
     subset: Optional[str]
@@ -133,6 +129,7 @@ class EvalRow:
 
 @dataclass
 class SummaryRow:
+    """Per-image means over a group / subset (see :func:`summarise`)."""
     group: str
     subset: str  # "indoor" / "outdoor" / "combined"
     count: int
@@ -142,6 +139,18 @@ class SummaryRow:
 
 @dataclass
 class EvalReport:
+    """The result of one evaluation: per-image rows and per-subset means.
+
+    Attributes:
+        settings: :meth:`EvalSettings.describe` (the protocol used, in words and values).
+        rows: one :class:`EvalRow` per image, in the order scored; scores are unitless except
+            PSNR (dB); an identical pair has ``psnr = inf``.
+        summary: :func:`summarise`'s rows (subsets, ``combined`` per group, then ``all``); the last
+            covers every image.
+        metrics: the metric names scored, in column order.
+        extra: ``mode`` (``model`` / ``predictions``), the engine description, ``save_errors`` ...
+    """
+
     settings: dict
     rows: List[EvalRow]
     summary: List[SummaryRow]
@@ -176,9 +185,9 @@ class EvalReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "per_image.csv", "json": out / "summary.json"}
-        write_atomic(paths["csv"], self.csv_text().encode())
+        atomic_write_bytes(paths["csv"], self.csv_text().encode(), fsync=False)
         text = json.dumps(self.to_json(), indent=2, default=_json_default, allow_nan=False)
-        write_atomic(paths["json"], (text + "\n").encode())
+        atomic_write_bytes(paths["json"], (text + "\n").encode(), fsync=False)
         return paths
 
 
@@ -234,107 +243,22 @@ def _load_mask(path: Optional[str]) -> Optional[np.ndarray]:
 # ---------------------------------------------------------------- finding items
 
 
-def _is_dpdd(root: Path) -> bool:
-    names = {p.name for p in root.iterdir()} if root.is_dir() else set()
-    if any(n.startswith("dd_dp_dataset") for n in names) or any(n.endswith("_c") for n in names):
-        return True
-    for base in (root, root / "Datasets", root / "Downloads", root / "Datasets" / "Downloads"):
-        for d in (base / "test" / "DPDD", base / "DPDD" / "test", base / "test"):
-            if (d / "inputC").is_dir():
-                return True
-    return False
-
-
 def items_from_data(path: str | Path, split: str = "test", group: Optional[str] = None,
                     crop_top: int = 0) -> List[EvalItem]:
-    """Model-mode items (source + target) from a manifest, a DPDD / RealDOF tree or a pairs folder."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "no such file or folder")
-    if p.is_file() or (p / MANIFEST_NAME).is_file():
-        man = load_manifest(p)
-        splits = man.splits()
-        use = split if split in splits else (splits[0] if len(splits) == 1 else None)
-        if use is None:
-            raise InputError(p, f"manifest has no split {split!r} (it has {', '.join(splits) or 'none'})")
-        pairs = sorted(man.pairs(use), key=lambda q: natural_key(q.name))
-        label = group or (man.dataset or p.stem)
-        return [EvalItem(q.name, q.target, source=q.source, subset=q.subset, group=label, crop_top=crop_top)
-                for q in pairs]
-    if _is_dpdd(p):
-        disc = discover_dpdd(p, splits=(split,), check_sizes=False)
-    elif "realdof" in str(p).lower():
-        disc = discover_realdof(p, check_sizes=False)
-    else:
-        disc = discover_pairs(p, split=split, check_sizes=False)
-        if disc.problems and not disc.pairs:
-            alt = discover_realdof(p, check_sizes=False)
-            disc = alt if not alt.problems else disc
-    raise_problems(disc)
-    for note in disc.notes:
-        log.info("%s", note)
-    pairs = disc.pairs.get(split) or (disc.all_pairs() if len(disc.pairs) == 1 else [])
-    if not pairs:
-        raise InputError(p, f"no {split} pairs found")
-    label = group or disc.dataset
+    """Model-mode items (source + target) from a manifest, a DPDD / RealDOF tree or a pairs folder
+    (found by :func:`cmddcli.data.discovery.find_pairs`). Raises InputError when none are found."""
+    pairs, dataset = find_pairs(path, split)
+    label = group or dataset
     return [EvalItem(q.name, q.target, source=q.source, subset=q.subset, group=label, crop_top=crop_top)
             for q in pairs]
-
-
-def _keyed_images(spec: str | Path, suffix: str = "") -> tuple[Dict[str, Path], str]:
-    """key -> path for a folder (key = stem), a single file, or a glob (key = what '*' matched).
-
-    `suffix` is removed from the end of each key (and, for folders, only stems ending with it count).
-    Returns the mapping and a short label for the set.
-    """
-    s = str(spec)
-    if any(c in s for c in "*?["):
-        if s.count("*") != 1 or "?" in s or "[" in s:
-            raise InputError(s, "a pattern may contain exactly one '*' (it becomes the matching key)")
-        head, tail = s.split("*")
-        out = {}
-        for f in sorted(_glob.glob(s)):
-            if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(f).is_file():
-                key = f[len(head) : len(f) - len(tail) if tail else None]
-                out[_strip(key, suffix)] = Path(f)
-        if not out:
-            raise InputError(s, "the pattern matches no image")
-        return out, _label(s)
-    p = Path(s)
-    if p.is_file():
-        return {_strip(p.stem, suffix): p}, _label(s)
-    if not p.is_dir():
-        raise InputError(p, "no such file or folder")
-    out = {}
-    for f in p.iterdir():
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES:
-            if suffix and not f.stem.endswith(suffix):
-                continue
-            key = _strip(f.stem, suffix)
-            if key in out:
-                raise InputError(f, f"two images share the stem {key!r} ({out[key].name})")
-            out[key] = f
-    if not out:
-        raise InputError(p, "no images")
-    return out, _label(s)
-
-
-def _label(spec: str) -> str:
-    """A short name for a set: its last two path components (``dpdd_1024/blur``)."""
-    parts = Path(spec).parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(spec)
-
-
-def _strip(key: str, suffix: str) -> str:
-    return key[: -len(suffix)] if suffix and key.endswith(suffix) else key
 
 
 def items_from_predictions(pred: str | Path, target: str | Path, pred_suffix: str = "",
                            crop_top: int = 0, group: Optional[str] = None) -> List[EvalItem]:
     """Saved predictions matched to targets by key (see :func:`_keyed_images`). Unmatched files on
     either side are an error naming them. Two single files are paired whatever their names."""
-    preds, plabel = _keyed_images(pred, pred_suffix)
-    targets, _ = _keyed_images(target)
+    preds, plabel = keyed_images(pred, pred_suffix)
+    targets, _ = keyed_images(target)
     if len(preds) == len(targets) == 1 and Path(pred).is_file() and Path(target).is_file():
         targets = {next(iter(preds)): next(iter(targets.values()))}
     missing_t = sorted(set(preds) - set(targets), key=natural_key)
@@ -351,9 +275,73 @@ def items_from_predictions(pred: str | Path, target: str | Path, pred_suffix: st
             for k in sorted(preds, key=natural_key)]
 
 
+def _per_set(values: Sequence[int], n: int, flag: str) -> List[int]:
+    """One value for every set, one per set, or none (0)."""
+    if not values:
+        return [0] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) != n:
+        raise CmddError(f"{flag} was given {len(values)} times for {n} sets (give it once, or once per set)")
+    return list(values)
+
+
+def gather_items(*, data: Sequence[str] = (), pred: Sequence[str] = (), target: Sequence[str] = (),
+                 split: str = "test", pred_suffix: str = "", crop_top: Sequence[int] = (), limit: int = 0,
+                 with_weights: bool = False) -> List[EvalItem]:
+    """The items of one ``cmdd eval`` call: sets of saved predictions (``pred`` paired in order with
+    ``target`` or with ``data``), or data sets for the model (``data`` alone).
+
+    ``crop_top`` is given once for every set or once per set; ``limit`` keeps the first N images of
+    each set (0 = all). Raises CmddError for combinations that make no sense (``--pred`` with both
+    ``--target`` and ``--data``, unpaired sets, ``with_weights`` when scoring predictions, ...)."""
+    items: List[EvalItem] = []
+    if pred:
+        if target and data:
+            raise CmddError("give --pred with either --target or --data, not both")
+        refs = target or data
+        if not refs:
+            raise CmddError("--pred needs --target (images to compare with) or --data (a dataset's targets)")
+        if len(refs) != len(pred):
+            raise CmddError(f"{len(pred)} --pred but {len(refs)} --{'target' if target else 'data'} "
+                            "(give them in pairs)")
+        crops = _per_set(crop_top, len(pred), "--crop-top")
+        for p, r, c in zip(pred, refs, crops):
+            if target:
+                set_items = items_from_predictions(p, r, pred_suffix=pred_suffix, crop_top=c)
+            else:
+                set_items = items_with_predictions(items_from_data(r, split, crop_top=c), p, pred_suffix)
+            items += set_items[:limit] if limit else set_items
+        if with_weights:
+            raise CmddError("--weights is for model evaluation; drop it when scoring --pred images")
+        return items
+    if target:
+        raise CmddError("--target needs --pred (to score saved predictions)")
+    if not data:
+        raise CmddError("nothing to evaluate: give --data (with --weights) or --pred with --target")
+    for d, c in zip(data, _per_set(crop_top, len(data), "--crop-top")):
+        set_items = items_from_data(d, split, crop_top=c)
+        items += set_items[:limit] if limit else set_items
+    return items
+
+
+def run_eval(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(), *,
+             weights: Optional[str | Path] = None, save_dir: Optional[str | Path] = None,
+             progress: Optional[ImageProgress] = None) -> EvalReport:
+    """Score ``items``: their saved predictions when they have them, else the network (``weights``,
+    default the shipped ones, on ``settings.device`` / ``precision`` / ``tile``), saving its outputs
+    under ``save_dir`` when given."""
+    if items and all(it.pred is not None for it in items):
+        return evaluate_predictions(items, settings, progress=progress)
+    from ..engine import Deblurrer
+
+    engine = Deblurrer(weights, device=settings.device, precision=settings.precision, tile=settings.tile)
+    return evaluate_model(engine, items, settings, save_dir=save_dir, progress=progress)
+
+
 def items_with_predictions(items: Sequence[EvalItem], pred: str | Path, pred_suffix: str = "") -> List[EvalItem]:
     """Attach saved predictions (folder / glob, matched by name) to dataset items (for the subsets)."""
-    preds, _ = _keyed_images(pred, pred_suffix)
+    preds, _ = keyed_images(pred, pred_suffix)
     missing = [it.name for it in items if it.name not in preds]
     if missing:
         raise InputError(pred, f"no prediction for {len(missing)} image(s), e.g. {', '.join(missing[:5])}")
@@ -386,7 +374,7 @@ def _score(pred: np.ndarray, target: np.ndarray, item: EvalItem, settings: EvalS
 
 
 def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
-                         progress: Optional[Progress] = None) -> EvalReport:
+                         progress: Optional[ImageProgress] = None) -> EvalReport:
     """Score saved predictions (``item.pred``) against their targets."""
     if not items:
         raise CmddError("nothing to evaluate")
@@ -401,7 +389,7 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
 
 
 def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
-                   save_dir: Optional[str | Path] = None, progress: Optional[Progress] = None) -> EvalReport:
+                   save_dir: Optional[str | Path] = None, progress: Optional[ImageProgress] = None) -> EvalReport:
     """Run `deblurrer` (a :class:`cmddcli.engine.Deblurrer`) on each ``item.source`` and score it.
 
     With `save_dir`, restored images are written there as PNG (``<group>/<name>.png``, 8 or 16 bit as
@@ -436,7 +424,7 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
     return _report(rows, settings, extra)
 
 
-def _each(items: Sequence[EvalItem], needs: str, missing: str, progress: Optional[Progress]) -> Iterator[EvalItem]:
+def _each(items: Sequence[EvalItem], needs: str, missing: str, progress: Optional[ImageProgress]) -> Iterator[EvalItem]:
     """The items in order, failing on one whose ``needs`` attribute is None and reporting progress
     (``progress(done, total, name)`` before each item, and ``(total, total, "")`` after the last)."""
     for i, it in enumerate(items):

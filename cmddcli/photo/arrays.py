@@ -1,14 +1,12 @@
-"""Image files for the data pipeline: 8/16-bit PNG both ways, JPEG/TIFF in, atomic writes.
+"""Plain sample arrays for data sets: any image file in as HxWx3 ``uint8`` / ``uint16``, PNG out.
 
-Pillow cannot hold 16-bit-per-channel colour, yet DPDD is distributed as 16-bit RGB PNG, the crops
-must stay 16-bit, and we do not want OpenCV as a dependency. The PNG codec itself lives in
-:mod:`cmddcli.photo.png16` (numpy + zlib encoder, byte-for-byte deterministic; Pillow-assisted
-16-bit colour decoder with a numpy fallback) and atomic writes in :mod:`cmddcli.photo.atomic`; this
-module adapts them to the data pipeline's path-based API and reads everything else through Pillow
-(or tifffile).
+Where :mod:`cmddcli.photo.io` reads a *photo* (orientation, alpha, ICC, EXIF, RAW, pages), data sets
+need only the samples at their stored depth: DPDD is distributed as 16-bit RGB PNG and the crops must
+stay 16-bit (Pillow cannot hold 16-bit colour, and we do not want OpenCV as a dependency). PNGs go
+through :mod:`cmddcli.photo.png` (libpng via imagecodecs); other files through Pillow or tifffile.
 
-Arrays are HxWx3 (or HxW for grey) ``uint8`` / ``uint16``; :func:`to_float` maps them to float32 in
-[0, 1] (the library convention).
+:func:`to_float` / :func:`from_float` (from :mod:`cmddcli.photo.samples`, the package's one
+conversion between 8/16-bit samples and float32 in [0, 1]) are re-exported for data sets.
 """
 
 from __future__ import annotations
@@ -19,11 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..photo import png16
-from ..photo.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from . import png
+from .io import IMAGE_EXTENSIONS
+from .samples import from_float, to_float  # noqa: F401 - part of this module's API
 
-PNG_SIGNATURE = png16.SIGNATURE
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+PNG_SIGNATURE = png.SIGNATURE
+# Files a data set may hold: the photo formats of cmdd deblur, plus BMP (some data sets ship it).
+DATASET_EXTENSIONS = IMAGE_EXTENSIONS | {".bmp"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
         raise TypeError(f"encode_png needs uint8 or uint16, got {a.dtype}")
     if a.ndim not in (2, 3):
         raise ValueError(f"encode_png needs HxW or HxWxC (C in 1..4), got shape {a.shape}")
-    return png16.write_png(a, compress_level=level)
+    return png.write_png(a, compress_level=level)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -67,8 +68,8 @@ def png_header(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
     if len(head) < 33:
         return None
     try:
-        info = png16.png_info(head)
-    except png16.PngError:
+        info = png.png_info(head)
+    except png.PngError:
         return None
     return info.width, info.height, info.bit_depth, info.color_type
 
@@ -113,7 +114,7 @@ def _read_pillow(path: Path) -> np.ndarray:
 
     hdr = png_header(path)
     if hdr is not None and hdr[2] == 16 and hdr[3] in (2, 6):
-        return png16.read_png(path.read_bytes())[0]
+        return png.read_png(path.read_bytes())[0]
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L"):
@@ -141,17 +142,3 @@ def _as_rgb(a: np.ndarray, path: Path) -> np.ndarray:
     elif c >= 3:
         a = a[..., :3]
     return np.ascontiguousarray(a)
-
-
-def to_float(a: np.ndarray) -> np.ndarray:
-    """uint8/uint16 -> float32 in [0, 1]."""
-    scale = 65535.0 if a.dtype == np.uint16 else 255.0
-    return a.astype(np.float32) / np.float32(scale)
-
-
-def from_float(x: np.ndarray, bits: int = 8) -> np.ndarray:
-    """float in [0, 1] -> uint8 (bits=8) or uint16 (bits=16), rounded and clipped."""
-    if bits not in (8, 16):
-        raise ValueError("bits must be 8 or 16")
-    top = 65535.0 if bits == 16 else 255.0
-    return np.round(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)

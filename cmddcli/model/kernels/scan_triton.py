@@ -51,7 +51,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import BackendUnavailable
+from ...errors import BackendUnavailable
 
 _IMPORT_ERROR: Optional[BaseException] = None
 try:  # optional dependency
@@ -79,6 +79,7 @@ def available() -> bool:
 
 
 def why_unavailable() -> str:
+    """Why the Triton scan cannot be used here ("" when it can)."""
     if triton is None:
         return f"triton is not installed ({_IMPORT_ERROR}): pip install 'cmddcli[cuda]'"
     if not (torch.cuda.is_available() or _interpreting()):

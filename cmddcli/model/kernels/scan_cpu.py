@@ -296,6 +296,7 @@ def available() -> bool:
 
 
 def why_unavailable() -> str:
+    """Why the compiled CPU scan cannot be used here ("" when it can)."""
     if _load() is not None:
         return ""
     return _state["reason"]
@@ -326,7 +327,7 @@ def _check_cpu(*tensors) -> None:
 def _run(u, delta, A, B, C, D, bias, y, batch, G, rep, N, L, H, W, cross, softplus) -> None:
     lib = _load()
     if lib is None:
-        from ..errors import BackendUnavailable
+        from ...errors import BackendUnavailable
 
         raise BackendUnavailable(f"scan backend 'cpu' is unavailable: {why_unavailable()}")
     clamp_hi = int((not softplus) or bool((A > 0).any()))
@@ -423,7 +424,7 @@ class _SelectiveScanCpuFn(torch.autograd.Function):
 
 def _selective_scan_train(u, delta, A, B, C, D, delta_bias, delta_softplus):
     if _load_grad() is None:  # the backward kernel did not build: stay correct on the torch backend
-        from .ssm import selective_scan_torch
+        from ..ssm import selective_scan_torch
 
         return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return _SelectiveScanCpuFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
@@ -432,7 +433,7 @@ def _selective_scan_train(u, delta, A, B, C, D, delta_bias, delta_softplus):
 def _cross_scan_train(u, delta, A, B, C, D, delta_bias, H: int, W: int):
     """:func:`.ssm.cross_scan_ref` around the differentiable 1-D scan, with the K-direction inputs
     and outputs split by ``unbind`` (one gradient copy; ``ys[:, k]`` would zero-fill a full-size gradient per direction)."""
-    from .ssm import _from_direction, _to_direction
+    from ..ssm import _from_direction, _to_direction
 
     b, d, L = u.shape
     K = delta.shape[1]

@@ -13,7 +13,7 @@
   matches the input and the settings; with no record, or a record of another source, an older
   version of the source or other settings, the file fails with a reason saying which, so nothing
   is kept silently. ``overwrite`` redoes every output.
-* Each output is written through a temp file and ``os.replace`` (see cmddcli.photo.atomic).
+* Each output is written through a temp file and ``os.replace`` (see cmddcli.atomic).
 * A file that cannot be used fails with a one-line reason and the batch goes on.
 * Under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK), rank r takes files r, r + world, ... of the
   sorted list, and the per-rank reports are merged with ``all_gather_object`` over gloo.
@@ -24,7 +24,6 @@ A summary (``BatchReport.to_dict()``: settings, RAW development, one row per fil
 
 from __future__ import annotations
 
-import datetime
 import glob
 import json
 import logging
@@ -34,17 +33,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .engine.selective import RestoreOptions, finish_photo
-from .errors import CmddError, InputError
-from .photo import MAX_PIXELS, RawSettings, default_output_suffix, is_supported, read_photo, write_photo
-from .photo.atomic import atomic_write_bytes
+from .selective import RestoreOptions, finish_photo
+from ..errors import CmddError, InputError
+from ..runtime import DistInfo, gather_objects
+from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_supported, read_photo, write_photo
+from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".cmdd"
 SUMMARY_NAME = "summary.json"
 RECORDS_DIR = "records"
-GATHER_TIMEOUT_HOURS = 24
 _MAGIC = set("*?[")
 
 
@@ -62,6 +61,7 @@ class Job:
 
 @dataclass
 class FileResult:
+    """What happened to one input file: status (done / skipped / failed / planned), output, seconds, reason, warnings, rank."""
     input: str
     output: Optional[str]
     status: str  # "done" | "skipped" | "failed" | "planned"
@@ -76,6 +76,8 @@ class FileResult:
 
 @dataclass(frozen=True)
 class BatchOptions:
+    """How the runner names, writes and resumes outputs (output folder, format, suffix, bit depth, RAW
+    development, size limit, restore options); one object for a whole run."""
     out_dir: Path
     recursive: bool = False
     ext: Optional[str] = None  # "png" / "tif" / "jpg" / "webp"; None: same as the input (RAW -> tif)
@@ -87,11 +89,12 @@ class BatchOptions:
     max_pixels: Optional[int] = MAX_PIXELS  # decompression-bomb limit per file (None: none)
     recipe: dict = field(default_factory=dict)  # what else makes an output (e.g. the weights' digest)
     restore: RestoreOptions = RestoreOptions()  # strength, focus auto / mask, --save-blur-map
-    report: bool = False  # write report previews (OUT/.cmdd/report) for cmddcli.report
+    report: bool = False  # write report previews (OUT/.cmdd/report) for cmddcli.engine.report
 
 
 @dataclass
 class BatchReport:
+    """Every file's :class:`FileResult`, the run's settings and world size; ``to_dict`` is the summary JSON."""
     results: list[FileResult]
     settings: dict = field(default_factory=dict)
     world_size: int = 1
@@ -296,7 +299,7 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
 def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> None:
     """``--save-blur-map`` images next to the output and ``--report`` previews."""
     if opts.restore.save_blur_map and fin.blur_map is not None:
-        from .engine.blurmap import save_map_images
+        from .blurmap import save_map_images
 
         save_map_images(job.output, fin.blur_map, fin.weight)
     if opts.report:
@@ -306,6 +309,19 @@ def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> None:
 
 
 # ---------------------------------------------------------------------------------------- resume records
+
+
+def weights_digest(weights: Optional[str | os.PathLike]) -> str:
+    """sha256 of the weights file (the shipped one when ``weights`` is None): part of what made an
+    output. ``unreadable:PATH`` when it cannot be read (the engine reports why when it loads it)."""
+    from ..data.manifest import sha256_file
+    from ..model.weights import default_weights_path
+
+    path = Path(weights) if weights is not None else default_weights_path()
+    try:
+        return sha256_file(path)
+    except OSError:
+        return f"unreadable:{path}"
 
 
 def recipe(opts: BatchOptions) -> dict:
@@ -324,6 +340,7 @@ def record_path(output: Path, opts: BatchOptions) -> Path:
 
 
 def source_identity(path: Path) -> dict:
+    """Path, size and modification time of an input: what a resume record compares."""
     st = Path(path).stat()
     return {"path": os.fspath(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -431,68 +448,7 @@ def _in_job_order(results: list[FileResult], jobs: Sequence[Job]) -> list[FileRe
     return sorted(results, key=lambda r: order.get(r.input, len(order)))
 
 
-# ---------------------------------------------------------------------------------------- torchrun
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-
-    @classmethod
-    def from_env(cls, env=None) -> "DistInfo":
-        env = os.environ if env is None else env
-
-        def get(name, default):
-            try:
-                return int(env.get(name, default))
-            except ValueError as e:
-                raise CmddError(f"bad {name}={env.get(name)!r} in the environment") from e
-
-        world = get("WORLD_SIZE", 1)
-        info = cls(get("RANK", 0), world, get("LOCAL_RANK", 0), get("LOCAL_WORLD_SIZE", world))
-        if not (world >= 1 and 0 <= info.rank < world):
-            raise CmddError(f"bad RANK={info.rank} / WORLD_SIZE={world} in the environment")
-        return info
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(info: DistInfo) -> bool:
-    """Join the torchrun process group (gloo, for object gathering). True if this call created it."""
-    if not info.distributed:
-        return False
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise CmddError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
-    if dist.is_initialized():
-        return False
-    try:
-        # The group only carries the summaries at the end, after every rank's share is done; ranks can
-        # finish hours apart, so the collective timeout is generous (a crashed rank is torchrun's job).
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size,
-                                timeout=datetime.timedelta(hours=GATHER_TIMEOUT_HOURS))
-    except (ValueError, RuntimeError) as e:
-        raise CmddError(f"cannot join the torchrun process group ({e}); launch with torchrun") from e
-    return True
-
-
-def gather_reports(report: dict, info: DistInfo) -> list[dict]:
-    """Every rank's report dict, on every rank (just ``[report]`` when not distributed)."""
-    if not info.distributed:
-        return [report]
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        raise CmddError("distributed run without a process group (call init_distributed first)")
-    out: list = [None] * info.world_size
-    dist.all_gather_object(out, report)
-    return out
+# ---------------------------------------------------------------------------------------- ranks
 
 
 def merge_reports(reports: Sequence[dict]) -> BatchReport:
@@ -549,7 +505,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
         "recipe": recipe(opts),
     }
     local = BatchReport(results, all_settings, info.world_size).to_dict()
-    report = merge_reports(gather_reports(local, info))
+    report = merge_reports(gather_objects(local, info))
     if not opts.dry_run and info.rank == 0 and any(r.status in ("done", "failed") for r in report.results):
         try:
             write_summary(report, opts.out_dir)

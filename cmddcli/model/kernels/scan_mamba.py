@@ -14,20 +14,24 @@ except Exception as e:  # pragma: no cover - depends on the machine
 
 
 def available() -> bool:
+    """True when mamba-ssm's CUDA selective scan imports here."""
     import torch
 
     return _selective_scan_fn is not None and torch.cuda.is_available()
 
 
 def why_unavailable() -> str:
+    """Why :func:`available` is False, with how to install it ("" when available)."""
     if _selective_scan_fn is None:
         return f"mamba-ssm is not installed ({_IMPORT_ERROR}); install with: pip install 'cmddcli[cuda]' (needs CUDA)"
     return "no CUDA device"
 
 
 def selective_scan_mamba(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """mamba-ssm's ``selective_scan_fn`` with :func:`cmddcli.model.ssm.selective_scan_ref`'s signature and shapes.
+    Raises BackendUnavailable when mamba-ssm is not installed."""
     if _selective_scan_fn is None:
-        from ..errors import BackendUnavailable
+        from ...errors import BackendUnavailable
 
         raise BackendUnavailable(why_unavailable())
     # mamba-ssm wants contiguous float inputs; B/C groups layout matches ours.

@@ -1,7 +1,7 @@
 // Selective scan (Mamba S6) CPU inference kernel for cmddcli -- see docs/cpu_scan.md.
 //
 // Plain C++17 without torch headers (it compiles in a couple of seconds), driven from Python
-// through ctypes (cmddcli/model/scan_cpu.py), float32 in and out. Parallel over
+// through ctypes (cmddcli/model/kernels/scan_cpu.py), float32 in and out. Parallel over
 // (batch, group/direction, channel tile) with OpenMP; the process shares torch's libgomp, so the
 // kernel runs on the same thread pool as torch.
 //

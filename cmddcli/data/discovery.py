@@ -8,15 +8,19 @@ Every problem found is collected, and :func:`raise_problems` turns them into one
 
 from __future__ import annotations
 
+import glob as _glob
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from .manifest import SPLITS
-from .pngio import IMAGE_SUFFIXES, image_size
+from ..photo.arrays import DATASET_EXTENSIONS, image_size
 
 # SPEC §3: 0-based indices into the naturally sorted DPDD test list that are indoor scenes.
+log = logging.getLogger(__name__)
+
 DPDD_INDOOR_TEST = frozenset([*range(8, 14), 16, 32, *range(39, 57), *range(59, 68), 74, 75])
 DPDD_COUNTS = {"train": 350, "val": 74, "test": 76}
 REALDOF_COUNT = 50
@@ -68,7 +72,7 @@ def _images(folder: Path) -> dict[str, Path]:
     """stem -> path of the image files directly in ``folder`` (hidden files ignored)."""
     out: dict[str, Path] = {}
     for p in folder.iterdir():
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES:
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DATASET_EXTENSIONS:
             out[p.stem] = p
     return out
 
@@ -235,3 +239,100 @@ def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = Tr
         disc.problems += problems
         disc.pairs[s] = pairs
     return disc
+
+
+# ---------------------------------------------------------------- any data argument
+
+
+def _is_dpdd(root: Path) -> bool:
+    names = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    if any(n.startswith("dd_dp_dataset") for n in names) or any(n.endswith("_c") for n in names):
+        return True
+    for base in (root, root / "Datasets", root / "Downloads", root / "Datasets" / "Downloads"):
+        for d in (base / "test" / "DPDD", base / "DPDD" / "test", base / "test"):
+            if (d / "inputC").is_dir():
+                return True
+    return False
+
+
+def find_pairs(path: str | Path, split: str = "test") -> tuple[list, str]:
+    """The ``split`` pairs under ``path`` -- a manifest (or a folder holding ``manifest.json``), a DPDD
+    tree (either layout), a RealDOF tree or any ``source/`` + ``target/`` folder -- in natural name
+    order, and the data set's name. Each pair has ``name``, ``source``, ``target`` (paths) and
+    ``subset`` (``indoor`` / ``outdoor`` in the DPDD test split). Raises InputError when nothing fits."""
+    from .manifest import MANIFEST_NAME, load_manifest
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file or folder")
+    if p.is_file() or (p / MANIFEST_NAME).is_file():
+        man = load_manifest(p)
+        splits = man.splits()
+        use = split if split in splits else (splits[0] if len(splits) == 1 else None)
+        if use is None:
+            raise InputError(p, f"manifest has no split {split!r} (it has {', '.join(splits) or 'none'})")
+        return sorted(man.pairs(use), key=lambda q: natural_key(q.name)), man.dataset or p.stem
+    if _is_dpdd(p):
+        disc = discover_dpdd(p, splits=(split,), check_sizes=False)
+    elif "realdof" in str(p).lower():
+        disc = discover_realdof(p, check_sizes=False)
+    else:
+        disc = discover_pairs(p, split=split, check_sizes=False)
+        if disc.problems and not disc.pairs:
+            alt = discover_realdof(p, check_sizes=False)
+            disc = alt if not alt.problems else disc
+    raise_problems(disc)
+    for note in disc.notes:
+        log.info("%s", note)
+    pairs = disc.pairs.get(split) or (disc.all_pairs() if len(disc.pairs) == 1 else [])
+    if not pairs:
+        raise InputError(p, f"no {split} pairs found")
+    return pairs, disc.dataset
+
+
+def keyed_images(spec: str | Path, suffix: str = "") -> tuple[dict[str, Path], str]:
+    """key -> path for a folder (key = stem), a single file, or a glob (key = what '*' matched).
+
+    `suffix` is removed from the end of each key (and, for folders, only stems ending with it count).
+    Returns the mapping and a short label for the set.
+    """
+    s = str(spec)
+    if any(c in s for c in "*?["):
+        if s.count("*") != 1 or "?" in s or "[" in s:
+            raise InputError(s, "a pattern may contain exactly one '*' (it becomes the matching key)")
+        head, tail = s.split("*")
+        out = {}
+        for f in sorted(_glob.glob(s)):
+            if Path(f).suffix.lower() in DATASET_EXTENSIONS and Path(f).is_file():
+                key = f[len(head) : len(f) - len(tail) if tail else None]
+                out[_strip(key, suffix)] = Path(f)
+        if not out:
+            raise InputError(s, "the pattern matches no image")
+        return out, _label(s)
+    p = Path(s)
+    if p.is_file():
+        return {_strip(p.stem, suffix): p}, _label(s)
+    if not p.is_dir():
+        raise InputError(p, "no such file or folder")
+    out = {}
+    for f in p.iterdir():
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in DATASET_EXTENSIONS:
+            if suffix and not f.stem.endswith(suffix):
+                continue
+            key = _strip(f.stem, suffix)
+            if key in out:
+                raise InputError(f, f"two images share the stem {key!r} ({out[key].name})")
+            out[key] = f
+    if not out:
+        raise InputError(p, "no images")
+    return out, _label(s)
+
+
+def _label(spec: str) -> str:
+    """A short name for a set: its last two path components (``dpdd_1024/blur``)."""
+    parts = Path(spec).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(spec)
+
+
+def _strip(key: str, suffix: str) -> str:
+    return key[: -len(suffix)] if suffix and key.endswith(suffix) else key

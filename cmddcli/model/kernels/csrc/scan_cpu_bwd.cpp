@@ -3,7 +3,7 @@
 // This file includes the inference kernel (scan_cpu.cpp) so that both share one copy of the
 // vector helpers (splat, vmax/vmin, the clamped 2^z, loadu/storeu); the library built from it
 // therefore also exports the inference entry points. Same flags, same build machinery
-// (cmddcli/model/scan_cpu.py). float32 maths, plain C++17 + OpenMP, no torch headers.
+// (cmddcli/model/kernels/scan_cpu.py). float32 maths, plain C++17 + OpenMP, no torch headers.
 //
 // Two entry points (called through ctypes):
 //   * cmdd_scan_fwd_ckpt_f32: forward that also saves the state h every T steps

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import CMDDNet, model_config
-from .model import blocks as _blocks
-from .model import ssm
-from .runtime import tune_cpu_allocator
+from ..model import CMDDNet, model_config
+from ..model import blocks as _blocks
+from ..model import ssm
+from ..runtime import tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BenchRow:
+    """One timed configuration: preset, size (H, W), scan backend, seconds per forward (median) and the scan's share of it."""
     preset: str
     size: str
     device: str
@@ -67,6 +68,9 @@ def usable_backends(device: torch.device) -> list:
 
 @torch.no_grad()
 def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, repeats: int = 3, warmup: int = 1) -> list:
+    """Time whole-model forwards of ``preset`` at each (H, W) in ``sizes`` on ``device``, once per scan
+    backend (default: every backend usable there); ``repeats`` timed runs after ``warmup``, median
+    reported. Returns one :class:`BenchRow` per (size, backend). Raises CmddError for a bad device."""
     dev = torch.device(device)
     if dev.type == "cpu":
         tune_cpu_allocator()
@@ -98,6 +102,7 @@ def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, 
 
 
 def machine_line(device: str = "cpu") -> str:
+    """One line naming the machine (CPU model and cores, or the CUDA device) and torch version."""
     if device.startswith("cuda") and torch.cuda.is_available():
         what = torch.cuda.get_device_name(torch.device(device))
     else:
@@ -106,6 +111,7 @@ def machine_line(device: str = "cpu") -> str:
 
 
 def rows_to_markdown(rows: list) -> str:
+    """The rows as a Markdown table (milliseconds per forward, scan share)."""
     lines = [
         "| preset | input | device | scan backend | forward s | scan s | rest s | note |",
         "|---|---|---|---|---:|---:|---:|---|",

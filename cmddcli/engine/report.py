@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import CmddError
-from .photo.atomic import atomic_path, atomic_write_bytes
+from ..errors import CmddError
+from ..atomic import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def write_previews(out_dir: Path, output: str | os.PathLike, before: np.ndarray,
 
 def _previews_from_files(out_dir: Path, row: dict) -> Optional[str]:
     """Make the previews of a photo skipped in this run from its files. Returns a warning or None."""
-    from .photo import read_photo
+    from ..photo import read_photo
 
     try:
         before = read_photo(row["input"]).rgb

@@ -5,12 +5,12 @@ dtype is converted to float64 first; integers are *not* rescaled, so pass floats
 
 - ``psnr``: ``10·log10(data_range² / MSE)`` over all pixels and channels
   (= ``skimage.metrics.peak_signal_noise_ratio(target, pred, data_range=1)``).
-- ``ssim``: ``skimage.metrics.structural_similarity(target, pred, data_range=1, channel_axis=-1)``:
-  ``window="uniform"`` (default) is a 7×7 box with sample covariance (N/(N-1)); ``window="gaussian"`` is
-  the 11×11, σ=1.5 Gaussian (truncate 3.5) with population covariance, i.e. skimage's
-  ``gaussian_weights=True, use_sample_covariance=False`` (Wang et al. 2004). K1=0.01, K2=0.03. Filters
-  use scipy's ``reflect`` border (numpy ``symmetric``); the mean of the SSIM map drops ``(win-1)//2``
-  pixels at every border, then the per-channel means are averaged.
+- ``ssim``: calls ``skimage.metrics.structural_similarity(target, pred, data_range=1, channel_axis=-1)``
+  (the published numbers are scikit-image's): ``window="uniform"`` (default) is a 7×7 box with sample
+  covariance (N/(N-1)); ``window="gaussian"`` is the 11×11, σ=1.5 Gaussian with population covariance,
+  i.e. ``gaussian_weights=True, use_sample_covariance=False`` (Wang et al. 2004). K1=0.01, K2=0.03.
+  The mean of the SSIM map drops ``(win-1)//2`` pixels at every border, then the per-channel means are
+  averaged; with a mask, the masked pixels of that cropped map are averaged instead.
 - ``mae``: mean absolute error per channel, averaged over channels (= the mean over all values).
 
 An optional boolean ``mask`` (HxW) restricts every metric to the pixels where it is True (for SSIM,
@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailable, CmddError
+from ..errors import BackendUnavailable, CmddError
 
 __all__ = [
     "psnr",
@@ -93,35 +93,6 @@ def mae(pred, target, mask: Optional[np.ndarray] = None) -> float:
 # ---------------------------------------------------------------- SSIM
 
 
-def _gaussian_kernel(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
-    """scipy.ndimage's 1-D Gaussian: radius int(truncate·σ + 0.5), weights normalised to sum 1."""
-    r = int(truncate * sigma + 0.5)
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (x / sigma) ** 2)
-    return w / w.sum()
-
-
-def _filter_axis(x: np.ndarray, axis: int, kernel: Optional[np.ndarray], size: int) -> np.ndarray:
-    """Correlate along `axis` with scipy's 'reflect' border (numpy 'symmetric': d c b a | a b c d).
-
-    ``kernel=None`` means a uniform box of `size` (a running sum, as scipy computes it).
-    """
-    r = size // 2
-    x = np.moveaxis(x, axis, 0)
-    n = x.shape[0]
-    p = np.concatenate([x[r - 1 :: -1], x, x[: n - r - 1 : -1]]) if r else x  # (n + 2r, ...)
-    if kernel is None:
-        cs = np.cumsum(p, axis=0)
-        out = cs[size - 1 :].copy()  # sum of p[0 .. i + size - 1]
-        out[1:] -= cs[: n - 1]
-        out /= size
-    else:
-        out = kernel[0] * p[:n]
-        for k in range(1, size):
-            out += kernel[k] * p[k : k + n]
-    return np.moveaxis(out, 0, axis)
-
-
 def ssim_map(
     pred,
     target,
@@ -134,40 +105,31 @@ def ssim_map(
 
     Shapes: images (H, W[, C]); windows are applied over H and W only, channel by channel.
     """
+    a, b, size = _ssim_inputs(pred, target, window)
+    _, S = _skimage_ssim(a, b, data_range, window, K1, K2, full=True)
+    return S, (size - 1) // 2
+
+
+def _ssim_inputs(pred, target, window: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """float64 images and the window size (7 uniform, 11 Gaussian); CmddError for an unknown window
+    or an image smaller than it."""
     if window not in SSIM_WINDOWS:
         raise CmddError(f"unknown SSIM window {window!r}; choose one of {', '.join(SSIM_WINDOWS)}")
     a, b = _as_float64(pred, target)
-    if window == "gaussian":
-        kernel = _gaussian_kernel(1.5, 3.5)
-        size = kernel.size  # 11
-        cov_norm = 1.0  # population covariance (Wang et al.), skimage use_sample_covariance=False
-    else:
-        kernel = None
-        size = 7
-        cov_norm = size * size / (size * size - 1.0)  # sample covariance, skimage default
+    size = 11 if window == "gaussian" else 7
     if min(a.shape[0], a.shape[1]) < size:
         raise CmddError(f"image {a.shape[:2]} is smaller than the {size}x{size} SSIM window")
-    if a.ndim == 2:
-        a, b = a[..., None], b[..., None]
-    S = np.empty_like(a)
-    for c in range(a.shape[-1]):  # channel by channel, as skimage does (and cache-friendly)
-        S[..., c] = _ssim_map_2d(a[..., c], b[..., c], kernel, size, cov_norm, K1, K2, data_range)
-    return (S[..., 0] if np.ndim(pred) == 2 else S), (size - 1) // 2
+    return a, b, size
 
 
-def _ssim_map_2d(a, b, kernel, size, cov_norm, K1, K2, data_range) -> np.ndarray:
-    stack = np.stack([a, b, a * a, b * b, a * b])  # (5, H, W)
-    ux, uy, uxx, uyy, uxy = _filter_axis(_filter_axis(stack, 1, kernel, size), 2, kernel, size)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
-    C1 = (K1 * data_range) ** 2
-    C2 = (K2 * data_range) ** 2
-    A1 = 2 * ux * uy + C1
-    A2 = 2 * vxy + C2
-    B1 = ux**2 + uy**2 + C1
-    B2 = vx + vy + C2
-    return (A1 * A2) / (B1 * B2)
+def _skimage_ssim(a: np.ndarray, b: np.ndarray, data_range: float, window: str, K1: float = 0.01,
+                  K2: float = 0.03, full: bool = False):
+    """``skimage.metrics.structural_similarity(target, pred)`` with the protocol's window settings."""
+    from skimage.metrics import structural_similarity
+
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) if window == "gaussian" else {}
+    return structural_similarity(b, a, data_range=data_range, channel_axis=-1 if a.ndim == 3 else None,
+                                 K1=K1, K2=K2, full=full, **kw)
 
 
 def ssim(
@@ -177,7 +139,10 @@ def ssim(
     window: str = "uniform",
     mask: Optional[np.ndarray] = None,
 ) -> float:
-    """Structural similarity, scikit-image compatible (see the module docstring)."""
+    """Structural similarity: scikit-image's, as published (see the module docstring)."""
+    if mask is None:
+        a, b, _ = _ssim_inputs(pred, target, window)
+        return float(_skimage_ssim(a, b, data_range, window))
     S, pad = ssim_map(pred, target, data_range=data_range, window=window)
     m = _check_mask(mask, S.shape)
     if S.ndim == 2:

@@ -1,0 +1,40 @@
+"""Every command's --help works, through `cmdd` and `python -m cmddcli`, and shows its options."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cmddcli.cli.main import app
+
+COMMANDS = {
+    (): ["deblur", "prepare", "train", "eval", "info", "bench"],
+    ("deblur",): ["--output", "--device", "--precision", "--weights", "--tile", "--overlap", "--json", "--scan"],
+    ("prepare",): ["dpdd", "realdof", "pairs", "synth"],
+    ("prepare", "dpdd"): ["--out", "--window", "--overlap", "--stride", "--json", "--quiet"],
+    ("prepare", "realdof"): ["--out", "--json"],
+    ("prepare", "pairs"): ["--out", "--json"],
+    ("prepare", "synth"): ["--out", "--json"],
+    ("train",): ["--config", "--preset", "--set", "--resume", "--device", "--precision", "--json", "--scan"],
+    ("eval",): ["--weights", "--data", "--pred", "--target", "--device", "--precision", "--tile", "--json", "--scan"],
+    ("info",): ["--preset", "--json", "--scan"],
+    ("bench",): ["--preset", "--size", "--device", "--backend", "--json"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS), ids=lambda c: " ".join(c) or "cmdd")
+def test_help_of_every_command(command):
+    res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output
+    for word in COMMANDS[command]:
+        assert word in res.output, f"{word} missing from `cmdd {' '.join(command)} --help`"
+
+
+def test_python_dash_m_runs_the_cli():
+    res = subprocess.run([sys.executable, "-m", "cmddcli", "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("cmdd ")
+    res = subprocess.run([sys.executable, "-m", "cmddcli", "info", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "Usage: cmdd info" in res.stdout
