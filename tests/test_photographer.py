@@ -39,13 +39,10 @@ def dead_leaves(h, w, seed, n=700, rmin=2.0, rmax=30.0):
 
 
 def distance_to(mask):
-    """Euclidean distance (px) of every pixel to the nearest True pixel of ``mask`` (brute force)."""
-    pts = np.argwhere(mask).astype(np.float32)
-    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]].astype(np.float32)
-    d = np.full(mask.shape, np.inf, np.float32)
-    for chunk in np.array_split(pts, max(1, len(pts) // 256)):
-        d = np.minimum(d, np.sqrt((yy[..., None] - chunk[:, 0]) ** 2 + (xx[..., None] - chunk[:, 1]) ** 2).min(-1))
-    return d
+    """Euclidean distance (px) of every pixel to the nearest True pixel of ``mask``."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~mask)
 
 
 # ------------------------------------------------------------------------------------ strength
@@ -165,22 +162,20 @@ def test_blur_map_ranks_true_coc():
     assert spearman(a, -a) == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", range(12))
 def test_focus_auto_keeps_background_restores_subject(seed):
-    # Measured over seeds 0-5 (docs/photographer.md): the subject is always restored whole, and the
-    # background more than 32 px from it is kept exactly in 86-100 % of its pixels (100 % in three
-    # scenes). The rest is where the estimated map lets the subject's region grow into the
-    # background: the issue's "background within 1/255" holds only for part of the scenes.
+    # The issue's condition, on every scene: the background more than 32 px from the subject (about
+    # five of the map's 6-px aggregation windows) is kept within 1/255 of the input, and the
+    # subject more than 8 px inside its outline is exactly the full deblur. Measured on seeds 0-29
+    # and other blur sizes in docs/photographer.md.
     subject, s = scene(seed)
     x = s.blurred
     y = Deblurrer(model=random_net("tiny"), device="cpu").restore(x)
     fin = finish(x, y, RestoreOptions(focus="auto"))
-    far_bg = distance_to(subject) > 32  # the map's resolution is about its 8-px window, x 3
+    far_bg = distance_to(subject) > 32
     inside = distance_to(~subject) > 8
     kept = (np.abs(fin.rgb - x) <= TOL).all(-1)
-    assert kept[far_bg].mean() >= 0.85
-    if seed == 0:
-        assert kept[far_bg].all()
+    assert kept[far_bg].all(), f"{(~kept[far_bg]).sum()} far-background pixels changed"
     assert np.abs(fin.rgb - y)[inside].max() <= TOL  # the subject: exactly the full deblur
     assert np.abs(y - x)[inside].max() > 0.05  # the subject really changed
     assert 0.1 < fin.restored_fraction < 0.6

@@ -264,3 +264,28 @@ def test_decoupled_weight_decay_uses_adamw(tmp_path):
         cfg = tiny_cfg(tmp_path / f"run{decoupled}", "iters=1", f"optim.decoupled={str(decoupled).lower()}")
         trainer = Trainer(cfg, DistInfo(), data=FixedSource([fixed[0], fixed[1]]))
         assert type(trainer.opt) is cls
+
+
+def test_resume_from_slim_checkpoint(tmp_path, caplog):
+    """A slimmed checkpoint (fp16 weights + EMA, no optimizer state) resumes at its step with its
+    weights (to fp16 rounding) and a fresh optimizer; the run then finishes."""
+    from cmddcli.train.checkpoint import find_checkpoint, load_checkpoint, slim_checkpoint
+
+    common = ["iters=8", "ema_decay=0.9", "val_every=0", "ckpt_every=4", "keep_last=2"]
+    cfg = tiny_cfg(tmp_path / "a", *common)
+    part1 = train(cfg, stop_at=4)
+    full = find_checkpoint(tmp_path / "a")
+    slim = tmp_path / "slim.pt"
+    ck = slim_checkpoint(tmp_path / "a", slim)
+    assert ck["optimizer"] is None and ck["step"] == 4
+    assert slim.stat().st_size < 0.5 * full.stat().st_size
+    loaded = load_checkpoint(slim)
+    w = part1.model.state_dict()
+    for k, v in loaded["model"].items():
+        if torch.is_floating_point(v):
+            assert v.dtype == torch.float16
+            assert torch.allclose(v.float(), w[k].float(), rtol=1e-3, atol=1e-4), k
+    with caplog.at_level("WARNING"):
+        part2 = train(tiny_cfg(tmp_path / "b", *common), resume=str(slim))
+    assert part2.step == 8
+    assert "no optimizer state" in caplog.text

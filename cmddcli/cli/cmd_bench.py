@@ -32,16 +32,26 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
         json_out: bool = json_option("Print the rows as JSON on stdout."),
+        photo: Optional[List[str]] = typer.Option(
+            None, "--photo", help="Instead: time `cmdd deblur` end to end on a generated JPEG of this "
+            "size (WxH, e.g. 4000x3000 for 12 MP) with the default weights; reports seconds and peak memory."),
     ):
         """Time whole-model forward passes, split into selective scan and everything else."""
-        from ..engine.bench import bench_forward, machine_line, rows_to_markdown
+        from ..engine.bench import bench_forward, bench_photo, machine_line, photo_rows_to_markdown, rows_to_markdown
 
         setup_logging(quiet=json_out)
-        sizes = [_parse_size(s) for s in size]
-        rows = []
-        for p in preset:
-            rows += bench_forward(p, sizes, device=device, backends=backend or None, repeats=repeats)
-        table = rows_to_markdown(rows)
+        if photo:
+            rows = []
+            for s in photo:
+                w, h = _parse_size(s)
+                rows.append(bench_photo(w, h))
+            table = photo_rows_to_markdown(rows)
+        else:
+            sizes = [_parse_size(s) for s in size]
+            rows = []
+            for p in preset:
+                rows += bench_forward(p, sizes, device=device, backends=backend or None, repeats=repeats)
+            table = rows_to_markdown(rows)
         if json_out:
             print_json([dataclasses.asdict(r) for r in rows])
         else:

@@ -9,7 +9,7 @@ Laplacian, we
 
 1. take the luminance at a working resolution (long side at most ``work_size``; σ is scaled back),
 2. aggregate the squared gradient magnitudes of the image and of its re-blur (σ0 = 2 px) over a
-   Gaussian window (σ = 8 px), after subtracting the gradient energy of the noise (noise std from
+   Gaussian window (σ = 6 px), after subtracting the gradient energy of the noise (noise std from
    Immerkær's Laplacian estimator, "Fast noise variance estimation", CVIU 64(2), 1996); without
    that step sensor noise reads as sharpness,
 3. apply the ratio formula per pixel and smooth the result with a guided filter (He, Sun & Tang,
@@ -20,9 +20,11 @@ Measured on synthetic pairs with known CoC (``benchmarks/bench_blurmap.py``, doc
 Spearman rank correlation with the true CoC is quoted there. Flat, textureless areas carry no
 information; their estimate is whatever the window and guided filter carry in from nearby texture.
 
-``focus_mask`` turns a map into the region ``--focus auto`` restores: the least-blurred class of a
-two-class (Otsu) split of the map, cleaned with a morphological opening and closing, holes filled
-(so a subject is kept whole up to its outline) and feathered by :func:`blend.feather`.
+``focus_mask`` turns a map into the region ``--focus auto`` restores: a two-class (Otsu) split of
+the log map; the subject's core is where the map is confidently in the sharper class (the band in
+between, where the map is unreliable, is left as shot); the core is cleaned with a morphological
+opening and closing, holes filled (so a subject is kept whole up to its outline), grown by the map's
+window, completed with the image segments it mostly covers, and feathered by :func:`blend.feather`.
 """
 
 from __future__ import annotations
@@ -42,12 +44,17 @@ log = logging.getLogger(__name__)
 
 WORK_SIZE = 1024  # long side (px) the map is estimated at
 REBLUR_SIGMA = 2.0  # σ0 of the re-blur (px at the working resolution)
-WINDOW_SIGMA = 8.0  # Gaussian aggregation window (px)
+WINDOW_SIGMA = 6.0  # Gaussian aggregation window (px)
 GUIDED_RADIUS = 8
 GUIDED_EPS = 1e-3
 MAX_SIGMA = 40.0
 MIN_SEPARATION = 2.0  # --focus auto: background must be this many times blurrier than the subject
 MIN_GAP_PX = 1.5  # ... and this many px of CoC radius blurrier
+GROW_WINDOWS = 1.0  # the subject core is grown by this many aggregation windows (the map's blurred rim)
+CORE_LEVEL = 0.4  # subject core: CoC below a · (b / a) ** CORE_LEVEL (a, b: the two classes' medians)
+SNAP_FRACTION = 0.5  # image segments at least this much inside the subject are added whole ...
+SNAP_WINDOWS = 1.0  # ... up to this many aggregation windows beyond it
+SEGMENT_SCALE = 100.0  # Felzenszwalb scale (image in [0, 1]) of those segments
 
 __all__ = ["estimate_blur_map", "focus_mask", "FocusResult", "spearman", "blur_map_image", "map_image_paths",
            "save_map_images"]
@@ -92,6 +99,8 @@ def _guided(guide: torch.Tensor, p: torch.Tensor, r: int, eps: float) -> torch.T
 
 def _noise_std(g: torch.Tensor) -> float:
     """Immerkær's estimate of white-noise std from the 3x3 Laplacian-difference operator."""
+    if min(g.shape[-2:]) < 3:  # no 3x3 neighbourhood: no estimate
+        return 0.0
     k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
     lap = F.conv2d(g, k)  # valid part only
     return float(lap.abs().mean()) * math.sqrt(math.pi / 2) / 6.0 if lap.numel() else 0.0
@@ -169,8 +178,9 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class FocusResult:
-    """``mask``: (H, W) float32 in [0, 1], 1 = restore. ``threshold``: CoC radius (px) between
-    subject and background, or None when no split was found (then the mask is all ones).
+    """``mask``: (H, W) float32 in [0, 1], 1 = restore. ``threshold``: CoC radius (px) below
+    which the map counts as confidently sharp (the subject's core), or None when no split was found
+    (then the mask is all ones).
     ``warning``: a sentence for the report when the result deserves a look."""
 
     mask: np.ndarray
@@ -195,96 +205,116 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
-    return F.max_pool2d(F.pad(m, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+def _disk(r: int) -> np.ndarray:
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
 
 
-def _erode(m: torch.Tensor, r: int) -> torch.Tensor:
-    return 1.0 - _dilate(1.0 - m, r)
+def _main_parts(m: np.ndarray, keep: float = 0.25) -> np.ndarray:
+    """The largest 8-connected part of a boolean mask and any other at least ``keep`` times its area."""
+    from scipy import ndimage as ndi
 
-
-def _fill_holes(m: torch.Tensor, max_iter: int = 10000) -> torch.Tensor:
-    """Fill regions of 0 in a (1, 1, h, w) 0/1 mask that do not touch the border."""
-    outside = torch.zeros_like(m)
-    free = 1.0 - m
-    outside[..., 0, :], outside[..., -1, :] = free[..., 0, :], free[..., -1, :]
-    outside[..., :, 0], outside[..., :, -1] = free[..., :, 0], free[..., :, -1]
-    for _ in range(max_iter):  # geodesic dilation of the border's background inside the background
-        grown = F.max_pool2d(outside, 3, stride=1, padding=1) * free
-        if torch.equal(grown, outside):
-            break
-        outside = grown
-    return 1.0 - outside
-
-
-def _components(m: torch.Tensor, max_iter: int = 100000) -> torch.Tensor:
-    """Connected components (8-neighbour) of a (1, 1, h, w) 0/1 mask: labels > 0, 0 = background."""
-    h, w = m.shape[-2:]
-    labels = (torch.arange(1, h * w + 1, dtype=torch.float32).view(1, 1, h, w)) * m
-    for _ in range(max_iter):  # every pixel takes the largest label among its neighbours
-        grown = F.max_pool2d(labels, 3, stride=1, padding=1) * m
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    return labels
-
-
-def _main_subject(m: torch.Tensor, keep: float = 0.25) -> torch.Tensor:
-    """Keep the largest component and any other at least ``keep`` times its area."""
-    labels = _components(m)
-    ids, counts = torch.unique(labels[labels > 0], return_counts=True)
-    if ids.numel() == 0:
+    labels, n = ndi.label(m, structure=np.ones((3, 3), bool))
+    if n == 0:
         return m
-    big = ids[counts >= keep * counts.max()]
-    return torch.isin(labels, big).float()
+    area = np.bincount(labels.ravel())[1:]
+    return np.isin(labels, np.flatnonzero(area >= keep * area.max()) + 1)
 
 
-def focus_mask(blur_map: np.ndarray, work_size: int = 512) -> FocusResult:
-    """The region ``--focus auto`` restores: the intended subject, i.e. the least-blurred class.
+def _snap_to_segments(m: np.ndarray, image: np.ndarray, shape: tuple[int, int], reach: int) -> np.ndarray:
+    """Complete the region ``m`` (boolean, ``shape``) with the image segments it mostly covers.
+
+    Flat parts of a subject carry no blur information: their map value is carried in from nearby
+    texture, and at the subject's outline that is often the background's. An image segment
+    (Felzenszwalb & Huttenlocher's graph segmentation, IJCV 59(2), 2004, on the image at ``shape``)
+    at least SNAP_FRACTION inside the region is added whole, but only up to ``reach`` px beyond it.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import felzenszwalb
+
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    if tuple(img.shape[-2:]) != tuple(shape):
+        img = F.interpolate(img, size=shape, mode="area")
+    img = img[0].permute(1, 2, 0).numpy()
+    labels = felzenszwalb(img, scale=SEGMENT_SCALE, sigma=0.8, min_size=20)
+    n = labels.max() + 1
+    inside = np.bincount(labels.ravel(), weights=m.ravel().astype(np.float64), minlength=n)
+    area = np.bincount(labels.ravel(), minlength=n)
+    add = (inside / np.maximum(area, 1) >= SNAP_FRACTION)[labels]
+    near = ndi.binary_dilation(m, structure=_disk(max(1, reach)))
+    return m | (add & near)
+
+
+def focus_mask(blur_map: np.ndarray, work_size: int = 512, map_work_size: int = WORK_SIZE,
+               image: np.ndarray | None = None) -> FocusResult:
+    """The region ``--focus auto`` restores: the intended subject, i.e. the confidently least-blurred part.
 
     Args:
         blur_map: (H, W) CoC radius estimate in px (:func:`estimate_blur_map`).
         work_size: long side (px) of the grid the morphology runs on.
+        map_work_size: the ``work_size`` the map was estimated at; with WINDOW_SIGMA it gives the
+            map's resolution (its aggregation window) in pixels of the morphology grid.
 
-    The map is split in two by Otsu's threshold (N. Otsu, IEEE Trans. SMC 9(1), 1979). When the
-    blurrier class is not clearly blurrier (mean radius less than MIN_SEPARATION times and
-    MIN_GAP_PX more than the sharper class), there is no blurred background to protect: the mask is
-    all ones and ``warning`` says so. Otherwise the sharper class is opened (specks go), closed,
-    reduced to its main connected part(s) (the largest, and any at least a quarter of its size),
-    hole-filled (the subject is kept whole up to its outline), brought back to full size and
-    feathered over at most 8 px. Pixels of the background farther than 4 px from the subject get
-    exactly 0.
+    1. Two classes: Otsu's threshold (N. Otsu, IEEE Trans. SMC 9(1), 1979) on the log of the map
+       (blur sizes compare by ratio). When the blurrier class is not clearly blurrier (median radius
+       less than MIN_SEPARATION times and MIN_GAP_PX more than the sharper class's median), there is
+       no blurred background to protect: the mask is all ones and ``warning`` says so.
+    2. Only confident sharpness seeds the subject: pixels below ``a · (b / a) ** CORE_LEVEL`` (a, b:
+       the two classes' medians; CORE_LEVEL = 0.4 of the way from a to b in log scale). The band
+       between the classes is where the map is unreliable (next to depth edges, in flat areas); it
+       is left as shot there, because a wrongly sharpened bokeh is worse than an edge left as shot.
+    3. The core is opened (specks go), reduced to its main connected part(s) (the largest, and any
+       at least a quarter of its size), closed, hole-filled (the subject is kept whole up to its
+       outline) and dilated by one aggregation window (the map reads a subject's rim blurrier than
+       it is, as its window also sees the background).
+    4. With ``image`` (the photo, (H, W, 3) in [0, 1]): image segments mostly inside the region are
+       added whole, up to one more window beyond it (:func:`_snap_to_segments`: flat parts of the
+       subject at its outline).
+    5. Brought back to full size and feathered over at most 8 px. Pixels farther than 4 px from
+       the region get exactly 0.
     """
+    from scipy import ndimage as ndi
+
     h, w = blur_map.shape
     b = torch.from_numpy(np.ascontiguousarray(blur_map, dtype=np.float32))[None, None]
     scale = max(1.0, max(h, w) / float(work_size))
     if scale > 1.0:
         b = F.interpolate(b, size=(max(1, round(h / scale)), max(1, round(w / scale))), mode="area")
-    vals = b.flatten().numpy()
-    lo, hi = np.percentile(vals, [1, 99])
-    vals = np.clip(vals, lo, hi)  # flat areas can read as huge blur: outliers must not pull the split
+    grid = b[0, 0].numpy()
+    lo, hi = np.percentile(grid, [1, 99])
+    vals = np.log(np.clip(grid.ravel(), max(lo, 0.05), max(hi, 0.05)))  # outliers must not pull the split
     t = _otsu(vals)
     low, high = vals[vals <= t], vals[vals > t]
     if low.size == 0 or high.size == 0:
         return FocusResult(np.ones((h, w), np.float32), None, 1.0,
                            "no blurred background found; the whole photo was restored")
-    m_low, m_high = float(low.mean()), float(high.mean())
+    m_low, m_high = math.exp(float(np.median(low))), math.exp(float(np.median(high)))
     if m_high < MIN_SEPARATION * m_low or m_high - m_low < MIN_GAP_PX:
         return FocusResult(np.ones((h, w), np.float32), None, 1.0,
                            f"no clearly blurrier background (CoC ~{m_low:.1f} px vs ~{m_high:.1f} px); "
                            "the whole photo was restored")
-    m = (b <= t).float()
-    r = max(1, round(min(b.shape[-2:]) / 128))  # morphology radius on the work grid
-    m = _dilate(_erode(m, r), r)  # opening: specks of "sharp" in the background go
-    m = _erode(_dilate(m, 2 * r), 2 * r)  # closing: small gaps in the subject close
-    m = _fill_holes(_main_subject(m))
+    core_t = m_low * (m_high / m_low) ** CORE_LEVEL
+    window = WINDOW_SIGMA * max(1.0, max(h, w) / float(map_work_size)) / scale  # in px of this grid
+    r_open, r_close, r_grow = (max(1, round(k * window)) for k in (1 / 3, 4 / 3, GROW_WINDOWS))
+    m = ndi.binary_opening(grid <= core_t, structure=_disk(r_open))  # specks of "sharp" in the background go
+    if not m.any():
+        return FocusResult(np.ones((h, w), np.float32), None, 1.0,
+                           "no confidently sharp region found; the whole photo was restored")
+    m = _main_parts(m)
+    pad = r_close + 1  # so that the closing does not treat the image border as part of the subject
+    m = ndi.binary_closing(np.pad(m, pad), structure=_disk(r_close))[pad:-pad, pad:-pad]
+    m = ndi.binary_dilation(ndi.binary_fill_holes(m), structure=_disk(r_grow))
+    if image is not None:
+        m = _snap_to_segments(m, image, grid.shape, max(1, round(SNAP_WINDOWS * window)))
+    mt = torch.from_numpy(m.astype(np.float32))[None, None]
     if scale > 1.0:
-        m = (F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False) >= 0.5).float()
-    mask = feather(m[0, 0].numpy())
+        mt = (F.interpolate(mt, size=(h, w), mode="bilinear", align_corners=False) >= 0.5).float()
+    mask = feather(mt[0, 0].numpy())
     frac = float(mask.mean())
     warning = "" if frac > 0.01 else "the in-focus subject found is tiny (< 1 % of the photo)"
-    log.debug("focus auto: threshold %.2f px, subject %.1f %% of the photo", t, 100 * frac)
-    return FocusResult(mask, t, frac, warning)
+    log.debug("focus auto: core below %.2f px (classes ~%.2f / ~%.2f px), subject %.1f %% of the photo",
+              core_t, m_low, m_high, 100 * frac)
+    return FocusResult(mask, core_t, frac, warning)
 
 
 def map_image_paths(output: str | Path) -> tuple[Path, Path]:

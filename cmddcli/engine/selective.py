@@ -103,7 +103,7 @@ def finish(original: np.ndarray, restored: np.ndarray, options: RestoreOptions =
         h, w = original.shape[:2]
         weight = load_mask(options.mask, (w, h))
     elif options.focus == "auto":
-        fr = focus_mask(blur_map)
+        fr = focus_mask(blur_map, image=original)
         if fr.warning:
             warnings.append(fr.warning)
         weight = None if fr.threshold is None else fr.mask

@@ -237,7 +237,10 @@ class Trainer:
             log.warning("resuming with changed settings (%s): the run is no longer a straight continuation",
                         ", ".join(changed))
         self.model.load_state_dict(ck["model"], strict=True)
-        self.opt.load_state_dict(ck["optimizer"])
+        if ck.get("optimizer") is None:  # a slimmed checkpoint (scripts/slim_checkpoint.py)
+            log.warning("%s holds no optimizer state: Adam's moments restart from zero", path)
+        else:
+            self.opt.load_state_dict(ck["optimizer"])
         if ck.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ck["scaler"])
         if self.ema is not None:

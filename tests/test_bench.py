@@ -1,0 +1,36 @@
+"""`cmdd bench`: the forward table and the end-to-end photo benchmark (behaviour, not seconds)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cmddcli.cli.main import app
+from cmddcli.engine.bench import bench_photo, make_test_photo, photo_rows_to_markdown
+from cmddcli.runtime import tune_cpu_allocator
+
+
+def test_make_test_photo_size(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "x.jpg"
+    make_test_photo(p, 70, 33)
+    with Image.open(p) as im:
+        assert im.size == (70, 33) and im.format == "JPEG"
+
+
+def test_bench_photo_runs_deblur_end_to_end(tiny_weights):
+    row = bench_photo(96, 64, weights=tiny_weights)
+    assert row.size == "96x64" and row.seconds > 0 and row.peak_mib > 50
+    assert row.precision in ("fp32", "bf16")
+    assert "96x64 JPEG" in photo_rows_to_markdown([row])
+
+
+def test_bench_forward_json():
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "-s", "24", "-b", "cpu", "--repeats", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows[0]["preset"] == "tiny" and rows[0]["size"] == "24x24" and rows[0]["total_s"] > 0
+
+
+def test_tune_cpu_allocator_is_idempotent():
+    assert tune_cpu_allocator() == tune_cpu_allocator()
