@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _procmem import proc_status  # benchmarks/ is on sys.path when run as a script
+
 
 def child(spec: dict) -> dict:
     sys.path.insert(0, spec["root"])
@@ -43,11 +45,7 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     eng.restore(img)
     dt = time.perf_counter() - t0
-    hwm = None
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
+    hwm = (proc_status("VmHWM") or 0) / 2**20
     return {"seconds": dt, "tile": int(tile), "peak_mib": hwm, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 

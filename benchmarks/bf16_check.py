@@ -5,7 +5,7 @@
 Runs :class:`cmddcli.engine.Deblurrer` with the given weights (default: the shipped ones) on every
 real defocused photo under ../shared/samples/defocus (the blurred inputs: dpdd_1024/blur,
 dpdd_gif_pairs/*_input.png, blurred_only/*), once in fp32 and once in bf16 (same tiles), and
-reports PSNR(bf16 output, fp32 output) on the 8-bit outputs, with the time of each run. The rule
+reports PSNR(bf16 output, fp32 output) on the 8-bit outputs (speed: benchmarks/bench_cpu_speed.py). The rule
 from issue 10: bf16 becomes the CPU default only if this PSNR is >= 50 dB on every photo.
 This is a numerical check of the precision, not a quality score: no photo's content decides anything.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,22 +52,17 @@ def main() -> None:
     rows, worst = [], float("inf")
     for f in photos(args.samples):
         img = read_photo(f).rgb  # (H, W, 3) float32 in [0, 1]
-        outs, secs = {}, {}
-        for p, eng in engines.items():
-            t0 = time.perf_counter()
-            outs[p] = eng.restore(img)
-            secs[p] = time.perf_counter() - t0
+        outs = {p: eng.restore(img) for p, eng in engines.items()}
         v = psnr8(outs["bf16"], outs["fp32"])
         gain = psnr8(outs["fp32"], img)
         worst = min(worst, v)
-        rows.append(f"| {f.parent.name}/{f.name} | {img.shape[1]}x{img.shape[0]} | {v:.2f} | {gain:.2f} | "
-                     f"{secs['fp32']:.2f} | {secs['bf16']:.2f} |")
+        rows.append(f"| {f.parent.name}/{f.name} | {img.shape[1]}x{img.shape[0]} | {v:.2f} | {gain:.2f} |")
         print(rows[-1], flush=True)
     text = "\n".join([
         f"Weights: {engines['fp32'].weights_path}; tile {args.tile or 'auto'}; torch {torch.__version__}",
         "",
-        "| photo | size | PSNR(bf16, fp32) dB | PSNR(fp32 out, input) dB | fp32 s | bf16 s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| photo | size | PSNR(bf16, fp32) dB | PSNR(fp32 out, input) dB |",
+        "|---|---|---:|---:|",
         *rows,
         "",
         f"Worst PSNR(bf16, fp32): {worst:.2f} dB -> bf16 {'meets' if worst >= 50 else 'does NOT meet'} the 50 dB rule.",
