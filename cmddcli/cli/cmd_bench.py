@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
             None, "--photo", help="Instead: time `cmdd deblur` end to end on a generated JPEG of this "
             "size (WxH, e.g. 4000x3000 for 12 MP) with the default weights; reports seconds and peak memory."),
     ):
-        """Time whole-model forward passes, split into selective scan and everything else."""
+        """Time whole-model forward passes split into selective scan and the rest, or (--photo) cmdd deblur end to end on a generated photo."""
         from ..engine.bench import bench_forward, bench_photo, machine_line, photo_rows_to_markdown, rows_to_markdown
 
         setup_logging(quiet=json_out)
