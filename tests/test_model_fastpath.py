@@ -101,3 +101,25 @@ def test_bf16_autocast_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y16 = net(x).float()
     assert (y16 - y32).abs().max().item() <= 2e-2 * max(_scale(y32, x), 1e-2)
+
+
+def test_fast_inference_uses_the_token_major_scan(monkeypatch):
+    # On CPU with the compiled kernel, the fast eval path never leaves channels-last: every SS2D
+    # call goes through the token-major kernel (and the outputs match the reference, tested above).
+    from cmddcli.model.kernels import scan_cpu
+
+    if not scan_cpu.available():
+        pytest.skip(f"cpu scan kernel unavailable: {scan_cpu.why_unavailable()}")
+    calls = []
+    real = scan_cpu.cross_scan_tokens_cpu
+    monkeypatch.setattr(scan_cpu, "cross_scan_tokens_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = _net("small").eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+    n_ss2d = sum(1 for m in net.modules() if type(m).__name__ == "SS2D")
+    assert len(calls) == n_ss2d > 0
+    calls.clear()
+    with torch.no_grad(), reference_path():
+        net(x)
+    assert not calls

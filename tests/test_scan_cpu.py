@@ -20,6 +20,8 @@ from cmddcli.model.ssm import (
     choose_backend,
     cross_scan,
     cross_scan_ref,
+    cross_scan_tokens,
+    cross_scan_tokens_ref,
     selective_scan,
     selective_scan_ref,
     selective_scan_torch,
@@ -217,6 +219,62 @@ def test_cross_scan_bf16_and_threads(rng):
     finally:
         torch.set_num_threads(n)
     assert torch.allclose(y1, y2, rtol=1e-6, atol=1e-6 * y1.abs().max().item())
+
+
+def _token_inputs(g, b, d, H, W, N, R, K=4, pad=0, strided=False):
+    L = H * W
+    u = torch.randn(b, L, 2 * d if strided else d, generator=g)[..., :d]  # strided: a channel slice
+    x = torch.randn(b, L, K * (R + 2 * N) + pad, generator=g) * 0.5
+    Wdt = torch.randn(K, d, R, generator=g) * 0.3
+    A = -torch.exp(torch.randn(K * d, N, generator=g) * 0.5)
+    D = torch.randn(K * d, generator=g)
+    bias = torch.randn(K * d, generator=g) * 0.5 - 1.0
+    return u, x, Wdt, A, D, bias
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "b, d, H, W, N, R, pad, strided",
+    [
+        (1, 32, 8, 9, 16, 1, 4, False),  # the `small` preset's top level (R = 1, x rows padded to 136)
+        (2, 40, 7, 5, 16, 2, 0, True),  # partial channel tile, batch > 1, u a channel slice
+        (1, 16, 1, 13, 16, 1, 0, False),  # H = 1
+        (1, 16, 11, 1, 8, 3, 0, False),  # W = 1, N not the unrolled 16
+        (1, 32, 40, 30, 16, 4, 0, False),  # L > one 512-step block: blocks start mid-column
+        (1, 1, 1, 1, 16, 1, 0, False),  # a single pixel, a single channel
+    ],
+)
+def test_cross_scan_tokens_matches_ref(rng, b, d, H, W, N, R, pad, strided):
+    u, x, Wdt, A, D, bias = _token_inputs(rng, b, d, H, W, N, R, pad=pad, strided=strided)
+    y = scan_cpu.cross_scan_tokens_cpu(u, x, Wdt, A, D, bias, H, W)
+    with _one_thread():
+        y_ref = cross_scan_tokens_ref(u, x, Wdt, A, D, bias, H, W, backend="ref")
+    assert y.shape == (b, H * W, d) and y.dtype == torch.float32
+    _close(y, y_ref)
+
+
+@needs_kernel
+def test_cross_scan_tokens_bf16_reads_the_same_values(rng):
+    # bfloat16 operands are widened exactly inside the kernel: same result as widening them first.
+    u, x, Wdt, A, D, bias = _token_inputs(rng, 2, 24, 12, 20, 16, 2)
+    u16, x16 = u.bfloat16(), x.bfloat16()
+    y = scan_cpu.cross_scan_tokens_cpu(u16, x16, Wdt, A, D, bias, 12, 20)
+    y32 = scan_cpu.cross_scan_tokens_cpu(u16.float(), x16.float(), Wdt, A, D, bias, 12, 20)
+    assert torch.equal(y, y32)
+    with torch.no_grad():  # the dispatcher picks this kernel for inference on CPU
+        y_d = cross_scan_tokens(u16, x16, Wdt, A, D, bias, 12, 20)
+    assert torch.equal(y_d, y)
+
+
+@needs_kernel
+def test_cross_scan_tokens_rejects_bad_shapes(rng):
+    u, x, Wdt, A, D, bias = _token_inputs(rng, 1, 8, 3, 5, 16, 1)
+    with pytest.raises(ValueError, match="H\\*W"):
+        scan_cpu.cross_scan_tokens_cpu(u, x, Wdt, A, D, bias, 4, 4)
+    with pytest.raises(ValueError, match="columns"):
+        scan_cpu.cross_scan_tokens_cpu(u, x[..., :-1], Wdt, A, D, bias, 3, 5)
+    with pytest.raises(ValueError, match="Wdt"):
+        scan_cpu.cross_scan_tokens_cpu(u, x, Wdt[:, :4], A, D, bias, 3, 5)
 
 
 @needs_kernel

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .ssm import K_DIRECTIONS, cross_scan
+from .ssm import K_DIRECTIONS, cross_scan, cross_scan_tokens, native_token_scan
 
 _FAST = True
 
@@ -154,6 +154,25 @@ class SS2D(nn.Module):
         y = cross_scan(xs, dts, As, Bs, Cs, self.Ds.float(), self.dt_projs_bias.float().flatten(), H, W)  # (B, d, L)
         return y.to(xs.dtype)
 
+    def scan_tokens(self, ut: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Fast path on a channels-last map viewed as tokens: ut (B, L, d), L = H*W -> (B, L, d) float32.
+
+        One matrix product gives every direction's [dt_low, B, C] per position in the layout the
+        token-major scan kernel reads ((B, L, K*(R+2N)), no permute); dt is formed inside the kernel
+        (:func:`.ssm.cross_scan_tokens`; elsewhere it falls back to permutes around :func:`cross_scan`)."""
+        K, N, R = K_DIRECTIONS, self.N, self.R
+        d = ut.shape[-1]
+        w = self.x_proj_weight.reshape(K * (R + 2 * N), d)
+        # Output rows padded to a multiple of 8 floats: MKL's fp32 GEMM was 5-8x slower for some row
+        # lengths (132 = K*(1+2*16) among them, 229 ms against 27 ms for 136 at 262144 rows, 2 cores).
+        pad = -w.shape[0] % 8
+        if pad:
+            w = torch.cat([w, w.new_zeros(pad, d)])
+        xdbl = F.linear(ut, w)  # (B, L, K*(R+2N) + pad); the kernel reads the first K*(R+2N) columns
+        As = -torch.exp(self.A_logs.float())  # (K*d, N)
+        return cross_scan_tokens(ut, xdbl, self.dt_projs_weight, As, self.Ds.float(),
+                                 self.dt_projs_bias.float().flatten(), H, W)
+
     def _forward_ref(self, x: torch.Tensor) -> torch.Tensor:  # (B, d, H, W) -> (B, d, H, W)
         Bsz, d, H, W = x.shape
         L = H * W
@@ -229,12 +248,16 @@ class MambaBranch(nn.Module):
         z = F.linear(t, w[d:])  # (B, L, d)
         xx = self.conv2d(xx.view(Bsz, H, W, d).permute(0, 3, 1, 2))  # (B, d, H, W) channels-last: the fast dwconv
         inplace = not _recording(xx)
-        if inplace:  # SiLU fused with the one layout change: channels-last -> the scan's (B, d, L)
-            u = torch.ops.aten.silu.out(xx, out=torch.empty(Bsz, d, H, W, dtype=xx.dtype, device=xx.device))
+        if inplace and native_token_scan(xx.device.type, False):
+            # Inference with a token-major scan kernel: everything stays channels-last, (B, L, d).
+            ut = F.silu(xx, inplace=True).permute(0, 2, 3, 1).reshape(Bsz, H * W, d)  # a view if channels-last
+            y = self.out_norm(self.ss2d.scan_tokens(ut, H, W))  # (B, L, d)
         else:
-            u = F.silu(xx).contiguous()
-        y = self.ss2d.scan_flat(u.view(Bsz, d, H * W), H, W)  # (B, d, L)
-        y = self.out_norm(y.transpose(1, 2))  # (B, L, d)
+            if inplace:  # SiLU fused with the one layout change: channels-last -> the scan's (B, d, L)
+                u = torch.ops.aten.silu.out(xx, out=torch.empty(Bsz, d, H, W, dtype=xx.dtype, device=xx.device))
+            else:
+                u = F.silu(xx).contiguous()
+            y = self.out_norm(self.ss2d.scan_flat(u.view(Bsz, d, H * W), H, W).transpose(1, 2))  # (B, L, d)
         g = F.silu(z, inplace=inplace)
         if self.combine == "add":
             y = y.add_(g) if inplace else y + g

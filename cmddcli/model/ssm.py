@@ -196,6 +196,7 @@ class ScanBackend:
     available: Callable[[], bool]
     why_unavailable: Callable[[], str]
     cross_fn: Optional[Callable] = None  # fused 4-direction scan, same signature as cross_scan_ref
+    tokens_fn: Optional[Callable] = None  # inference cross scan on token-major operands (cross_scan_tokens_ref)
 
 
 def _always() -> bool:
@@ -263,6 +264,7 @@ register_backend(
         _probe(".kernels.scan_cpu"),
         _reason(".kernels.scan_cpu"),
         cross_fn=_lazy(".kernels.scan_cpu", "cross_scan_cpu"),
+        tokens_fn=_lazy(".kernels.scan_cpu", "cross_scan_tokens_cpu"),
     )
 )
 register_backend(
@@ -400,3 +402,51 @@ def cross_scan(u, delta, A, B, C, D, delta_bias, H: int, W: int, backend: Option
     if b.cross_fn is not None:
         return b.cross_fn(u, delta, A, B, C, D, delta_bias, H, W)
     return cross_scan_ref(u, delta, A, B, C, D, delta_bias, H, W, scan=b.fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token-major cross scan (channels-last SS2D, inference)
+# ----------------------------------------------------------------------------------------------
+def cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H: int, W: int, backend: Optional[str] = None):
+    """SS2D's scan on token-major operands, written as permutes around :func:`cross_scan`.
+
+    Args:
+        u:          (b, L, d) the map in row-major order (a channels-last map viewed as tokens).
+        x:          (b, L, >= K*(R+2N)): x_proj's output per position; direction k's
+                    [dt_low (R), B (N), C (N)] at columns k*(R+2N).
+        Wdt:        (K, d, R); delta = Wdt[k] @ dt_low (+ delta_bias, softplus inside the scan).
+        A:          (K*d, N);  D, delta_bias: (K*d,).
+    Returns:
+        (b, L, d) float32, the sum of the K directions' scans.
+    """
+    b, L, d = u.shape
+    K, _, R = Wdt.shape
+    N = A.shape[1]
+    xv = x[..., : K * (R + 2 * N)].float().reshape(b, L, K, R + 2 * N)
+    delta = torch.einsum("blkr,kdr->bkdl", xv[..., :R], Wdt.float())  # (b, K, d, L)
+    Bs = xv[..., R : R + N].permute(0, 2, 3, 1).contiguous()  # (b, K, N, L)
+    Cs = xv[..., R + N :].permute(0, 2, 3, 1).contiguous()
+    y = cross_scan(u.float().transpose(1, 2).contiguous(), delta.contiguous(), A, Bs, Cs, D, delta_bias, H, W,
+                   backend=backend)  # (b, d, L)
+    return y.float().transpose(1, 2)
+
+
+def native_token_scan(device_type: str, needs_grad: bool, backend: Optional[str] = None) -> bool:
+    """Whether the backend chosen for these conditions has a token-major kernel (then
+    :func:`cross_scan_tokens` never permutes); the fast block path asks before choosing its layout."""
+    if needs_grad:
+        return False
+    try:
+        return choose_backend(device_type, False, backend).tokens_fn is not None
+    except BackendUnavailable:
+        return False
+
+
+def cross_scan_tokens(u, x, Wdt, A, D, delta_bias, H: int, W: int, backend: Optional[str] = None):
+    """:func:`cross_scan_tokens_ref`'s contract with the chosen backend's token-major kernel where it
+    has one (inference), else the permuting reference around that backend's scan."""
+    needs = _needs_grad(u, x, Wdt, A, D, delta_bias)
+    b = choose_backend(u.device.type, needs, backend)
+    if b.tokens_fn is not None and not needs:
+        return b.tokens_fn(u, x, Wdt, A, D, delta_bias, H, W)
+    return cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H, W, backend=b.name)

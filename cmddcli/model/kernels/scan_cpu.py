@@ -37,7 +37,7 @@ _SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _BWD_SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu_bwd.cpp"
 _GRAD_ABI_VERSION = 1
 _CKPT_T = 64  # training: the forward saves the state every _CKPT_T steps
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 # Flag sets tried in order: the fast native build, then more portable fallbacks. No -ffast-math:
 # the kernel's exp relies on exact float rounding semantics (see the .cpp header).
@@ -72,6 +72,13 @@ class _Args(ctypes.Structure):
         ("nthreads", ctypes.c_int32),
         ("clamp_hi", ctypes.c_int32),
     ]
+
+
+class _TokenArgs(ctypes.Structure):
+    # Mirrors struct CmddTokenScanArgs in csrc/scan_cpu.cpp.
+    _fields_ = [(n, ctypes.c_void_p) for n in ("u", "x", "Wdt", "bias", "A", "D", "y")] + [
+        (n, ctypes.c_int64) for n in ("batch", "K", "d", "N", "R", "L", "H", "W", "u_stride", "x_stride")
+    ] + [(n, ctypes.c_int32) for n in ("u_bf16", "x_bf16", "nthreads", "clamp_hi")]
 
 
 class _GradArgs(ctypes.Structure):
@@ -181,6 +188,8 @@ def _build_once(
         return lib
     lib.cmdd_selective_scan_f32.argtypes = [ctypes.POINTER(_Args)]
     lib.cmdd_selective_scan_f32.restype = ctypes.c_int
+    lib.cmdd_cross_scan_tokens_f32.argtypes = [ctypes.POINTER(_TokenArgs)]
+    lib.cmdd_cross_scan_tokens_f32.restype = ctypes.c_int
     lib.cmdd_scan_abi_version.restype = ctypes.c_int
     lib.cmdd_scan_vector_width.restype = ctypes.c_int
     if lib.cmdd_scan_abi_version() != _ABI_VERSION:
@@ -521,3 +530,71 @@ def cross_scan_cpu(u, delta, A, B, C, D, delta_bias, H: int, W: int):
     _run(_f32(u), _f32(delta), _f32(A), _f32(B), _f32(C), _f32(D), _f32(delta_bias), y,
          batch, K, d, N, L, H, W, True, True)
     return y.to(u.dtype)
+
+
+def _token_operand(t: torch.Tensor) -> tuple:
+    """(tensor the kernel reads, row stride in elements, is bfloat16) for a (b, L, n) operand whose
+    rows may be strided (a slice of a wider channels-last tensor) but whose elements are contiguous."""
+    if t.dtype not in (torch.float32, torch.bfloat16):
+        t = t.float()
+    b, L, n = t.shape
+    row = t.stride(1) if L > 1 else n
+    if (n > 1 and t.stride(2) != 1) or row < n or (b > 1 and t.stride(0) != L * row):
+        t, row = t.contiguous(), n
+    return t, row, t.dtype == torch.bfloat16
+
+
+def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
+    """SS2D's four-direction scan on token-major (channels-last) operands, inference only.
+
+    Args:
+        u:          (b, L, d) the map in row-major order, L = H*W, float32 or bfloat16 (rows may
+                    be strided, e.g. a channel slice of a channels-last tensor).
+        x:          (b, L, >= K*(R+2N)): per position, direction k's [dt_low (R), B (N), C (N)]
+                    at columns k*(R+2N) -- SS2D's x_proj applied to u, in its natural layout.
+        Wdt:        (K, d, R) dt projection; delta = Wdt[k] @ dt_low + delta_bias (then softplus).
+        A:          (K*d, N);  D, delta_bias: (K*d,) (D may be None).
+    Returns:
+        (b, L, d) float32: the sum over the K directions, as :func:`.ssm.cross_scan_tokens_ref`.
+    Raises:
+        ValueError on inconsistent shapes; BackendUnavailable if the kernel is not built.
+    """
+    _check_cpu(u, x, Wdt, A, D, delta_bias)
+    if u.dim() != 3 or x.dim() != 3 or x.shape[:2] != u.shape[:2]:
+        raise ValueError(f"u must be (b, L, d) and x (b, L, n), got {tuple(u.shape)} and {tuple(x.shape)}")
+    batch, L, d = u.shape
+    H, W = int(H), int(W)
+    if H * W != L:
+        raise ValueError(f"H*W = {H}*{W} != L = {L}")
+    if Wdt.dim() != 3 or Wdt.shape[1] != d:
+        raise ValueError(f"Wdt must be (K, d={d}, R), got {tuple(Wdt.shape)}")
+    K, R = Wdt.shape[0], Wdt.shape[2]
+    if A.dim() != 2 or A.shape[0] != K * d:
+        raise ValueError(f"A must be (K*d={K * d}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    if x.shape[2] < K * (R + 2 * N):
+        raise ValueError(f"x must have >= K*(R+2N) = {K * (R + 2 * N)} columns, got {x.shape[2]}")
+    if delta_bias is None or delta_bias.numel() != K * d or (D is not None and D.numel() != K * d):
+        raise ValueError(f"delta_bias (and D, if given) must have K*d = {K * d} elements")
+    y = torch.zeros(batch, L, d, dtype=torch.float32)
+    if y.numel() == 0 or N == 0:
+        if D is not None:
+            y += D.detach().float().view(K, d).sum(0) * u.detach().float()
+        return y
+    lib = _load()
+    if lib is None:
+        from ...errors import BackendUnavailable
+
+        raise BackendUnavailable(f"scan backend 'cpu' is unavailable: {why_unavailable()}")
+    uk, us, ubf = _token_operand(u.detach())
+    xk, xs, xbf = _token_operand(x.detach())
+    Af, Df, bf, Wf = _f32(A), _f32(D), _f32(delta_bias), _f32(Wdt)
+    args = _TokenArgs(
+        _ptr(uk), _ptr(xk), _ptr(Wf), _ptr(bf), _ptr(Af), _ptr(Df), _ptr(y),
+        batch, K, d, N, R, L, H, W, us, xs, int(ubf), int(xbf), max(1, torch.get_num_threads()),
+        int(bool((Af > 0).any())),
+    )
+    rc = lib.cmdd_cross_scan_tokens_f32(ctypes.byref(args))
+    if rc != 0:
+        raise ValueError(f"cpu token cross scan rejected its arguments (code {rc})")
+    return y

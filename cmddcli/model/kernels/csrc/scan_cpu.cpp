@@ -54,6 +54,8 @@ template <int V>
 struct Vec {
   typedef float F __attribute__((vector_size(V * 4)));
   typedef int32_t I __attribute__((vector_size(V * 4)));
+  typedef uint32_t U __attribute__((vector_size(V * 4)));
+  typedef uint16_t H __attribute__((vector_size(V * 2)));  // bfloat16 bits
 };
 
 template <typename F>
@@ -76,46 +78,69 @@ static inline __attribute__((always_inline)) void storeu(float* p, F v) { std::m
 
 constexpr float kLog2e = 1.44269504088896341f;
 
+// 2^f on [-1/2, 1/2]: 1 + ln2 f + c2 f^2 + c3 f^3 + c4 f^4, c2..c4 fitted for the least maximum
+// relative error with the constant and linear terms fixed at 2^f's own (relative error < 7e-6
+// over the interval, < 1e-7 for |f| < 0.01). Fixing them keeps the error of a decay close to 1
+// (small |dt A|, the long-memory states) of order f^2, so it does not build up over the ~1/|f|
+// steps such a state remembers. One degree less than a plain minimax fit of the same accuracy
+// near 0 (the scan is bound by these vector operations: 1 of ~13 per state update saved).
+// Growing states (some A > 0, or dt < 0 without softplus: the CLAMP_HI instances) compound the
+// relative error of every step, so they use the degree-5 minimax fit (relative error < 2e-7).
+constexpr float kExp2C1 = 0.69314718f, kExp2C2 = 0.24023634f, kExp2C3 = 0.055802795f, kExp2C4 = 0.0096005782f;
+constexpr float kExp2P5[6] = {1.32647e-3f, 9.671510e-3f, 5.550734e-2f, 2.4022242e-1f, 6.931472e-1f, 1.0f};
+
+template <typename F, bool PRECISE>
+static inline __attribute__((always_inline)) F exp2_poly(F f) {
+  if (PRECISE) {
+    F p = splat<F>(kExp2P5[0]);
+    for (int i = 1; i < 6; ++i) p = p * f + kExp2P5[i];
+    return p;
+  }
+  F p = splat<F>(kExp2C4);
+  p = p * f + kExp2C3;
+  p = p * f + kExp2C2;
+  p = p * f + kExp2C1;
+  return p * f + 1.0f;
+}
+
 // 2^z for z already clamped to [-125, 127] (so the result is a normal float, never inf):
-// z = k + f with k = round(z), |f| <= 1/2; 2^f by a degree-5 minimax polynomial (relative error
-// < 2e-7, exact at f = 0); adding the magic constant 1.5 * 2^23 + 127 rounds z to an integer and
-// leaves k + 127 in the low mantissa bits, so (bits << 23) is 2^k as a float.
-template <typename F, typename I>
+// z = k + f with k = round(z), |f| <= 1/2; 2^f by the polynomial above; adding the magic
+// constant 1.5 * 2^23 + 127 rounds z to an integer and leaves k + 127 in the low mantissa bits,
+// so (bits << 23) is 2^k as a float.
+template <typename F, typename I, bool PRECISE = false>
 static inline __attribute__((always_inline)) F vexp2_clamped(F z) {
   const F magic = splat<F>(12583039.0f);  // 1.5 * 2^23 + 127
   F t = z + magic;
   F k = t - magic;
   F f = z - k;
-  F p = splat<F>(1.32647e-3f);
-  p = p * f + 9.671510e-3f;
-  p = p * f + 5.550734e-2f;
-  p = p * f + 2.4022242e-1f;
-  p = p * f + 6.931472e-1f;
-  p = p * f + 1.0f;
-  return p * (F)((I)t << 23);
+  return exp2_poly<F, PRECISE>(f) * (F)((I)t << 23);
 }
 
 // Native versions where the instruction set has them: max/min as one instruction, and on AVX-512
 // 2^z = scalef(2^f, round(z)) (vrndscaleps + vscalefps replace four instructions; scalef also
 // underflows cleanly to 0, but the callers clamp anyway).
+// Whether vexp2_clamped needs z >= -125 (the shift trick does; scalef underflows to 0 by itself).
+template <typename F>
+struct ExpNeedsLowClamp { static constexpr bool value = true; };
+
 #if defined(__AVX512F__)
 typedef Vec<16>::F F16;
+template <>
+struct ExpNeedsLowClamp<Vec<16>::F> { static constexpr bool value = false; };
 typedef Vec<16>::I I16;
 template <>
 inline __attribute__((always_inline)) F16 vmax<F16>(F16 a, F16 b) { return (F16)_mm512_max_ps((__m512)a, (__m512)b); }
 template <>
 inline __attribute__((always_inline)) F16 vmin<F16>(F16 a, F16 b) { return (F16)_mm512_min_ps((__m512)a, (__m512)b); }
 template <>
-inline __attribute__((always_inline)) F16 vexp2_clamped<F16, I16>(F16 z) {
+inline __attribute__((always_inline)) F16 vexp2_clamped<F16, I16, false>(F16 z) {
   const __m512 k = _mm512_roundscale_ps((__m512)z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const F16 f = z - (F16)k;
-  F16 p = splat<F16>(1.32647e-3f);
-  p = p * f + 9.671510e-3f;
-  p = p * f + 5.550734e-2f;
-  p = p * f + 2.4022242e-1f;
-  p = p * f + 6.931472e-1f;
-  p = p * f + 1.0f;
-  return (F16)_mm512_scalef_ps((__m512)p, k);
+  return (F16)_mm512_scalef_ps((__m512)exp2_poly<F16, false>(z - (F16)k), k);
+}
+template <>
+inline __attribute__((always_inline)) F16 vexp2_clamped<F16, I16, true>(F16 z) {
+  const __m512 k = _mm512_roundscale_ps((__m512)z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return (F16)_mm512_scalef_ps((__m512)exp2_poly<F16, true>(z - (F16)k), k);
 }
 #endif
 #if defined(__AVX__)
@@ -211,6 +236,19 @@ struct CmddScanArgs {
   int32_t clamp_hi;   // 0 only when every A <= 0 and softplus is on (then dt * A <= 0)
 };
 
+// Token-major cross scan (SS2D on a channels-last map; see cmdd_cross_scan_tokens_f32).
+struct CmddTokenScanArgs {
+  const void* u;      // (batch, L, u_stride): channels [0, d) of each position, float32 or bfloat16
+  const void* x;      // (batch, L, x_stride): direction k's [dt_low (R), B (N), C (N)] at k * (R + 2N)
+  const float* Wdt;   // (K, d, R): dt = Wdt[k] @ dt_low + bias
+  const float* bias;  // (K * d)
+  const float* A;     // (K * d, N)
+  const float* D;     // (K * d) or null
+  float* y;           // (batch, L, d), zero-filled by the caller; the K directions are added into it
+  int64_t batch, K, d, N, R, L, H, W, u_stride, x_stride;
+  int32_t u_bf16, x_bf16, nthreads, clamp_hi;
+};
+
 }  // extern "C"
 
 namespace {
@@ -240,38 +278,135 @@ static inline int64_t position(int64_t t, int mode, int64_t L, int64_t H, int64_
   return t;
 }
 
+// What every tile shares, whichever layout it gathers from: the per-channel constants of V
+// channels (A * log2 e per state, D, the dt bias, the valid-lane mask), the N states and the
+// recurrence over a block of gathered steps.
 template <int V, int NS, bool CLAMP_HI>
-struct Tile {
+struct Recurrence {
   typedef typename Vec<V>::F F;
   typedef typename Vec<V>::I I;
 
-  const CmddScanArgs& a;
   Scratch<V>& s;
-  int64_t N, L, H, W;
-  int mode;
-  int nv;                     // valid lanes (channels) in this tile
-  const float* urow[V];       // lanes >= nv point at a valid row; their dt is forced to 0
-  const float* drow[V];
-  float* yrow[V];
-  const float* Bg;
-  const float* Cg;
+  int64_t N;
+  bool softplus;
+  int nv;  // valid lanes (channels) in this tile
   F Dv, biasv, lanemask;
   std::vector<F> Al;  // A * log2(e), per state
   F hstat[NS > 0 ? NS : 1];
   std::vector<F> hdyn;
   F* h;
+
+  // Channels [ch0, ch0 + nv) of A (rows of N), D and bias (either may be null).
+  Recurrence(Scratch<V>& scratch, int64_t n, bool sp, int valid, const float* A, const float* D, const float* bias,
+             int64_t ch0)
+      : s(scratch), N(NS > 0 ? NS : n), softplus(sp), nv(valid) {
+    alignas(64) float tmp[V];
+    Al.resize(N);
+    for (int64_t k = 0; k < N; ++k) {
+      for (int v = 0; v < V; ++v) tmp[v] = v < nv ? A[(ch0 + v) * N + k] * kLog2e : 0.0f;
+      std::memcpy(&Al[k], tmp, sizeof(F));
+    }
+    for (int v = 0; v < V; ++v) tmp[v] = (D && v < nv) ? D[ch0 + v] : 0.0f;
+    std::memcpy(&Dv, tmp, sizeof(F));
+    for (int v = 0; v < V; ++v) tmp[v] = (bias && v < nv) ? bias[ch0 + v] : 0.0f;
+    std::memcpy(&biasv, tmp, sizeof(F));
+    for (int v = 0; v < V; ++v) tmp[v] = v < nv ? 1.0f : 0.0f;
+    std::memcpy(&lanemask, tmp, sizeof(F));
+    if (NS == 0) hdyn.resize(N);
+    h = NS > 0 ? hstat : hdyn.data();
+    for (int64_t k = 0; k < N; ++k) h[k] = splat<F>(0.0f);
+  }
+
+  // ---- the recurrence over buffer steps [0, nt) ----
+  inline void recur(int64_t nt) {
+    const F zlo = splat<F>(-125.0f), zhi = splat<F>(127.0f);
+    if (softplus) {
+      for (int64_t i = 0; i < nt; ++i) s.dt[i] = vsoftplus<F, I>(s.dt[i] + biasv) * lanemask;
+    } else {
+      for (int64_t i = 0; i < nt; ++i) s.dt[i] = (s.dt[i] + biasv) * lanemask;
+    }
+    const float* Bf = s.Bf();
+    const float* Cf = s.Cf();
+    // States in a local array (registers): h, a member, could alias the buffers for the compiler.
+    F hl[NS > 0 ? NS : 1];
+    F* hh = NS > 0 ? hl : h;
+    if (NS > 0)
+      for (int n = 0; n < NS; ++n) hl[n] = h[n];
+    F* __restrict ybuf = s.y.data();
+    const F* __restrict dtbuf = s.dt.data();
+    const F* __restrict ubuf = s.u.data();
+    const F* __restrict Al = this->Al.data();
+    for (int64_t i = 0; i < nt; ++i) {
+      const F dt = dtbuf[i];
+      const F uv = ubuf[i];
+      const F dtu = dt * uv;
+      const float* bi = Bf + i * N;
+      const float* ci = Cf + i * N;
+      F acc0 = Dv * uv, acc1 = splat<F>(0.0f);
+      if (NS > 0) {
+#pragma GCC unroll 64
+        for (int n = 0; n < NS; n += 2) {
+          F z0 = dt * Al[n];
+          F z1 = dt * Al[n + 1];
+          if (CLAMP_HI || ExpNeedsLowClamp<F>::value) {
+            z0 = vmax(z0, zlo);
+            z1 = vmax(z1, zlo);
+          }
+          if (CLAMP_HI) {
+            z0 = vmin(z0, zhi);
+            z1 = vmin(z1, zhi);
+          }
+          hh[n] = vexp2_clamped<F, I, CLAMP_HI>(z0) * hh[n] + dtu * bi[n];
+          hh[n + 1] = vexp2_clamped<F, I, CLAMP_HI>(z1) * hh[n + 1] + dtu * bi[n + 1];
+          acc0 = acc0 + hh[n] * ci[n];
+          acc1 = acc1 + hh[n + 1] * ci[n + 1];
+        }
+      } else {
+        for (int64_t n = 0; n < N; ++n) {
+          F z = vmax(dt * Al[n], zlo);
+          if (CLAMP_HI) z = vmin(z, zhi);
+          hh[n] = vexp2_clamped<F, I, CLAMP_HI>(z) * hh[n] + dtu * bi[n];
+          acc0 = acc0 + hh[n] * ci[n];
+        }
+      }
+      ybuf[i] = acc0 + acc1;
+    }
+    if (NS > 0)
+      for (int n = 0; n < NS; ++n) h[n] = hl[n];
+  }
+
+};
+
+template <int V, int NS, bool CLAMP_HI>
+struct Tile : Recurrence<V, NS, CLAMP_HI> {
+  typedef Recurrence<V, NS, CLAMP_HI> Base;
+  typedef typename Vec<V>::F F;
+  typedef typename Vec<V>::I I;
+  using Base::s;
+  using Base::N;
+  using Base::nv;
+  using Base::recur;
+
+  const CmddScanArgs& a;
+  int64_t L, H, W;
+  int mode;
+  const float* urow[V];       // lanes >= nv point at a valid row; their dt is forced to 0
+  const float* drow[V];
+  float* yrow[V];
+  const float* Bg;
+  const float* Cg;
   SpinLock* ylock;  // cross scan: serialises the read-add-write of this tile's y rows
 
   Tile(const CmddScanArgs& args, Scratch<V>& scratch, int64_t b, int64_t g, int64_t c0, SpinLock* lock)
-      : a(args), s(scratch), ylock(lock) {
-    N = NS > 0 ? NS : a.N;
+      : Base(scratch, args.N, args.softplus != 0, (int)std::min<int64_t>(V, args.rep - c0), args.A, args.D, args.bias,
+             g * args.rep + c0),
+        a(args), ylock(lock) {
     L = a.L;
     H = a.H;
     W = a.W;
     mode = (a.cross && g < 4) ? (int)g : 0;  // directions beyond 4 (unused) stay row-major
     if (H <= 1 || W <= 1) mode &= 2;  // a single row or column: column-major == row-major
     const int64_t rep = a.rep;
-    nv = (int)std::min<int64_t>(V, rep - c0);
     const int64_t ch0 = g * rep + c0;
     const int64_t ub = a.cross ? b * rep * L : b * a.G * rep * L;
     const int64_t ug = a.cross ? 0 : g * rep * L;
@@ -283,21 +418,6 @@ struct Tile {
     }
     Bg = a.B + (b * a.G + g) * N * L;
     Cg = a.C + (b * a.G + g) * N * L;
-    alignas(64) float tmp[V];
-    Al.resize(N);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int v = 0; v < V; ++v) tmp[v] = v < nv ? a.A[(ch0 + v) * N + n] * kLog2e : 0.0f;
-      std::memcpy(&Al[n], tmp, sizeof(F));
-    }
-    for (int v = 0; v < V; ++v) tmp[v] = (a.D && v < nv) ? a.D[ch0 + v] : 0.0f;
-    std::memcpy(&Dv, tmp, sizeof(F));
-    for (int v = 0; v < V; ++v) tmp[v] = (a.bias && v < nv) ? a.bias[ch0 + v] : 0.0f;
-    std::memcpy(&biasv, tmp, sizeof(F));
-    for (int v = 0; v < V; ++v) tmp[v] = v < nv ? 1.0f : 0.0f;
-    std::memcpy(&lanemask, tmp, sizeof(F));
-    if (NS == 0) hdyn.resize(N);
-    h = NS > 0 ? hstat : hdyn.data();
-    for (int64_t n = 0; n < N; ++n) h[n] = splat<F>(0.0f);
   }
 
   // ---- gathering: V consecutive positions starting at p of V rows go to dst[i0 + j * st] ----
@@ -368,60 +488,6 @@ struct Tile {
     for (int v = 0; v < nv; ++v) yrow[v][p] = acc ? yrow[v][p] + yf[v] : yf[v];
   }
 
-  // ---- the recurrence over buffer steps [0, nt) ----
-  inline void recur(int64_t nt) {
-    const F zlo = splat<F>(-125.0f), zhi = splat<F>(127.0f);
-    if (a.softplus) {
-      for (int64_t i = 0; i < nt; ++i) s.dt[i] = vsoftplus<F, I>(s.dt[i] + biasv) * lanemask;
-    } else {
-      for (int64_t i = 0; i < nt; ++i) s.dt[i] = (s.dt[i] + biasv) * lanemask;
-    }
-    const float* Bf = s.Bf();
-    const float* Cf = s.Cf();
-    // States in a local array (registers): h, a member, could alias the buffers for the compiler.
-    F hl[NS > 0 ? NS : 1];
-    F* hh = NS > 0 ? hl : h;
-    if (NS > 0)
-      for (int n = 0; n < NS; ++n) hl[n] = h[n];
-    F* __restrict ybuf = s.y.data();
-    const F* __restrict dtbuf = s.dt.data();
-    const F* __restrict ubuf = s.u.data();
-    const F* __restrict Al = this->Al.data();
-    for (int64_t i = 0; i < nt; ++i) {
-      const F dt = dtbuf[i];
-      const F uv = ubuf[i];
-      const F dtu = dt * uv;
-      const float* bi = Bf + i * N;
-      const float* ci = Cf + i * N;
-      F acc0 = Dv * uv, acc1 = splat<F>(0.0f);
-      if (NS > 0) {
-#pragma GCC unroll 64
-        for (int n = 0; n < NS; n += 2) {
-          F z0 = vmax(dt * Al[n], zlo);
-          F z1 = vmax(dt * Al[n + 1], zlo);
-          if (CLAMP_HI) {
-            z0 = vmin(z0, zhi);
-            z1 = vmin(z1, zhi);
-          }
-          hh[n] = vexp2_clamped<F, I>(z0) * hh[n] + dtu * bi[n];
-          hh[n + 1] = vexp2_clamped<F, I>(z1) * hh[n + 1] + dtu * bi[n + 1];
-          acc0 = acc0 + hh[n] * ci[n];
-          acc1 = acc1 + hh[n + 1] * ci[n + 1];
-        }
-      } else {
-        for (int64_t n = 0; n < N; ++n) {
-          F z = vmax(dt * Al[n], zlo);
-          if (CLAMP_HI) z = vmin(z, zhi);
-          hh[n] = vexp2_clamped<F, I>(z) * hh[n] + dtu * bi[n];
-          acc0 = acc0 + hh[n] * ci[n];
-        }
-      }
-      ybuf[i] = acc0 + acc1;
-    }
-    if (NS > 0)
-      for (int n = 0; n < NS; ++n) h[n] = hl[n];
-  }
-
   // ---- blocks ----
   // Run of positions [p0, p0 + n) visited forwards (step i at p0 + i) or backwards (at p0+n-1-i).
   void run_block(int64_t p0, int64_t n, bool rev, bool acc) {
@@ -484,6 +550,204 @@ struct Tile {
   }
 };
 
+// ---- token-major cross scan: u (b, L, d) and the projections (b, L, K(R+2N)) as a channels-last
+// network produces them. A position's V channels are V consecutive values, so the gather needs no
+// transpose; dt = Wdt @ dt_low + bias is formed here (the (b, K, d, L) dt tensor never exists).
+template <typename T>
+static inline __attribute__((always_inline)) float to_f32(T v) { return (float)v; }
+template <>
+inline __attribute__((always_inline)) float to_f32<uint16_t>(uint16_t v) {  // bfloat16 bits
+  const uint32_t w = (uint32_t)v << 16;
+  float f;
+  std::memcpy(&f, &w, 4);
+  return f;
+}
+template <int V, typename T>
+static inline __attribute__((always_inline)) typename Vec<V>::F load_vec(const T* p) {
+  typedef typename Vec<V>::F F;
+  if constexpr (sizeof(T) == 4) {
+    return loadu<F>(reinterpret_cast<const float*>(p));
+  } else {  // V bfloat16 -> float32: widen to 32 bits and shift into the high half
+    typedef typename Vec<V>::H H16;
+    typedef typename Vec<V>::U U32;
+    H16 hv;
+    std::memcpy(&hv, p, sizeof(H16));
+    const U32 w = __builtin_convertvector(hv, U32) << 16;
+    return (F)w;
+  }
+}
+
+template <int V, int NS, bool CLAMP_HI, typename TU, typename TX>
+struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
+  typedef Recurrence<V, NS, CLAMP_HI> Base;
+  typedef typename Vec<V>::F F;
+  using Base::s;
+  using Base::N;
+  using Base::nv;
+  using Base::recur;
+
+  const CmddTokenScanArgs& a;
+  int64_t L, H, W, R, c0;
+  int mode;
+  const TU* ub;   // u of this batch item, channel c0
+  const TX* xb;   // projections of this batch item, direction k
+  float* yb;      // y of this batch item, channel c0
+  std::vector<F> wdt;  // (R) weight vectors of this tile's channels
+  SpinLock* ylock;
+
+  TokenTile(const CmddTokenScanArgs& args, Scratch<V>& scratch, int64_t b, int64_t k, int64_t c0_, SpinLock* lock)
+      : Base(scratch, args.N, true, (int)std::min<int64_t>(V, args.d - c0_), args.A, args.D, args.bias, k * args.d + c0_),
+        a(args), c0(c0_), ylock(lock) {
+    L = a.L;
+    H = a.H;
+    W = a.W;
+    R = a.R;
+    mode = (int)(k & 3);
+    if (H <= 1 || W <= 1) mode &= 2;
+    ub = reinterpret_cast<const TU*>(a.u) + b * L * a.u_stride + c0;
+    xb = reinterpret_cast<const TX*>(a.x) + b * L * a.x_stride + k * (R + 2 * a.N);
+    yb = a.y + b * L * a.d + c0;
+    alignas(64) float tmp[V];
+    wdt.resize(R);
+    for (int64_t r = 0; r < R; ++r) {
+      for (int v = 0; v < V; ++v) tmp[v] = v < nv ? a.Wdt[(k * a.d + c0 + v) * R + r] : 0.0f;
+      std::memcpy(&wdt[r], tmp, sizeof(F));
+    }
+  }
+
+  // Buffer step i <- position p: dt before bias/softplus, u, B, C.
+  inline __attribute__((always_inline)) void gather(int64_t p, int64_t i) {
+    const TX* xp = xb + p * a.x_stride;
+    F dt = splat<F>(0.0f);
+    for (int64_t r = 0; r < R; ++r) dt += wdt[r] * to_f32(xp[r]);
+    s.dt[i] = dt;
+    const TU* up = ub + p * a.u_stride;
+    if (nv == V) {
+      s.u[i] = load_vec<V, TU>(up);
+    } else {
+      alignas(64) float tmp[V] = {};
+      for (int v = 0; v < nv; ++v) tmp[v] = to_f32(up[v]);
+      std::memcpy(&s.u[i], tmp, sizeof(F));
+    }
+    float* Bf = s.Bf() + i * N;
+    float* Cf = s.Cf() + i * N;
+    const TX* bp = xp + R;
+    const TX* cp = bp + N;
+    if (NS > 0 && NS % V == 0) {
+      for (int q = 0; q < NS; q += V) {
+        storeu<F>(Bf + q, load_vec<V, TX>(bp + q));
+        storeu<F>(Cf + q, load_vec<V, TX>(cp + q));
+      }
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        Bf[n] = to_f32(bp[n]);
+        Cf[n] = to_f32(cp[n]);
+      }
+    }
+  }
+  inline __attribute__((always_inline)) void scatter(int64_t p, int64_t i) {
+    float* yp = yb + p * a.d;
+    if (nv == V) {
+      storeu<F>(yp, loadu<F>(yp) + s.y[i]);
+    } else {
+      const float* yf = reinterpret_cast<const float*>(&s.y[i]);
+      for (int v = 0; v < nv; ++v) yp[v] += yf[v];
+    }
+  }
+
+  // Direction step t -> row-major position, walked incrementally: (hh, ww) is the map cell of
+  // step t in the column-major modes.
+  void scan() {
+    for (int64_t t0 = 0; t0 < L; t0 += kRunT) {
+      const int64_t n = std::min<int64_t>(kRunT, L - t0);
+      int64_t tt = (mode >= 2) ? L - 1 - t0 : t0;  // forward-order index of the block's first step
+      int64_t hh = tt % H, ww = tt / H;
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t p;
+        if (!(mode & 1)) {
+          p = tt;
+          tt += (mode >= 2) ? -1 : 1;
+        } else {
+          p = hh * W + ww;
+          if (mode == 1) {
+            if (++hh == H) { hh = 0; ++ww; }
+          } else {
+            if (--hh < 0) { hh = H - 1; --ww; }
+          }
+        }
+        gather(p, i);
+      }
+      recur(n);
+      // The same walk again for the outputs.
+      tt = (mode >= 2) ? L - 1 - t0 : t0;
+      hh = tt % H;
+      ww = tt / H;
+      if (ylock) ylock->lock();
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t p;
+        if (!(mode & 1)) {
+          p = tt;
+          tt += (mode >= 2) ? -1 : 1;
+        } else {
+          p = hh * W + ww;
+          if (mode == 1) {
+            if (++hh == H) { hh = 0; ++ww; }
+          } else {
+            if (--hh < 0) { hh = H - 1; --ww; }
+          }
+        }
+        scatter(p, i);
+      }
+      if (ylock) ylock->unlock();
+    }
+  }
+};
+
+template <int V, int NS, bool CLAMP_HI, typename TU, typename TX>
+static void run_tokens(const CmddTokenScanArgs& a) {
+  const int64_t ntiles = (a.d + V - 1) / V;
+  const int64_t ntasks = a.batch * a.K * ntiles;
+  int nthreads = a.nthreads > 0 ? a.nthreads : 1;
+  if (nthreads > ntasks) nthreads = (int)std::max<int64_t>(1, ntasks);
+  std::vector<SpinLock> locks(nthreads > 1 ? a.batch * ntiles : 0);
+#pragma omp parallel num_threads(nthreads)
+  {
+    Scratch<V> scratch;
+    scratch.reserve(kRunT, a.N);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t b = task / (ntiles * a.K);
+      const int64_t r = task % (ntiles * a.K);
+      const int64_t tile = r / a.K, k = r % a.K;
+      SpinLock* lock = locks.empty() ? nullptr : &locks[b * ntiles + tile];
+      TokenTile<V, NS, CLAMP_HI, TU, TX> t(a, scratch, b, k, tile * V, lock);
+      t.scan();
+    }
+  }
+}
+
+template <int V, typename TU, typename TX>
+static void dispatch_tokens_n(const CmddTokenScanArgs& a) {
+  if (a.clamp_hi) run_tokens<V, 0, true, TU, TX>(a);
+  else if (a.N == 16) run_tokens<V, 16, false, TU, TX>(a);
+  else run_tokens<V, 0, false, TU, TX>(a);
+}
+
+template <int V>
+static int dispatch_tokens(const CmddTokenScanArgs* a) {
+  if (!a || a->N <= 0 || a->L <= 0 || a->d <= 0 || a->K <= 0 || a->batch <= 0 || a->R < 0) return 1;
+  if (a->H <= 0 || a->W <= 0 || a->H * a->W != a->L) return 2;
+  if (a->u_stride < a->d || a->x_stride < a->K * (a->R + 2 * a->N)) return 3;
+  if (a->u_bf16) {
+    if (a->x_bf16) dispatch_tokens_n<V, uint16_t, uint16_t>(*a);
+    else dispatch_tokens_n<V, uint16_t, float>(*a);
+  } else {
+    if (a->x_bf16) dispatch_tokens_n<V, float, uint16_t>(*a);
+    else dispatch_tokens_n<V, float, float>(*a);
+  }
+  return 0;
+}
+
 template <int V, int NS, bool CLAMP_HI>
 static void run(const CmddScanArgs& a) {
   // (A half-width tile for a remainder of <= V/2 channels, e.g. d = 72 = 4 x 16 + 8, was tried:
@@ -534,9 +798,12 @@ extern "C" {
 // Returns 0 on success, non-zero for invalid arguments (the Python side validates first).
 int cmdd_selective_scan_f32(const CmddScanArgs* a) { return dispatch<CMDD_V>(a); }
 
+// SS2D cross scan on token-major (channels-last) operands; returns 0 or an argument error code.
+int cmdd_cross_scan_tokens_f32(const CmddTokenScanArgs* a) { return dispatch_tokens<CMDD_V>(a); }
+
 int cmdd_scan_vector_width() { return CMDD_V; }
 
-int cmdd_scan_abi_version() { return 2; }
+int cmdd_scan_abi_version() { return 3; }
 
 #ifdef CMDD_SCAN_VARIANTS  // benchmarking only: force a vector width
 int cmdd_selective_scan_f32_v8(const CmddScanArgs* a) { return dispatch<8>(a); }
