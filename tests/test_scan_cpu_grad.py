@@ -3,6 +3,8 @@ through selective_scan_ref / cross_scan_ref run in float64 (gradcheck is not pos
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -36,10 +38,10 @@ def _grads(fn, inputs, dtype, gy, **kw):
     return y.detach(), [None if x is None else x.grad for x in xs]
 
 
-def _check(y, grads, y_ref, grads_ref, tol=1e-3):
+def _check(y, grads, y_ref, grads_ref, tol=1e-3, names=NAMES):
     scale = y_ref.abs().max().clamp_min(1e-12)
     assert ((y.double() - y_ref).abs().max() / scale).item() <= tol
-    for name, g, r in zip(NAMES, grads, grads_ref):
+    for name, g, r in zip(names, grads, grads_ref):
         assert (g is None) == (r is None), name
         if g is None:
             continue
@@ -119,6 +121,35 @@ def test_cross_scan_grads_match_ref():
     _check(y, gr, y_ref, gr_ref)
     # The registry routes training to it too.
     assert ssm.choose_backend("cpu", needs_grad=True).name == "cpu"
+
+
+@pytest.mark.parametrize(
+    "b, d, H, W, N, R, pad",
+    [
+        (1, 16, 5, 7, 16, 1, 0),  # the `small` top level's shape (R = 1)
+        (2, 20, 6, 9, 16, 2, 4),  # batch 2 (two channel slices per item on 2 threads), padded x rows
+        (1, 16, 1, 12, 16, 1, 0),  # a single row
+        (3, 8, 11, 13, 32, 3, 0),  # N = 32, R = 3
+    ],
+)
+def test_cross_scan_tokens_grads_match_ref(b, d, H, W, N, R, pad):
+    # The token-major training kernels against float64 autograd through the permuting reference.
+    K, L = 4, H * W
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(b, L, d, generator=g)
+    x = torch.randn(b, L, K * (R + 2 * N) + pad, generator=g) * 0.5
+    Wdt = torch.randn(K, d, R, generator=g) * 0.3
+    A = -torch.exp(torch.randn(K * d, N, generator=g) * 0.5)
+    D = torch.randn(K * d, generator=g)
+    bias = torch.randn(K * d, generator=g) * 0.5 - 1.0
+    inputs = [u, x, Wdt, A, D, bias]
+    gy = torch.randn(b, L, d, generator=g)
+    y, gr = _grads(scan_cpu.cross_scan_tokens_cpu, inputs, torch.float32, gy, H=H, W=W)
+    y_ref, gr_ref = _grads(functools.partial(ssm.cross_scan_tokens_ref, backend="ref"), inputs, torch.float64, gy,
+                           H=H, W=W)
+    _check(y, gr, y_ref, gr_ref, tol=2e-4, names=("u", "x", "Wdt", "A", "D", "delta_bias"))
+    if pad:  # the padded columns of x get exactly zero gradient
+        assert torch.all(gr[1][..., K * (R + 2 * N):] == 0)
 
 
 def test_cmddnet_training_step_cpu_matches_torch(monkeypatch):

@@ -248,9 +248,9 @@ class MambaBranch(nn.Module):
         z = F.linear(t, w[d:])  # (B, L, d)
         xx = self.conv2d(xx.view(Bsz, H, W, d).permute(0, 3, 1, 2))  # (B, d, H, W) channels-last: the fast dwconv
         inplace = not _recording(xx)
-        if inplace and native_token_scan(xx.device.type, False):
-            # Inference with a token-major scan kernel: everything stays channels-last, (B, L, d).
-            ut = F.silu(xx, inplace=True).permute(0, 2, 3, 1).reshape(Bsz, H * W, d)  # a view if channels-last
+        if isinstance(self.ss2d, SS2D) and native_token_scan(xx.device.type, _recording(xx, self.ss2d.A_logs)):
+            # A token-major scan kernel: everything stays channels-last, (B, L, d).
+            ut = F.silu(xx, inplace=inplace).permute(0, 2, 3, 1).reshape(Bsz, H * W, d)  # a view if channels-last
             y = self.out_norm(self.ss2d.scan_tokens(ut, H, W))  # (B, L, d)
         else:
             if inplace:  # SiLU fused with the one layout change: channels-last -> the scan's (B, d, L)

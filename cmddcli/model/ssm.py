@@ -196,7 +196,7 @@ class ScanBackend:
     available: Callable[[], bool]
     why_unavailable: Callable[[], str]
     cross_fn: Optional[Callable] = None  # fused 4-direction scan, same signature as cross_scan_ref
-    tokens_fn: Optional[Callable] = None  # inference cross scan on token-major operands (cross_scan_tokens_ref)
+    tokens_fn: Optional[Callable] = None  # cross scan on token-major operands (cross_scan_tokens_ref's contract)
 
 
 def _always() -> bool:
@@ -433,20 +433,17 @@ def cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H: int, W: int, backend: 
 
 def native_token_scan(device_type: str, needs_grad: bool, backend: Optional[str] = None) -> bool:
     """Whether the backend chosen for these conditions has a token-major kernel (then
-    :func:`cross_scan_tokens` never permutes); the fast block path asks before choosing its layout."""
-    if needs_grad:
-        return False
+    :func:`cross_scan_tokens` does not permute); the fast block path asks before choosing its layout."""
     try:
-        return choose_backend(device_type, False, backend).tokens_fn is not None
+        return choose_backend(device_type, needs_grad, backend).tokens_fn is not None
     except BackendUnavailable:
         return False
 
 
 def cross_scan_tokens(u, x, Wdt, A, D, delta_bias, H: int, W: int, backend: Optional[str] = None):
     """:func:`cross_scan_tokens_ref`'s contract with the chosen backend's token-major kernel where it
-    has one (inference), else the permuting reference around that backend's scan."""
-    needs = _needs_grad(u, x, Wdt, A, D, delta_bias)
-    b = choose_backend(u.device.type, needs, backend)
-    if b.tokens_fn is not None and not needs:
+    has one (it handles autograd itself), else the permuting reference around that backend's scan."""
+    b = choose_backend(u.device.type, _needs_grad(u, x, Wdt, A, D, delta_bias), backend)
+    if b.tokens_fn is not None:
         return b.tokens_fn(u, x, Wdt, A, D, delta_bias, H, W)
     return cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H, W, backend=b.name)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _BWD_SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu_bwd.cpp"
-_GRAD_ABI_VERSION = 1
+_GRAD_ABI_VERSION = 2
 _CKPT_T = 64  # training: the forward saves the state every _CKPT_T steps
 _ABI_VERSION = 3
 
@@ -87,6 +87,14 @@ class _GradArgs(ctypes.Structure):
                                                  "gdelta", "gA", "gB", "gC")] + [
         (n, ctypes.c_int64) for n in ("batch", "G", "rep", "N", "L", "T", "S")
     ] + [("softplus", ctypes.c_int32), ("nthreads", ctypes.c_int32)]
+
+
+class _TokenGradArgs(ctypes.Structure):
+    # Mirrors struct CmddTokenGradArgs in csrc/scan_cpu_bwd.cpp.
+    _fields_ = [(n, ctypes.c_void_p) for n in ("u", "x", "Wdt", "bias", "A", "D", "y", "ckpt", "gy", "gu", "gx",
+                                                 "gW", "gbias", "gA", "gD")] + [
+        (n, ctypes.c_int64) for n in ("batch", "K", "d", "N", "R", "L", "H", "W", "u_stride", "x_stride", "T", "S")
+    ] + [("nthreads", ctypes.c_int32)]
 
 
 _lock = threading.Lock()
@@ -255,6 +263,9 @@ def _setup_grad(lib: ctypes.CDLL, label: str, path: str) -> str:
     for fn in (lib.cmdd_scan_fwd_ckpt_f32, lib.cmdd_scan_bwd_f32):
         fn.argtypes = [ctypes.POINTER(_GradArgs)]
         fn.restype = ctypes.c_int
+    for fn in (lib.cmdd_cross_scan_tokens_fwd_f32, lib.cmdd_cross_scan_tokens_bwd_f32):
+        fn.argtypes = [ctypes.POINTER(_TokenGradArgs)]
+        fn.restype = ctypes.c_int
     lib.cmdd_scan_grad_abi_version.restype = ctypes.c_int
     if lib.cmdd_scan_grad_abi_version() != _GRAD_ABI_VERSION:
         raise RuntimeError(f"stale kernel library {path} (grad ABI {lib.cmdd_scan_grad_abi_version()} != {_GRAD_ABI_VERSION})")
@@ -362,8 +373,8 @@ def _pad_n(t: torch.Tensor, Np: int) -> torch.Tensor:
     return t if N == Np else torch.nn.functional.pad(t, (0, Np - N))
 
 
-def _grad_args(lib, **kw) -> _GradArgs:
-    a = _GradArgs()
+def _grad_args(lib, cls=None, **kw):
+    a = (cls or _GradArgs)()
     for k, v in kw.items():
         setattr(a, k, v.data_ptr() if isinstance(v, torch.Tensor) else v)
     return a
@@ -544,6 +555,73 @@ def _token_operand(t: torch.Tensor) -> tuple:
     return t, row, t.dtype == torch.bfloat16
 
 
+class _CrossScanTokensCpuFn(torch.autograd.Function):
+    """Autograd through the token-major training kernels (scan_cpu_bwd.cpp): float32 maths, the
+    forward saves each direction's state every ``_CKPT_T`` steps, the backward recomputes chunks."""
+
+    @staticmethod
+    def forward(ctx, u, x, Wdt, A, D, delta_bias, H, W):
+        lib = _load_grad()
+        batch, L, d = u.shape
+        K, _, R = Wdt.shape
+        N = A.shape[1]
+        nchunks = -(-L // _CKPT_T)
+        uf = u.detach().float().contiguous()
+        xf = x.detach().float().contiguous()
+        Wf, Af, bf = _f32(Wdt), _f32(A), _f32(delta_bias)
+        Df = _f32(D) if D is not None else None
+        y = torch.empty(batch, L, d, dtype=torch.float32)  # every element written by the kernel
+        ckpt = torch.empty(batch, K, d, nchunks, N, dtype=torch.float32)
+        args = _grad_args(lib, u=uf, x=xf, Wdt=Wf, bias=bf, A=Af, D=Df, y=y, ckpt=ckpt, batch=batch, K=K, d=d, N=N,
+                          R=R, L=L, H=int(H), W=int(W), u_stride=d, x_stride=xf.shape[2], T=_CKPT_T, S=1,
+                          nthreads=max(1, torch.get_num_threads()), cls=_TokenGradArgs)
+        rc = lib.cmdd_cross_scan_tokens_fwd_f32(ctypes.byref(args))
+        if rc != 0:
+            raise ValueError(f"cpu token cross scan (training forward) rejected its arguments (code {rc})")
+        ctx.save_for_backward(uf, xf, Wf, Af, Df if Df is not None else torch.empty(0), bf, ckpt)
+        ctx.meta = (int(H), int(W), D is not None)
+        ctx.dtypes = (u.dtype, x.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        lib = _load_grad()
+        uf, xf, Wf, Af, Df, bf, ckpt = ctx.saved_tensors
+        H, W, has_D = ctx.meta
+        batch, L, d = uf.shape
+        K, _, R = Wf.shape
+        N = Af.shape[1]
+        nthreads = max(1, torch.get_num_threads())
+        S = max(1, min(d, -(-2 * nthreads // batch))) if nthreads > 1 else 1  # tasks = batch x S slices
+        gyf = gy.detach().float().contiguous()
+        gu = torch.empty(batch, L, d, dtype=torch.float32)  # every element written by the kernel
+        gx = torch.empty(batch, S, L, xf.shape[2], dtype=torch.float32)
+        gx[..., K * (R + 2 * N):] = 0  # padding columns (x_proj rows padded for the GEMM): no gradient
+        gW = torch.empty(batch, K, d, R, dtype=torch.float32)
+        gbias = torch.empty(batch, K, d, dtype=torch.float32)
+        gA = torch.empty(batch, K, d, N, dtype=torch.float32)
+        gD = torch.empty(batch, K, d, dtype=torch.float32)
+        args = _grad_args(lib, u=uf, x=xf, Wdt=Wf, bias=bf, A=Af, D=Df if has_D else None, ckpt=ckpt, gy=gyf,
+                          gu=gu, gx=gx, gW=gW, gbias=gbias, gA=gA, gD=gD, batch=batch, K=K, d=d, N=N, R=R, L=L,
+                          H=H, W=W, u_stride=d, x_stride=xf.shape[2], T=_CKPT_T, S=S, nthreads=nthreads,
+                          cls=_TokenGradArgs)
+        rc = lib.cmdd_cross_scan_tokens_bwd_f32(ctypes.byref(args))
+        if rc != 0:
+            raise ValueError(f"cpu token cross scan backward rejected its arguments (code {rc})")
+        gx = gx.sum(1) if S > 1 else gx[:, 0]
+        need = ctx.needs_input_grad
+        return (gu.to(ctx.dtypes[0]) if need[0] else None, gx.to(ctx.dtypes[1]) if need[1] else None,
+                gW.sum(0) if need[2] else None, gA.sum(0).view(K * d, N) if need[3] else None,
+                gD.sum(0).view(K * d) if (has_D and need[4]) else None, gbias.sum(0).view(K * d) if need[5] else None,
+                None, None)
+
+
+def token_grad_supported(A) -> bool:
+    """Whether the token-major training kernels serve this state size (N a multiple of 16, as the
+    kernels vectorise over 16 states) and are built."""
+    return A.shape[-1] % 16 == 0 and 0 < A.shape[-1] <= 1024 and grad_available()
+
+
 def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
     """SS2D's four-direction scan on token-major (channels-last) operands, inference only.
 
@@ -576,6 +654,12 @@ def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
         raise ValueError(f"x must have >= K*(R+2N) = {K * (R + 2 * N)} columns, got {x.shape[2]}")
     if delta_bias is None or delta_bias.numel() != K * d or (D is not None and D.numel() != K * d):
         raise ValueError(f"delta_bias (and D, if given) must have K*d = {K * d} elements")
+    if _needs_grad(u, x, Wdt, A, D, delta_bias):
+        if u.numel() > 0 and token_grad_supported(A):
+            return _CrossScanTokensCpuFn.apply(u, x, Wdt, A, D, delta_bias, H, W)
+        from ..ssm import cross_scan_tokens_ref  # differentiable permutes around the 1-D scan
+
+        return cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H, W, backend="cpu")
     y = torch.zeros(batch, L, d, dtype=torch.float32)
     if y.numel() == 0 or N == 0:
         if D is not None:

@@ -252,6 +252,280 @@ static int check(const CmddScanGradArgs* a) {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------------
+// Token-major SS2D cross scan for training: the operands as a channels-last network holds them,
+// u (batch, L, d) and x = x_proj(u) (batch, L, x_stride) with direction k's [dt_low (R), B (N),
+// C (N)] at columns k (R + 2N); dt = softplus(Wdt[k] . dt_low + bias) is formed here, and the four
+// directions walk the map by index (no permuted copies). One task = (batch, slice of channels);
+// a task runs its channels' four directions in turn, so y (batch, L, d) and gu are written by one
+// task per element. gx (dt_low, B, C gradients, summed over channels) has one partial buffer per
+// (batch, slice), summed by the caller; gW, gbias, gA, gD are per batch item. Softplus always on.
+extern "C" {
+struct CmddTokenGradArgs {
+  const float* u;      // (batch, L, u_stride)
+  const float* x;      // (batch, L, x_stride)
+  const float* Wdt;    // (K, d, R)
+  const float* bias;   // (K * d)
+  const float* A;      // (K * d, N), N a multiple of 16
+  const float* D;      // (K * d) or null
+  float* y;            // forward out: (batch, L, d)
+  float* ckpt;         // (batch, K, d, nchunks, N): the state before each chunk of T steps
+  const float* gy;     // backward in: (batch, L, d)
+  float* gu;           // (batch, L, d)
+  float* gx;           // (batch, S, L, x_stride); columns past K (R + 2N) are left to the caller
+  float* gW;           // (batch, K, d, R)
+  float* gbias;        // (batch, K, d)
+  float* gA;           // (batch, K, d, N)
+  float* gD;           // (batch, K, d)
+  int64_t batch, K, d, N, R, L, H, W, u_stride, x_stride, T, S;
+  int32_t nthreads;
+};
+}  // extern "C"
+
+namespace {
+
+// Row-major position of step t of direction k (0 row-major, 1 column-major, 2 and 3 reversed).
+static void direction_positions(int64_t k, int64_t L, int64_t H, int64_t W, int64_t* pos) {
+  int mode = (int)(k & 3);
+  if (H <= 1 || W <= 1) mode &= 2;
+  for (int64_t t = 0; t < L; ++t) {
+    int64_t q = mode >= 2 ? L - 1 - t : t;
+    pos[t] = (mode & 1) ? (q % H) * W + q / H : q;
+  }
+}
+
+// Per thread: one direction's operands gathered into time order for a task's channels [c0, c1)
+// (xk: dt_low, B, C per step; uk, gyk: the channels' u / gy per step), the outputs accumulated in
+// time order (yk or guk, gxk) and added to the row-major tensors once per direction, plus one
+// channel's dt / sigmoid / u and the chunk buffers. Reading the map in a direction's order inside
+// the recurrence (a new cache line, for the column orders a new page, per step) cost 2-3x.
+struct TokScratch {
+  int64_t XR = 0, nc = 0;
+  std::vector<float> xk, uk, gyk, yk, gxk, dt, sig, uu, hbuf, abuf;
+  TokScratch(const CmddTokenGradArgs& a, int64_t per, bool backward)
+      : XR(a.R + 2 * a.N), nc(per), xk(a.L * XR), uk(a.L * per), gyk(backward ? a.L * per : 0), yk(a.L * per),
+        gxk(backward ? a.L * XR : 0), dt(a.L + 16), sig(a.L + 16), uu(a.L), hbuf(a.T * a.N + 16),
+        abuf(a.T * a.N + 16) {}
+};
+
+// Gathers direction k of batch item b, channels [c0, c1), into time order.
+static void token_gather(const CmddTokenGradArgs& a, int64_t b, int64_t k, int64_t c0, int64_t c1, const int64_t* pos,
+                         TokScratch& sc, bool backward) {
+  const int64_t L = a.L, XR = sc.XR, nc = c1 - c0;
+  const float* xb = a.x + b * L * a.x_stride + k * XR;
+  const float* ub = a.u + b * L * a.u_stride + c0;
+  const float* gyb = backward ? a.gy + b * L * a.d + c0 : nullptr;
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t p = pos[t];
+    std::memcpy(sc.xk.data() + t * XR, xb + p * a.x_stride, XR * sizeof(float));
+    std::memcpy(sc.uk.data() + t * nc, ub + p * a.u_stride, nc * sizeof(float));
+    if (backward) std::memcpy(sc.gyk.data() + t * nc, gyb + p * a.d, nc * sizeof(float));
+  }
+}
+
+// A time-ordered (L, n) buffer into rows of a row-major tensor: dst[pos[t] * stride + j] (+)= src[t * n + j]
+// (pos is a permutation, so with add = false every row is written once: no zero-fill needed).
+static void token_scatter(const float* src, int64_t n, float* dst, int64_t stride, const int64_t* pos, int64_t L,
+                          bool add) {
+  for (int64_t t = 0; t < L; ++t) {
+    float* d = dst + pos[t] * stride;
+    const float* s = src + t * n;
+    if (add)
+      for (int64_t j = 0; j < n; ++j) d[j] += s[j];
+    else
+      std::memcpy(d, s, n * sizeof(float));
+  }
+}
+
+// dt (and sigmoid of its pre-activation, for the softplus derivative) and u of channel c (slot cc
+// of the gathered buffers) along the gathered direction, 16 steps at a time.
+static void token_channel_dt(const CmddTokenGradArgs& a, int64_t k, int64_t c, int64_t cc, TokScratch& sc,
+                             bool want_sig) {
+  const int64_t L = a.L, R = a.R, XR = sc.XR, nc = sc.nc;
+  const float* w = a.Wdt + (k * a.d + c) * R;
+  const float bias = a.bias ? a.bias[k * a.d + c] : 0.0f;
+  for (int64_t t0 = 0; t0 < L; t0 += 16) {
+    const int64_t n = std::min<int64_t>(16, L - t0);
+    alignas(64) float pre[16] = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const float* xp = sc.xk.data() + (t0 + j) * XR;
+      float v = bias;
+      for (int64_t r = 0; r < R; ++r) v += w[r] * xp[r];
+      pre[j] = v;
+      sc.uu[t0 + j] = sc.uk[(t0 + j) * nc + cc];
+    }
+    const F16 xv = loadu<F16>(pre);
+    storeu<F16>(sc.dt.data() + t0, vsoftplus<F16, I16>(xv));
+    if (want_sig) {
+      const F16 z = vmin(vmax(xv * -kLog2e, splat<F16>(-125.0f)), splat<F16>(127.0f));
+      storeu<F16>(sc.sig.data() + t0, splat<F16>(1.0f) / (splat<F16>(1.0f) + vexp2_clamped<F16, I16>(z)));
+    }
+  }
+}
+
+// Runs fn(b, s, c0, c1, k, pos, scratch) for every task (batch item, slice of channels) and direction.
+template <typename Fn>
+static void for_token_tasks(const CmddTokenGradArgs& a, bool backward, Fn fn) {
+  const int64_t ntasks = a.batch * a.S;
+  int nthreads = a.nthreads > 0 ? a.nthreads : 1;
+  if (nthreads > ntasks) nthreads = (int)std::max<int64_t>(1, ntasks);
+  const int64_t per = (a.d + a.S - 1) / a.S;
+  std::vector<int64_t> pos(a.K * a.L);
+  for (int64_t k = 0; k < a.K; ++k) direction_positions(k, a.L, a.H, a.W, pos.data() + k * a.L);
+#pragma omp parallel num_threads(nthreads)
+  {
+    TokScratch sc(a, per, backward);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t b = task / a.S, s = task % a.S;
+      const int64_t c0 = s * per, c1 = std::min<int64_t>(a.d, c0 + per);
+      if (c0 >= c1) continue;
+      sc.nc = c1 - c0;
+      for (int64_t k = 0; k < a.K; ++k) fn(b, s, c0, c1, k, pos.data() + k * a.L, sc);
+    }
+  }
+}
+
+template <int NB>
+static void token_fwd(const CmddTokenGradArgs& a) {
+  const int64_t L = a.L, T = a.T, nb = NB > 0 ? NB : a.N / 16, N = nb * 16;
+  const int64_t nchunks = (L + T - 1) / T;
+  for_token_tasks(a, false, [&](int64_t b, int64_t, int64_t c0, int64_t c1, int64_t k, const int64_t* pos,
+                                TokScratch& sc) {
+    token_gather(a, b, k, c0, c1, pos, sc, false);
+    const int64_t XR = sc.XR, nc = c1 - c0;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t cc = c - c0, ch = k * a.d + c;
+      token_channel_dt(a, k, c, cc, sc, false);
+      float* ck = a.ckpt + ((b * a.K + k) * a.d + c) * nchunks * N;
+      const float Dd = a.D ? a.D[ch] : 0.0f;
+      F16 Al[NB > 0 ? NB : 64], h[NB > 0 ? NB : 64];
+      for (int64_t q = 0; q < nb; ++q) {
+        Al[q] = loadu<F16>(a.A + ch * N + q * 16) * kLog2e;
+        h[q] = splat<F16>(0.0f);
+      }
+      const float* Bt = sc.xk.data() + a.R;
+      for (int64_t t = 0; t < L; ++t, Bt += XR) {
+        if (t % T == 0)
+          for (int64_t q = 0; q < nb; ++q) storeu<F16>(ck + (t / T) * N + q * 16, h[q]);
+        const float dtt = sc.dt[t], uu = sc.uu[t];
+        const F16 dtv = splat<F16>(dtt), dtu = splat<F16>(dtt * uu);
+        const float* Ct = Bt + N;
+        F16 acc = splat<F16>(0.0f);
+        for (int64_t q = 0; q < nb; ++q) {
+          h[q] = decay(dtv, Al[q]) * h[q] + dtu * loadu<F16>(Bt + q * 16);
+          acc += h[q] * loadu<F16>(Ct + q * 16);
+        }
+        sc.yk[t * nc + cc] = hsum16(acc) + Dd * uu;
+      }
+    }
+    token_scatter(sc.yk.data(), nc, a.y + b * L * a.d + c0, a.d, pos, L, k > 0);  // direction 0 writes
+  });
+}
+
+template <int NB>
+static void token_bwd(const CmddTokenGradArgs& a) {
+  const int64_t L = a.L, T = a.T, R = a.R, nb = NB > 0 ? NB : a.N / 16, N = nb * 16;
+  const int64_t nchunks = (L + T - 1) / T;
+  for_token_tasks(a, true, [&](int64_t b, int64_t s, int64_t c0, int64_t c1, int64_t k, const int64_t* pos,
+                               TokScratch& sc) {
+    token_gather(a, b, k, c0, c1, pos, sc, true);
+    const int64_t XR = sc.XR, nc = c1 - c0;
+    std::fill(sc.gxk.begin(), sc.gxk.end(), 0.0f);
+    float* guk = sc.yk.data();  // the forward's y buffer serves as gu's
+    std::fill(sc.yk.begin(), sc.yk.end(), 0.0f);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t cc = c - c0, ch = k * a.d + c;
+      token_channel_dt(a, k, c, cc, sc, true);
+      const float* ck = a.ckpt + ((b * a.K + k) * a.d + c) * nchunks * N;
+      const float* w = a.Wdt + ch * R;
+      const float Dd = a.D ? a.D[ch] : 0.0f;
+      F16 Al[NB > 0 ? NB : 64], Av[NB > 0 ? NB : 64], h[NB > 0 ? NB : 64], gnext[NB > 0 ? NB : 64],
+          gAacc[NB > 0 ? NB : 64];
+      for (int64_t q = 0; q < nb; ++q) {
+        Av[q] = loadu<F16>(a.A + ch * N + q * 16);
+        Al[q] = Av[q] * kLog2e;
+        gnext[q] = splat<F16>(0.0f);
+        gAacc[q] = splat<F16>(0.0f);
+      }
+      float gWacc[64] = {};
+      float gbacc = 0.0f, gDacc = 0.0f;
+      float* hbuf = sc.hbuf.data();
+      float* abuf = sc.abuf.data();
+      for (int64_t kc = nchunks - 1; kc >= 0; --kc) {
+        const int64_t t0 = kc * T, t1 = std::min<int64_t>(L, t0 + T);
+        for (int64_t q = 0; q < nb; ++q) h[q] = loadu<F16>(ck + kc * N + q * 16);
+        for (int64_t t = t0; t < t1; ++t) {
+          const float dtt = sc.dt[t];
+          const F16 dtv = splat<F16>(dtt), dtu = splat<F16>(dtt * sc.uu[t]);
+          const float* Bt = sc.xk.data() + t * XR + R;
+          float* hb = hbuf + (t - t0) * N;
+          float* ab = abuf + (t - t0) * N;
+          for (int64_t q = 0; q < nb; ++q) {
+            const F16 av = decay(dtv, Al[q]);
+            h[q] = av * h[q] + dtu * loadu<F16>(Bt + q * 16);
+            storeu<F16>(ab + q * 16, av);
+            storeu<F16>(hb + q * 16, h[q]);
+          }
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const float dtt = sc.dt[t], uu = sc.uu[t], gyt = sc.gyk[t * nc + cc];
+          const F16 gyv = splat<F16>(gyt), dtv = splat<F16>(dtt), dtu = splat<F16>(dtt * uu);
+          const float* hb = hbuf + (t - t0) * N;
+          const float* hp = t > t0 ? hbuf + (t - t0 - 1) * N : ck + kc * N;
+          const float* ab = abuf + (t - t0) * N;
+          const float* xp = sc.xk.data() + t * XR;
+          const float* Bt = xp + R;
+          const float* Ct = Bt + N;
+          float* gxp = sc.gxk.data() + t * XR;
+          float* gBt = gxp + R;
+          float* gCt = gBt + N;
+          F16 s1 = splat<F16>(0.0f), s2 = splat<F16>(0.0f);
+          for (int64_t q = 0; q < nb; ++q) {
+            const F16 av = loadu<F16>(ab + q * 16);
+            const F16 Bv = loadu<F16>(Bt + q * 16);
+            const F16 gh = loadu<F16>(Ct + q * 16) * gyv + gnext[q];
+            storeu<F16>(gCt + q * 16, loadu<F16>(gCt + q * 16) + gyv * loadu<F16>(hb + q * 16));
+            const F16 ga = gh * loadu<F16>(hp + q * 16) * av;  // d/d(dt * A)
+            gAacc[q] += ga * dtv;
+            s1 += ga * Av[q];
+            s2 += gh * Bv;
+            storeu<F16>(gBt + q * 16, loadu<F16>(gBt + q * 16) + gh * dtu);
+            gnext[q] = av * gh;
+          }
+          const float hs2 = hsum16(s2);
+          const float gdt = hsum16(s1) + hs2 * uu;
+          guk[t * nc + cc] = hs2 * dtt + Dd * gyt;
+          const float gpre = gdt * sc.sig[t];
+          gbacc += gpre;
+          gDacc += gyt * uu;
+          for (int64_t r = 0; r < R; ++r) {
+            gWacc[r] += gpre * xp[r];
+            gxp[r] += gpre * w[r];
+          }
+        }
+      }
+      const int64_t o = (b * a.K + k) * a.d + c;
+      for (int64_t q = 0; q < nb; ++q) storeu<F16>(a.gA + o * N + q * 16, gAacc[q]);
+      for (int64_t r = 0; r < R; ++r) a.gW[o * R + r] = gWacc[r];
+      a.gbias[o] = gbacc;
+      a.gD[o] = gDacc;
+    }
+    token_scatter(guk, nc, a.gu + b * L * a.d + c0, a.d, pos, L, k > 0);
+    token_scatter(sc.gxk.data(), XR, a.gx + (b * a.S + s) * L * a.x_stride + k * XR, a.x_stride, pos, L, false);
+  });
+}
+
+static int check_tokens(const CmddTokenGradArgs* a) {
+  if (!a || a->batch <= 0 || a->K <= 0 || a->d <= 0 || a->L <= 0 || a->T <= 0 || a->S <= 0) return 1;
+  if (a->N <= 0 || a->N % 16 || a->N > 64 * 16 || a->R < 0 || a->R > 64) return 2;
+  if (a->H <= 0 || a->W <= 0 || a->H * a->W != a->L) return 3;
+  if (a->u_stride < a->d || a->x_stride < a->K * (a->R + 2 * a->N)) return 4;
+  return 0;
+}
+
+}  // namespace
+
 extern "C" {
 
 int cmdd_scan_fwd_ckpt_f32(const CmddScanGradArgs* a) {
@@ -268,6 +542,20 @@ int cmdd_scan_bwd_f32(const CmddScanGradArgs* a) {
   return 0;
 }
 
-int cmdd_scan_grad_abi_version() { return 1; }
+int cmdd_cross_scan_tokens_fwd_f32(const CmddTokenGradArgs* a) {
+  if (int rc = check_tokens(a)) return rc;
+  if (a->N == 16) token_fwd<1>(*a);
+  else token_fwd<0>(*a);
+  return 0;
+}
+
+int cmdd_cross_scan_tokens_bwd_f32(const CmddTokenGradArgs* a) {
+  if (int rc = check_tokens(a)) return rc;
+  if (a->N == 16) token_bwd<1>(*a);
+  else token_bwd<0>(*a);
+  return 0;
+}
+
+int cmdd_scan_grad_abi_version() { return 2; }
 
 }  // extern "C"
