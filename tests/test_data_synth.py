@@ -3,7 +3,6 @@ no leakage across occlusion edges, disk PSF, options."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -138,25 +137,6 @@ def test_noise_and_jpeg_options():
     assert np.abs(s.blurred - img).mean() > 1e-3  # noise/JPEG changed it even without blur
     with pytest.raises(ValueError):
         SynthConfig(depth="nope")
-
-
-def test_a_256_pair_takes_well_under_a_second():
-    import torch
-
-    img = _texture(256, 256)
-    cfg = SynthConfig(max_coc=(16.0, 16.0))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        synthesize(img, 0, cfg)
-        times = []
-        for seed in range(3):
-            t = time.perf_counter()
-            synthesize(img, seed, cfg)
-            times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    assert min(times) < 1.0
 
 
 # ---------------------------------------------------------------------------------------------- v2
@@ -321,23 +301,3 @@ def test_heavy_tailed_blur_sizes():
     r = np.array([_sample_max_coc(rng, cfg) for _ in range(4000)])
     assert r.min() >= cfg.max_coc[0] and r.max() <= cfg.max_coc[1]
     assert 4.5 < np.median(r) < 7.5 and (r > 12).mean() > 0.05 and (r > 16).mean() > 0.01
-
-
-def test_v2_sample_at_128_is_fast_enough_for_cpu_training():
-    import torch
-
-    cfg = synth_preset("v2")
-    m = cfg.margin
-    img = _photo(128 + 2 * m)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        synthesize(img, 0, cfg, margin=m)
-        times = []
-        for seed in range(5):
-            t = time.perf_counter()
-            synthesize(img, seed, cfg, margin=m)
-            times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    assert np.median(times) < 0.15  # about 0.045 s on one core; loose for a busy test machine
