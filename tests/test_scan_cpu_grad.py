@@ -130,6 +130,7 @@ def test_cross_scan_grads_match_ref():
         (2, 20, 6, 9, 16, 2, 4),  # batch 2 (two channel slices per item on 2 threads), padded x rows
         (1, 16, 1, 12, 16, 1, 0),  # a single row
         (3, 8, 11, 13, 32, 3, 0),  # N = 32, R = 3
+        (2, 20, 13, 11, 16, 1, 0),  # several 64-step checkpoint chunks, a partial 16-channel tile
     ],
 )
 def test_cross_scan_tokens_grads_match_ref(b, d, H, W, N, R, pad):

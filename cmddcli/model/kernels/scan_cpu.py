@@ -37,7 +37,7 @@ _SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _BWD_SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu_bwd.cpp"
 _GRAD_ABI_VERSION = 2
 _CKPT_T = 64  # training: the forward saves the state every _CKPT_T steps
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 # Flag sets tried in order: the fast native build, then more portable fallbacks. No -ffast-math:
 # the kernel's exp relies on exact float rounding semantics (see the .cpp header).
@@ -78,7 +78,8 @@ class _TokenArgs(ctypes.Structure):
     # Mirrors struct CmddTokenScanArgs in csrc/scan_cpu.cpp.
     _fields_ = [(n, ctypes.c_void_p) for n in ("u", "x", "Wdt", "bias", "A", "D", "y")] + [
         (n, ctypes.c_int64) for n in ("batch", "K", "d", "N", "R", "L", "H", "W", "u_stride", "x_stride")
-    ] + [(n, ctypes.c_int32) for n in ("u_bf16", "x_bf16", "nthreads", "clamp_hi")]
+    ] + [(n, ctypes.c_int32) for n in ("u_bf16", "x_bf16", "nthreads", "clamp_hi")] + [
+        ("ckpt", ctypes.c_void_p), ("ckpt_T", ctypes.c_int64)]
 
 
 class _GradArgs(ctypes.Structure):
@@ -570,12 +571,16 @@ class _CrossScanTokensCpuFn(torch.autograd.Function):
         xf = x.detach().float().contiguous()
         Wf, Af, bf = _f32(Wdt), _f32(A), _f32(delta_bias)
         Df = _f32(D) if D is not None else None
-        y = torch.empty(batch, L, d, dtype=torch.float32)  # every element written by the kernel
         ckpt = torch.empty(batch, K, d, nchunks, N, dtype=torch.float32)
-        args = _grad_args(lib, u=uf, x=xf, Wdt=Wf, bias=bf, A=Af, D=Df, y=y, ckpt=ckpt, batch=batch, K=K, d=d, N=N,
-                          R=R, L=L, H=int(H), W=int(W), u_stride=d, x_stride=xf.shape[2], T=_CKPT_T, S=1,
-                          nthreads=max(1, torch.get_num_threads()), cls=_TokenGradArgs)
-        rc = lib.cmdd_cross_scan_tokens_fwd_f32(ctypes.byref(args))
+        # The forward is the inference kernel (vectorised over 16 channels, no per-step reduction
+        # over the states) saving the states every _CKPT_T steps; the backward kernel reads them.
+        y = torch.zeros(batch, L, d, dtype=torch.float32)
+        args = _TokenArgs(
+            _ptr(uf), _ptr(xf), _ptr(Wf), _ptr(bf), _ptr(Af), _ptr(Df), _ptr(y),
+            batch, K, d, N, R, L, int(H), int(W), d, xf.shape[2], 0, 0, max(1, torch.get_num_threads()),
+            int(bool((Af > 0).any())), ckpt.data_ptr(), _CKPT_T,
+        )
+        rc = _load().cmdd_cross_scan_tokens_f32(ctypes.byref(args))
         if rc != 0:
             raise ValueError(f"cpu token cross scan (training forward) rejected its arguments (code {rc})")
         ctx.save_for_backward(uf, xf, Wf, Af, Df if Df is not None else torch.empty(0), bf, ckpt)
@@ -676,7 +681,7 @@ def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
     args = _TokenArgs(
         _ptr(uk), _ptr(xk), _ptr(Wf), _ptr(bf), _ptr(Af), _ptr(Df), _ptr(y),
         batch, K, d, N, R, L, H, W, us, xs, int(ubf), int(xbf), max(1, torch.get_num_threads()),
-        int(bool((Af > 0).any())),
+        int(bool((Af > 0).any())), None, 0,
     )
     rc = lib.cmdd_cross_scan_tokens_f32(ctypes.byref(args))
     if rc != 0:

@@ -247,6 +247,10 @@ struct CmddTokenScanArgs {
   float* y;           // (batch, L, d), zero-filled by the caller; the K directions are added into it
   int64_t batch, K, d, N, R, L, H, W, u_stride, x_stride;
   int32_t u_bf16, x_bf16, nthreads, clamp_hi;
+  // Training forward: when ckpt is set, the state before every ckpt_T steps of each direction and
+  // channel goes to ckpt (batch, K, d, ceil(L / ckpt_T), N), as the training backward reads it.
+  float* ckpt;
+  int64_t ckpt_T;
 };
 
 }  // extern "C"
@@ -587,7 +591,7 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
   using Base::recur;
 
   const CmddTokenScanArgs& a;
-  int64_t L, H, W, R, c0;
+  int64_t L, H, W, R, c0, b_, k_;
   int mode;
   const TU* ub;   // u of this batch item, channel c0
   const TX* xb;   // projections of this batch item, direction k
@@ -597,7 +601,7 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
 
   TokenTile(const CmddTokenScanArgs& args, Scratch<V>& scratch, int64_t b, int64_t k, int64_t c0_, SpinLock* lock)
       : Base(scratch, args.N, true, (int)std::min<int64_t>(V, args.d - c0_), args.A, args.D, args.bias, k * args.d + c0_),
-        a(args), c0(c0_), ylock(lock) {
+        a(args), c0(c0_), b_(b), k_(k), ylock(lock) {
     L = a.L;
     H = a.H;
     W = a.W;
@@ -657,9 +661,20 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
 
   // Direction step t -> row-major position, walked incrementally: (hh, ww) is the map cell of
   // step t in the column-major modes.
+  // The states of this tile's channels before step t0 into the training checkpoints.
+  void save_state(int64_t t0, int64_t k) {
+    const int64_t T = a.ckpt_T, nchunks = (L + T - 1) / T;
+    for (int v = 0; v < nv; ++v) {
+      float* dst = a.ckpt + (((b_ * a.K + k) * a.d + c0 + v) * nchunks + t0 / T) * N;
+      for (int64_t n = 0; n < N; ++n) dst[n] = reinterpret_cast<const float*>(&this->h[n])[v];
+    }
+  }
+
   void scan() {
-    for (int64_t t0 = 0; t0 < L; t0 += kRunT) {
-      const int64_t n = std::min<int64_t>(kRunT, L - t0);
+    const int64_t blk = a.ckpt ? a.ckpt_T : kRunT;  // checkpoints: blocks end where chunks do
+    for (int64_t t0 = 0; t0 < L; t0 += blk) {
+      const int64_t n = std::min<int64_t>(blk, L - t0);
+      if (a.ckpt) save_state(t0, k_);
       int64_t tt = (mode >= 2) ? L - 1 - t0 : t0;  // forward-order index of the block's first step
       int64_t hh = tt % H, ww = tt / H;
       for (int64_t i = 0; i < n; ++i) {
@@ -738,6 +753,7 @@ static int dispatch_tokens(const CmddTokenScanArgs* a) {
   if (!a || a->N <= 0 || a->L <= 0 || a->d <= 0 || a->K <= 0 || a->batch <= 0 || a->R < 0) return 1;
   if (a->H <= 0 || a->W <= 0 || a->H * a->W != a->L) return 2;
   if (a->u_stride < a->d || a->x_stride < a->K * (a->R + 2 * a->N)) return 3;
+  if (a->ckpt && (a->ckpt_T <= 0 || a->ckpt_T > kRunT)) return 4;
   if (a->u_bf16) {
     if (a->x_bf16) dispatch_tokens_n<V, uint16_t, uint16_t>(*a);
     else dispatch_tokens_n<V, uint16_t, float>(*a);
@@ -803,7 +819,7 @@ int cmdd_cross_scan_tokens_f32(const CmddTokenScanArgs* a) { return dispatch_tok
 
 int cmdd_scan_vector_width() { return CMDD_V; }
 
-int cmdd_scan_abi_version() { return 3; }
+int cmdd_scan_abi_version() { return 4; }
 
 #ifdef CMDD_SCAN_VARIANTS  // benchmarking only: force a vector width
 int cmdd_selective_scan_f32_v8(const CmddScanArgs* a) { return dispatch<8>(a); }
