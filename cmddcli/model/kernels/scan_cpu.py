@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _BWD_SRC = Path(__file__).resolve().parent / "csrc" / "scan_cpu_bwd.cpp"
-_GRAD_ABI_VERSION = 2
+_GRAD_ABI_VERSION = 3
 _CKPT_T = 64  # training: the forward saves the state every _CKPT_T steps
 _ABI_VERSION = 4
 
@@ -92,8 +92,8 @@ class _GradArgs(ctypes.Structure):
 
 class _TokenGradArgs(ctypes.Structure):
     # Mirrors struct CmddTokenGradArgs in csrc/scan_cpu_bwd.cpp.
-    _fields_ = [(n, ctypes.c_void_p) for n in ("u", "x", "Wdt", "bias", "A", "D", "y", "ckpt", "gy", "gu", "gx",
-                                                 "gW", "gbias", "gA", "gD")] + [
+    _fields_ = [(n, ctypes.c_void_p) for n in ("u", "x", "Wdt", "bias", "A", "D", "ckpt", "gy", "gu", "gx", "gW",
+                                                 "gbias", "gA", "gD")] + [
         (n, ctypes.c_int64) for n in ("batch", "K", "d", "N", "R", "L", "H", "W", "u_stride", "x_stride", "T", "S")
     ] + [("nthreads", ctypes.c_int32)]
 
@@ -264,9 +264,8 @@ def _setup_grad(lib: ctypes.CDLL, label: str, path: str) -> str:
     for fn in (lib.cmdd_scan_fwd_ckpt_f32, lib.cmdd_scan_bwd_f32):
         fn.argtypes = [ctypes.POINTER(_GradArgs)]
         fn.restype = ctypes.c_int
-    for fn in (lib.cmdd_cross_scan_tokens_fwd_f32, lib.cmdd_cross_scan_tokens_bwd_f32):
-        fn.argtypes = [ctypes.POINTER(_TokenGradArgs)]
-        fn.restype = ctypes.c_int
+    lib.cmdd_cross_scan_tokens_bwd_f32.argtypes = [ctypes.POINTER(_TokenGradArgs)]
+    lib.cmdd_cross_scan_tokens_bwd_f32.restype = ctypes.c_int
     lib.cmdd_scan_grad_abi_version.restype = ctypes.c_int
     if lib.cmdd_scan_grad_abi_version() != _GRAD_ABI_VERSION:
         raise RuntimeError(f"stale kernel library {path} (grad ABI {lib.cmdd_scan_grad_abi_version()} != {_GRAD_ABI_VERSION})")

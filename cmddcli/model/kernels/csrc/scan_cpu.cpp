@@ -581,6 +581,35 @@ static inline __attribute__((always_inline)) typename Vec<V>::F load_vec(const T
   }
 }
 
+// Walks a direction's steps from step t0 on and yields their row-major positions in an H x W map:
+// mode 0 row-major, 1 column-major, 2 and 3 their reverses (a single row or column makes the
+// column orders the row orders). Incremental: no division per step.
+struct DirectionWalk {
+  int mode;
+  int64_t L, H, W, tt, hh, ww;
+  DirectionWalk(int mode_, int64_t L_, int64_t H_, int64_t W_, int64_t t0) : mode(mode_), L(L_), H(H_), W(W_) {
+    if (H <= 1 || W <= 1) mode &= 2;
+    tt = mode >= 2 ? L - 1 - t0 : t0;  // the step's index in forward order
+    hh = tt % H;
+    ww = tt / H;
+  }
+  inline int64_t next() {
+    if (!(mode & 1)) {
+      const int64_t p = tt;
+      tt += mode >= 2 ? -1 : 1;
+      return p;
+    }
+    const int64_t p = hh * W + ww;
+    if (mode == 1) {
+      if (++hh == H) { hh = 0; ++ww; }
+    } else if (--hh < 0) {
+      hh = H - 1;
+      --ww;
+    }
+    return p;
+  }
+};
+
 template <int V, int NS, bool CLAMP_HI, typename TU, typename TX>
 struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
   typedef Recurrence<V, NS, CLAMP_HI> Base;
@@ -675,44 +704,12 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
     for (int64_t t0 = 0; t0 < L; t0 += blk) {
       const int64_t n = std::min<int64_t>(blk, L - t0);
       if (a.ckpt) save_state(t0, k_);
-      int64_t tt = (mode >= 2) ? L - 1 - t0 : t0;  // forward-order index of the block's first step
-      int64_t hh = tt % H, ww = tt / H;
-      for (int64_t i = 0; i < n; ++i) {
-        int64_t p;
-        if (!(mode & 1)) {
-          p = tt;
-          tt += (mode >= 2) ? -1 : 1;
-        } else {
-          p = hh * W + ww;
-          if (mode == 1) {
-            if (++hh == H) { hh = 0; ++ww; }
-          } else {
-            if (--hh < 0) { hh = H - 1; --ww; }
-          }
-        }
-        gather(p, i);
-      }
+      DirectionWalk in(mode, L, H, W, t0);
+      for (int64_t i = 0; i < n; ++i) gather(in.next(), i);
       recur(n);
-      // The same walk again for the outputs.
-      tt = (mode >= 2) ? L - 1 - t0 : t0;
-      hh = tt % H;
-      ww = tt / H;
+      DirectionWalk out(mode, L, H, W, t0);  // the same walk again for the outputs
       if (ylock) ylock->lock();
-      for (int64_t i = 0; i < n; ++i) {
-        int64_t p;
-        if (!(mode & 1)) {
-          p = tt;
-          tt += (mode >= 2) ? -1 : 1;
-        } else {
-          p = hh * W + ww;
-          if (mode == 1) {
-            if (++hh == H) { hh = 0; ++ww; }
-          } else {
-            if (--hh < 0) { hh = H - 1; --ww; }
-          }
-        }
-        scatter(p, i);
-      }
+      for (int64_t i = 0; i < n; ++i) scatter(out.next(), i);
       if (ylock) ylock->unlock();
     }
   }

@@ -5,12 +5,14 @@
 // therefore also exports the inference entry points. Same flags, same build machinery
 // (cmddcli/model/kernels/scan_cpu.py). float32 maths, plain C++17 + OpenMP, no torch headers.
 //
-// Two entry points (called through ctypes):
+// Entry points (called through ctypes):
 //   * cmdd_scan_fwd_ckpt_f32: forward that also saves the state h every T steps
 //     (ckpt (batch, dim, nchunks, N): the state BEFORE chunk k, ckpt[.., 0, :] = 0).
 //   * cmdd_scan_bwd_f32: backward. Per (batch, channel) the chunks run in reverse; each chunk's
 //     states are recomputed from its checkpoint into a small T x N buffer (with the decays), then
 //     the reverse recurrence gh_t = C_t gy_t + a_{t+1} gh_{t+1} produces every gradient.
+//   * cmdd_cross_scan_tokens_bwd_f32: the same backward for SS2D's four directions on token-major
+//     (channels-last) operands, dt formed from its rank-R projection (see its struct below).
 //
 // Layout differs from the inference kernel: one channel at a time, vectorised over the N states
 // (N padded by the caller to a multiple of 16; padded states have A = B = C = 0 and stay 0).
@@ -253,12 +255,12 @@ static int check(const CmddScanGradArgs* a) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Token-major SS2D cross scan for training: the operands as a channels-last network holds them,
-// u (batch, L, d) and x = x_proj(u) (batch, L, x_stride) with direction k's [dt_low (R), B (N),
-// C (N)] at columns k (R + 2N); dt = softplus(Wdt[k] . dt_low + bias) is formed here, and the four
-// directions walk the map by index (no permuted copies). One task = (batch, slice of channels);
-// a task runs its channels' four directions in turn, so y (batch, L, d) and gu are written by one
-// task per element. gx (dt_low, B, C gradients, summed over channels) has one partial buffer per
+// Backward of the token-major SS2D cross scan (its forward: cmdd_cross_scan_tokens_f32 with ckpt
+// set, in scan_cpu.cpp): the operands as a channels-last network holds them, u (batch, L, d) and
+// x = x_proj(u) (batch, L, x_stride) with direction k's [dt_low (R), B (N), C (N)] at columns
+// k (R + 2N); dt = softplus(Wdt[k] . dt_low + bias) is formed here, and the four directions walk
+// the map by index (no permuted copies). One task = (batch, slice of channels); a task runs its
+// channels' four directions in turn, so gu is written by one task per element. gx (dt_low, B, C gradients, summed over channels) has one partial buffer per
 // (batch, slice), summed by the caller; gW, gbias, gA, gD are per batch item. Softplus always on.
 extern "C" {
 struct CmddTokenGradArgs {
@@ -268,7 +270,6 @@ struct CmddTokenGradArgs {
   const float* bias;   // (K * d)
   const float* A;      // (K * d, N), N a multiple of 16
   const float* D;      // (K * d) or null
-  float* y;            // forward out: (batch, L, d)
   float* ckpt;         // (batch, K, d, nchunks, N): the state before each chunk of T steps
   const float* gy;     // backward in: (batch, L, d)
   float* gu;           // (batch, L, d)
@@ -284,14 +285,10 @@ struct CmddTokenGradArgs {
 
 namespace {
 
-// Row-major position of step t of direction k (0 row-major, 1 column-major, 2 and 3 reversed).
+// Row-major position of every step of direction k (see DirectionWalk in scan_cpu.cpp).
 static void direction_positions(int64_t k, int64_t L, int64_t H, int64_t W, int64_t* pos) {
-  int mode = (int)(k & 3);
-  if (H <= 1 || W <= 1) mode &= 2;
-  for (int64_t t = 0; t < L; ++t) {
-    int64_t q = mode >= 2 ? L - 1 - t : t;
-    pos[t] = (mode & 1) ? (q % H) * W + q / H : q;
-  }
+  DirectionWalk walk((int)(k & 3), L, H, W, 0);
+  for (int64_t t = 0; t < L; ++t) pos[t] = walk.next();
 }
 
 // Per thread: one direction's operands gathered into time order for a task's channels [c0, c1)
@@ -302,24 +299,23 @@ static void direction_positions(int64_t k, int64_t L, int64_t H, int64_t W, int6
 struct TokScratch {
   int64_t XR = 0, nc = 0;
   std::vector<float> xk, uk, gyk, yk, gxk, dt, sig, uu, hbuf, abuf;
-  TokScratch(const CmddTokenGradArgs& a, int64_t per, bool backward)
-      : XR(a.R + 2 * a.N), nc(per), xk(a.L * XR), uk(a.L * per), gyk(backward ? a.L * per : 0), yk(a.L * per),
-        gxk(backward ? a.L * XR : 0), dt(a.L + 16), sig(a.L + 16), uu(a.L), hbuf(a.T * a.N + 16),
-        abuf(a.T * a.N + 16) {}
+  TokScratch(const CmddTokenGradArgs& a, int64_t per)
+      : XR(a.R + 2 * a.N), nc(per), xk(a.L * XR), uk(a.L * per), gyk(a.L * per), yk(a.L * per), gxk(a.L * XR),
+        dt(a.L + 16), sig(a.L + 16), uu(a.L), hbuf(a.T * a.N + 16), abuf(a.T * a.N + 16) {}
 };
 
 // Gathers direction k of batch item b, channels [c0, c1), into time order.
 static void token_gather(const CmddTokenGradArgs& a, int64_t b, int64_t k, int64_t c0, int64_t c1, const int64_t* pos,
-                         TokScratch& sc, bool backward) {
+                         TokScratch& sc) {
   const int64_t L = a.L, XR = sc.XR, nc = c1 - c0;
   const float* xb = a.x + b * L * a.x_stride + k * XR;
   const float* ub = a.u + b * L * a.u_stride + c0;
-  const float* gyb = backward ? a.gy + b * L * a.d + c0 : nullptr;
+  const float* gyb = a.gy + b * L * a.d + c0;
   for (int64_t t = 0; t < L; ++t) {
     const int64_t p = pos[t];
     std::memcpy(sc.xk.data() + t * XR, xb + p * a.x_stride, XR * sizeof(float));
     std::memcpy(sc.uk.data() + t * nc, ub + p * a.u_stride, nc * sizeof(float));
-    if (backward) std::memcpy(sc.gyk.data() + t * nc, gyb + p * a.d, nc * sizeof(float));
+    std::memcpy(sc.gyk.data() + t * nc, gyb + p * a.d, nc * sizeof(float));
   }
 }
 
@@ -365,7 +361,7 @@ static void token_channel_dt(const CmddTokenGradArgs& a, int64_t k, int64_t c, i
 
 // Runs fn(b, s, c0, c1, k, pos, scratch) for every task (batch item, slice of channels) and direction.
 template <typename Fn>
-static void for_token_tasks(const CmddTokenGradArgs& a, bool backward, Fn fn) {
+static void for_token_tasks(const CmddTokenGradArgs& a, Fn fn) {
   const int64_t ntasks = a.batch * a.S;
   int nthreads = a.nthreads > 0 ? a.nthreads : 1;
   if (nthreads > ntasks) nthreads = (int)std::max<int64_t>(1, ntasks);
@@ -374,7 +370,7 @@ static void for_token_tasks(const CmddTokenGradArgs& a, bool backward, Fn fn) {
   for (int64_t k = 0; k < a.K; ++k) direction_positions(k, a.L, a.H, a.W, pos.data() + k * a.L);
 #pragma omp parallel num_threads(nthreads)
   {
-    TokScratch sc(a, per, backward);
+    TokScratch sc(a, per);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t b = task / a.S, s = task % a.S;
@@ -387,52 +383,15 @@ static void for_token_tasks(const CmddTokenGradArgs& a, bool backward, Fn fn) {
 }
 
 template <int NB>
-static void token_fwd(const CmddTokenGradArgs& a) {
-  const int64_t L = a.L, T = a.T, nb = NB > 0 ? NB : a.N / 16, N = nb * 16;
-  const int64_t nchunks = (L + T - 1) / T;
-  for_token_tasks(a, false, [&](int64_t b, int64_t, int64_t c0, int64_t c1, int64_t k, const int64_t* pos,
-                                TokScratch& sc) {
-    token_gather(a, b, k, c0, c1, pos, sc, false);
-    const int64_t XR = sc.XR, nc = c1 - c0;
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t cc = c - c0, ch = k * a.d + c;
-      token_channel_dt(a, k, c, cc, sc, false);
-      float* ck = a.ckpt + ((b * a.K + k) * a.d + c) * nchunks * N;
-      const float Dd = a.D ? a.D[ch] : 0.0f;
-      F16 Al[NB > 0 ? NB : 64], h[NB > 0 ? NB : 64];
-      for (int64_t q = 0; q < nb; ++q) {
-        Al[q] = loadu<F16>(a.A + ch * N + q * 16) * kLog2e;
-        h[q] = splat<F16>(0.0f);
-      }
-      const float* Bt = sc.xk.data() + a.R;
-      for (int64_t t = 0; t < L; ++t, Bt += XR) {
-        if (t % T == 0)
-          for (int64_t q = 0; q < nb; ++q) storeu<F16>(ck + (t / T) * N + q * 16, h[q]);
-        const float dtt = sc.dt[t], uu = sc.uu[t];
-        const F16 dtv = splat<F16>(dtt), dtu = splat<F16>(dtt * uu);
-        const float* Ct = Bt + N;
-        F16 acc = splat<F16>(0.0f);
-        for (int64_t q = 0; q < nb; ++q) {
-          h[q] = decay(dtv, Al[q]) * h[q] + dtu * loadu<F16>(Bt + q * 16);
-          acc += h[q] * loadu<F16>(Ct + q * 16);
-        }
-        sc.yk[t * nc + cc] = hsum16(acc) + Dd * uu;
-      }
-    }
-    token_scatter(sc.yk.data(), nc, a.y + b * L * a.d + c0, a.d, pos, L, k > 0);  // direction 0 writes
-  });
-}
-
-template <int NB>
 static void token_bwd(const CmddTokenGradArgs& a) {
   const int64_t L = a.L, T = a.T, R = a.R, nb = NB > 0 ? NB : a.N / 16, N = nb * 16;
   const int64_t nchunks = (L + T - 1) / T;
-  for_token_tasks(a, true, [&](int64_t b, int64_t s, int64_t c0, int64_t c1, int64_t k, const int64_t* pos,
+  for_token_tasks(a, [&](int64_t b, int64_t s, int64_t c0, int64_t c1, int64_t k, const int64_t* pos,
                                TokScratch& sc) {
-    token_gather(a, b, k, c0, c1, pos, sc, true);
+    token_gather(a, b, k, c0, c1, pos, sc);
     const int64_t XR = sc.XR, nc = c1 - c0;
     std::fill(sc.gxk.begin(), sc.gxk.end(), 0.0f);
-    float* guk = sc.yk.data();  // the forward's y buffer serves as gu's
+    float* guk = sc.yk.data();
     std::fill(sc.yk.begin(), sc.yk.end(), 0.0f);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t cc = c - c0, ch = k * a.d + c;
@@ -542,13 +501,6 @@ int cmdd_scan_bwd_f32(const CmddScanGradArgs* a) {
   return 0;
 }
 
-int cmdd_cross_scan_tokens_fwd_f32(const CmddTokenGradArgs* a) {
-  if (int rc = check_tokens(a)) return rc;
-  if (a->N == 16) token_fwd<1>(*a);
-  else token_fwd<0>(*a);
-  return 0;
-}
-
 int cmdd_cross_scan_tokens_bwd_f32(const CmddTokenGradArgs* a) {
   if (int rc = check_tokens(a)) return rc;
   if (a->N == 16) token_bwd<1>(*a);
@@ -556,6 +508,6 @@ int cmdd_cross_scan_tokens_bwd_f32(const CmddTokenGradArgs* a) {
   return 0;
 }
 
-int cmdd_scan_grad_abi_version() { return 2; }
+int cmdd_scan_grad_abi_version() { return 3; }
 
 }  // extern "C"
