@@ -135,6 +135,32 @@ static inline void channel_dt(const CmddScanGradArgs& a, const float* drow, int6
   }
 }
 
+// One step t of the reverse recurrence of one channel, over its nb vectors of 16 states:
+// gh = C_t gy_t + gnext (the state gradient), gC_t += gy_t h_t, gB_t += gh dt_t u_t,
+// gA += gh h_{t-1} a_t dt_t, gnext = a_t gh; returns s1 = sum gh h_{t-1} a_t A (the dt-via-decay
+// term) and s2 = sum gh B_t (the input term), per lane, for the caller's reductions.
+// ab, hb: the step's decays a_t and states h_t; hp: h_{t-1}.
+static inline __attribute__((always_inline)) void reverse_step(int64_t nb, const float* ab, const float* hb,
+                                                               const float* hp, const float* Bt, const float* Ct,
+                                                               float* gBt, float* gCt, F16 gyv, F16 dtv, F16 dtu,
+                                                               const F16* Av, F16* gnext, F16* gAacc, F16& s1,
+                                                               F16& s2) {
+  s1 = splat<F16>(0.0f);
+  s2 = splat<F16>(0.0f);
+  for (int64_t q = 0; q < nb; ++q) {
+    const F16 av = loadu<F16>(ab + q * 16);
+    const F16 Bv = loadu<F16>(Bt + q * 16);
+    const F16 gh = loadu<F16>(Ct + q * 16) * gyv + gnext[q];
+    storeu<F16>(gCt + q * 16, loadu<F16>(gCt + q * 16) + gyv * loadu<F16>(hb + q * 16));
+    const F16 ga = gh * loadu<F16>(hp + q * 16) * av;  // d/d(dt * A)
+    gAacc[q] += ga * dtv;
+    s1 += ga * Av[q];
+    s2 += gh * Bv;
+    storeu<F16>(gBt + q * 16, loadu<F16>(gBt + q * 16) + gh * dtu);
+    gnext[q] = av * gh;
+  }
+}
+
 template <int NB>
 static void fwd_ckpt(const CmddScanGradArgs& a) {
   const int64_t L = a.L, T = a.T, nb = NB > 0 ? NB : a.N / 16, N = nb * 16;
@@ -222,19 +248,8 @@ static void bwd(const CmddScanGradArgs& a) {
         const float* Ct = Cg + t * N;
         float* gBt = gBg + t * N;
         float* gCt = gCg + t * N;
-        F16 s1 = splat<F16>(0.0f), s2 = splat<F16>(0.0f);
-        for (int64_t q = 0; q < nb; ++q) {
-          const F16 av = loadu<F16>(ab + q * 16);
-          const F16 Bv = loadu<F16>(Bt + q * 16);
-          const F16 gh = loadu<F16>(Ct + q * 16) * gyv + gnext[q];
-          storeu<F16>(gCt + q * 16, loadu<F16>(gCt + q * 16) + gyv * loadu<F16>(hb + q * 16));
-          const F16 ga = gh * loadu<F16>(hp + q * 16) * av;  // d/d(dt * A)
-          gAacc[q] += ga * dtv;
-          s1 += ga * Av[q];
-          s2 += gh * Bv;
-          storeu<F16>(gBt + q * 16, loadu<F16>(gBt + q * 16) + gh * dtu);
-          gnext[q] = av * gh;
-        }
+        F16 s1, s2;
+        reverse_step(nb, ab, hb, hp, Bt, Ct, gBt, gCt, gyv, dtv, dtu, Av, gnext, gAacc, s1, s2);
         const float hs2 = hsum16(s2);
         const float gdt = hsum16(s1) + hs2 * uu;
         gurow[t] = hs2 * dtt + Dd * gyt;
@@ -439,19 +454,8 @@ static void token_bwd(const CmddTokenGradArgs& a) {
           float* gxp = sc.gxk.data() + t * XR;
           float* gBt = gxp + R;
           float* gCt = gBt + N;
-          F16 s1 = splat<F16>(0.0f), s2 = splat<F16>(0.0f);
-          for (int64_t q = 0; q < nb; ++q) {
-            const F16 av = loadu<F16>(ab + q * 16);
-            const F16 Bv = loadu<F16>(Bt + q * 16);
-            const F16 gh = loadu<F16>(Ct + q * 16) * gyv + gnext[q];
-            storeu<F16>(gCt + q * 16, loadu<F16>(gCt + q * 16) + gyv * loadu<F16>(hb + q * 16));
-            const F16 ga = gh * loadu<F16>(hp + q * 16) * av;  // d/d(dt * A)
-            gAacc[q] += ga * dtv;
-            s1 += ga * Av[q];
-            s2 += gh * Bv;
-            storeu<F16>(gBt + q * 16, loadu<F16>(gBt + q * 16) + gh * dtu);
-            gnext[q] = av * gh;
-          }
+          F16 s1, s2;
+          reverse_step(nb, ab, hb, hp, Bt, Ct, gBt, gCt, gyv, dtv, dtu, Av, gnext, gAacc, s1, s2);
           const float hs2 = hsum16(s2);
           const float gdt = hsum16(s1) + hs2 * uu;
           guk[t * nc + cc] = hs2 * dtt + Dd * gyt;
