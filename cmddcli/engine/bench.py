@@ -40,21 +40,26 @@ def _sync(device: torch.device) -> None:
 @contextlib.contextmanager
 def _timed_scan(device: torch.device, backend: str, acc: list):
     """Route the model's cross scans through `backend` and add up the time spent inside them."""
-    original = _blocks.cross_scan
+    originals = {name: getattr(_blocks, name) for name in ("cross_scan", "cross_scan_tokens")}
 
-    def timed(*args, **kwargs):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = original(*args, backend=backend)
-        _sync(device)
-        acc.append(time.perf_counter() - t0)
-        return out
+    def timer(fn):
+        def timed(*args, **kwargs):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(*args, backend=backend)
+            _sync(device)
+            acc.append(time.perf_counter() - t0)
+            return out
 
-    _blocks.cross_scan = timed
+        return timed
+
+    for name, fn in originals.items():  # the block calls one or the other, by layout
+        setattr(_blocks, name, timer(fn))
     try:
         yield
     finally:
-        _blocks.cross_scan = original
+        for name, fn in originals.items():
+            setattr(_blocks, name, fn)
 
 
 def usable_backends(device: torch.device) -> list:

@@ -405,7 +405,7 @@ def cross_scan(u, delta, A, B, C, D, delta_bias, H: int, W: int, backend: Option
 
 
 # ----------------------------------------------------------------------------------------------
-# Token-major cross scan (channels-last SS2D, inference)
+# Token-major cross scan (channels-last SS2D)
 # ----------------------------------------------------------------------------------------------
 def cross_scan_tokens_ref(u, x, Wdt, A, D, delta_bias, H: int, W: int, backend: Optional[str] = None):
     """SS2D's scan on token-major operands, written as permutes around :func:`cross_scan`.
