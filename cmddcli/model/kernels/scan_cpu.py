@@ -561,7 +561,6 @@ class _CrossScanTokensCpuFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, x, Wdt, A, D, delta_bias, H, W):
-        lib = _load_grad()
         batch, L, d = u.shape
         K, _, R = Wdt.shape
         N = A.shape[1]
@@ -574,14 +573,7 @@ class _CrossScanTokensCpuFn(torch.autograd.Function):
         # The forward is the inference kernel (vectorised over 16 channels, no per-step reduction
         # over the states) saving the states every _CKPT_T steps; the backward kernel reads them.
         y = torch.zeros(batch, L, d, dtype=torch.float32)
-        args = _TokenArgs(
-            _ptr(uf), _ptr(xf), _ptr(Wf), _ptr(bf), _ptr(Af), _ptr(Df), _ptr(y),
-            batch, K, d, N, R, L, int(H), int(W), d, xf.shape[2], 0, 0, max(1, torch.get_num_threads()),
-            int(bool((Af > 0).any())), ckpt.data_ptr(), _CKPT_T,
-        )
-        rc = _load().cmdd_cross_scan_tokens_f32(ctypes.byref(args))
-        if rc != 0:
-            raise ValueError(f"cpu token cross scan (training forward) rejected its arguments (code {rc})")
+        _run_tokens(uf, xf, Wf, Af, Df, bf, H, W, y, ckpt)
         ctx.save_for_backward(uf, xf, Wf, Af, Df if Df is not None else torch.empty(0), bf, ckpt)
         ctx.meta = (int(H), int(W), D is not None)
         ctx.dtypes = (u.dtype, x.dtype)
@@ -669,20 +661,30 @@ def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
         if D is not None:
             y += D.detach().float().view(K, d).sum(0) * u.detach().float()
         return y
+    _run_tokens(u, x, Wdt, A, D, delta_bias, H, W, y)
+    return y
+
+
+def _run_tokens(u, x, Wdt, A, D, delta_bias, H: int, W: int, y: torch.Tensor, ckpt: torch.Tensor | None = None):
+    """Calls cmdd_cross_scan_tokens_f32, adding the K directions into y (b, L, d) float32 (zeroed
+    by the caller); with ``ckpt`` (b, K, d, ceil(L / _CKPT_T), N) it also saves the training
+    checkpoints. Shapes as checked by :func:`cross_scan_tokens_cpu`."""
     lib = _load()
     if lib is None:
         from ...errors import BackendUnavailable
 
         raise BackendUnavailable(f"scan backend 'cpu' is unavailable: {why_unavailable()}")
+    batch, L, d = u.shape
+    K, _, R = Wdt.shape
+    N = A.shape[1]
     uk, us, ubf = _token_operand(u.detach())
     xk, xs, xbf = _token_operand(x.detach())
     Af, Df, bf, Wf = _f32(A), _f32(D), _f32(delta_bias), _f32(Wdt)
     args = _TokenArgs(
         _ptr(uk), _ptr(xk), _ptr(Wf), _ptr(bf), _ptr(Af), _ptr(Df), _ptr(y),
-        batch, K, d, N, R, L, H, W, us, xs, int(ubf), int(xbf), max(1, torch.get_num_threads()),
-        int(bool((Af > 0).any())), None, 0,
+        batch, K, d, N, R, L, int(H), int(W), us, xs, int(ubf), int(xbf), max(1, torch.get_num_threads()),
+        int(bool((Af > 0).any())), _ptr(ckpt), _CKPT_T if ckpt is not None else 0,
     )
     rc = lib.cmdd_cross_scan_tokens_f32(ctypes.byref(args))
     if rc != 0:
         raise ValueError(f"cpu token cross scan rejected its arguments (code {rc})")
-    return y
