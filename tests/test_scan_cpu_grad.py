@@ -131,6 +131,9 @@ def test_cross_scan_grads_match_ref():
         (1, 16, 1, 12, 16, 1, 0),  # a single row
         (3, 8, 11, 13, 32, 3, 0),  # N = 32, R = 3
         (2, 20, 13, 11, 16, 1, 0),  # several 64-step checkpoint chunks, a partial 16-channel tile
+        (1, 40, 9, 10, 16, 2, 0),  # batch 1: two slices of whole tiles (32 + 8 channels), 2 chunks
+        (2, 12, 7, 6, 4, 1, 0),  # N = 4 (the `tiny` preset): groups of 4 states
+        (1, 8, 4, 5, 6, 9, 0),  # N = 6 (groups of 1), R = 9 (two dt_low reduction groups)
     ],
 )
 def test_cross_scan_tokens_grads_match_ref(b, d, H, W, N, R, pad):

@@ -591,8 +591,7 @@ class _CrossScanTokensCpuFn(torch.autograd.Function):
         S = max(1, min(d, -(-2 * nthreads // batch))) if nthreads > 1 else 1  # tasks = batch x S slices
         gyf = gy.detach().float().contiguous()
         gu = torch.empty(batch, L, d, dtype=torch.float32)  # every element written by the kernel
-        gx = torch.empty(batch, S, L, xf.shape[2], dtype=torch.float32)
-        gx[..., K * (R + 2 * N):] = 0  # padding columns (x_proj rows padded for the GEMM): no gradient
+        gx = torch.empty(batch, S, L, xf.shape[2], dtype=torch.float32)  # the kernel writes every element
         gW = torch.empty(batch, K, d, R, dtype=torch.float32)
         gbias = torch.empty(batch, K, d, dtype=torch.float32)
         gA = torch.empty(batch, K, d, N, dtype=torch.float32)
@@ -613,9 +612,9 @@ class _CrossScanTokensCpuFn(torch.autograd.Function):
 
 
 def token_grad_supported(A) -> bool:
-    """Whether the token-major training kernels serve this state size (N a multiple of 16, as the
-    kernels vectorise over 16 states) and are built."""
-    return A.shape[-1] % 16 == 0 and 0 < A.shape[-1] <= 1024 and grad_available()
+    """Whether the token-major training kernels serve this state size (any N up to 1024; both
+    kernels vectorise over 16 channels) and are built."""
+    return 0 < A.shape[-1] <= 1024 and grad_available()
 
 
 def cross_scan_tokens_cpu(u, x, Wdt, A, D, delta_bias, H: int, W: int):
