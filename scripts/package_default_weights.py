@@ -1,7 +1,12 @@
 """Package a trained run's weights as the default weights shipped inside cmddcli, with a model card.
 
-    python scripts/package_default_weights.py RUN_WEIGHTS.safetensors --manifest TRAIN_MANIFEST \
-        --eval EVAL_DIR/summary.json --note "..." [--dtype fp16]
+    python scripts/package_default_weights.py RUN_WEIGHTS.safetensors [--manifest TRAIN_MANIFEST] \
+        --eval EVAL_DIR/summary.json [--eval-test TEST_EVAL/summary.json] --note "..." [--dtype fp16] [--out PATH]
+
+RUN_WEIGHTS comes from `scripts/export_checkpoint.py` (its metadata carries the run's config). A run on
+a prepared dataset names its manifest (`--manifest`); a run on on-the-fly synthesis (`data.kind =
+"synth"`) needs none: the synthesis preset, sharp sources and held-out validation recipe are read from
+the run's config.
 
 The metadata header records the preset, iterations, data sources and their licences, the synthesis
 settings, the date and the scores on the real DPDD pairs, and `cmdd info` prints it.
@@ -28,26 +33,44 @@ SOURCES = (
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", type=Path)
-    ap.add_argument("--manifest", type=Path, required=True, help="the synthetic training manifest")
-    ap.add_argument("--eval", type=Path, help="cmdd eval summary.json on the real DPDD pairs")
+    ap.add_argument("--manifest", type=Path, help="the synthetic training manifest (runs on a prepared dataset)")
+    ap.add_argument("--eval", type=Path, help="cmdd eval summary.json on the real DPDD pairs (validation pairs)")
+    ap.add_argument("--eval-test", type=Path, help="cmdd eval summary.json on the test pairs, reported separately")
     ap.add_argument("--note", default="")
     ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
     ap.add_argument("--out", type=Path, default=default_weights_path())
     args = ap.parse_args()
     net, meta = load_weights(args.weights)
-    man = json.loads(args.manifest.read_text())
+    train = meta.get("train", {})
+    data = (train.get("config") or {}).get("data", {})
+    if args.manifest is not None:
+        man = json.loads(args.manifest.read_text())
+        training_data = f"synthetic defocus ({man.get('counts')}) made by `cmdd prepare synth`; {SOURCES}"
+        synthesis = man.get("params", {}).get("synth")
+    elif data.get("kind") == "synth":
+        training_data = (f"on-the-fly synthetic defocus (a new blur every step) from the sharp 256-px tiles of "
+                         f"{data.get('path')}; {SOURCES}; the scikit-image photographs held out for validation")
+        synthesis = {"preset": data.get("synth"), "validation": data.get("val_synth")}
+    else:
+        raise SystemExit(f"{args.weights}: no --manifest and the run's config has no on-the-fly synthesis")
     card = {
         "preset": meta.get("preset"),
-        "iterations": meta.get("train", {}).get("step"),
-        "trained_with": meta.get("train"),
-        "training_data": f"synthetic defocus ({man.get('counts')}) made by `cmdd prepare synth`; {SOURCES}",
-        "synthesis": man.get("params", {}).get("synth"),
+        "iterations": train.get("step"),
+        "trained_with": train,
+        "training_data": training_data,
+        "synthesis": synthesis,
         "date": dt.date.today().isoformat(),
         "note": args.note,
     }
+
+    def scores(path: Path):
+        summary = json.loads(path.read_text())
+        return summary.get("summary") or summary.get("overall") or summary
+
     if args.eval:
-        summary = json.loads(args.eval.read_text())
-        card["scores_real_dpdd_10_pairs"] = summary.get("summary") or summary.get("overall") or summary
+        card["scores_real_dpdd_validation" if args.eval_test else "scores_real_dpdd_10_pairs"] = scores(args.eval)
+    if args.eval_test:
+        card["scores_real_dpdd_test"] = scores(args.eval_test)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[args.dtype]
     save_weights(net, args.out, metadata=card, dtype=dtype, preset=meta.get("preset"))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

@@ -1,7 +1,9 @@
-"""Side-by-side figure: each row = input | cmdd output (| optional third column), downsized.
+"""Side-by-side figure: each row = input | one column per folder (e.g. v1 | v2 | a peer), downsized.
 
-    python scripts/side_by_side.py IN_DIR OUT_DIR [THIRD_DIR] -o docs/img/blurred_only_results.png
-Files are matched by stem; the third column (e.g. a peer's published outputs) is optional per row.
+    python scripts/side_by_side.py IN_DIR COL_DIR [COL_DIR ...] -o docs/img/blurred_only_results.png \
+        --labels input,v1,v2,Restormer
+Files are matched by stem (a column's file may also be named by a part of the input's stem, as a
+peer's published outputs are); a column without a match leaves a blank tile in that row.
 """
 
 from __future__ import annotations
@@ -22,22 +24,24 @@ def _by_stem(folder: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inputs", type=Path)
-    ap.add_argument("outputs", type=Path)
-    ap.add_argument("third", type=Path, nargs="?")
+    ap.add_argument("columns", type=Path, nargs="+", help="output folders, one column each")
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--labels", default="input,cmdd,reference")
     ap.add_argument("--height", type=int, default=260, help="row height in pixels")
     args = ap.parse_args()
     labels = args.labels.split(",")
-    ins, outs, thirds = _by_stem(args.inputs), _by_stem(args.outputs), _by_stem(args.third)
+    if len(labels) < 1 + len(args.columns):
+        raise SystemExit(f"--labels: {len(labels)} labels for {1 + len(args.columns)} columns")
+    ins = _by_stem(args.inputs)
+    cols_by_stem = [_by_stem(c) for c in args.columns]
     rows = []
     for stem, p in ins.items():
-        cols = [p, outs.get(stem)]
-        if args.third:
-            cols.append(next((v for k, v in thirds.items() if k in stem or stem.endswith(k)), None))
+        cols = [p] + [col.get(stem) or next((v for k, v in col.items() if k in stem or stem.endswith(k)), None)
+                      for col in cols_by_stem]
         tiles = []
         for i, c in enumerate(cols):
-            if c is None:
+            if c is None:  # blank tile keeps the columns aligned
+                tiles.append(np.zeros((args.height, tiles[0].shape[1] if tiles else args.height, 3), np.uint8))
                 continue
             im = Image.open(c).convert("RGB")
             w = round(im.width * args.height / im.height)
