@@ -7,7 +7,8 @@ PAIRS holds blur/ and sharp/ (same names); each NAME=DIR holds a method's output
 names (e.g. from `cmdd deblur PAIRS/blur -o DIR --weights W`); the input itself is always the first
 method. The colour fit (least-squares gain and offset per channel, output onto target) measures how
 much of the error is exposure/colour difference between the two shots rather than blur. Columns
-are "PSNR" figures of each part: 10 log10(1 / mean(part^2)), images scaled to [0, 1].
+are PSNR figures (cmddcli.eval.metrics.psnr) of each part against zero, images read as
+`cmdd eval` reads them (8-bit, [0, 1]).
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from cmddcli.photo import read_photo
-
-
-def _db(err: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean(err ** 2)))
+from cmddcli.eval.metrics import psnr
+from cmddcli.eval.protocol import load_for_eval
 
 
 def _colour_fit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -32,10 +30,6 @@ def _colour_fit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         g, o = np.linalg.lstsq(a, t[..., c].ravel(), rcond=None)[0]
         out[..., c] = g * x[..., c] + o
     return out
-
-
-def _load(path: Path) -> np.ndarray:
-    return np.asarray(read_photo(path).rgb, dtype=np.float64)  # (H, W, 3) in [0, 1]
 
 
 def main() -> None:
@@ -51,12 +45,13 @@ def main() -> None:
     sums: dict[str, np.ndarray] = {}
     names = sorted(p.name for p in (args.pairs / "blur").iterdir())
     for name in names:
-        t = _load(args.pairs / "sharp" / name)
+        t = load_for_eval(args.pairs / "sharp" / name)
         for label, folder in methods:
-            y = _load(folder / name)
+            y = load_for_eval(folder / name)
             e = y - t
             lo = np.stack([gaussian_filter(e[..., c], args.sigma) for c in range(e.shape[-1])], -1)
-            row = np.array([_db(e), _db(_colour_fit(y, t) - t), _db(lo), _db(e - lo)])
+            zero = np.zeros_like(e)
+            row = np.array([psnr(y, t), psnr(_colour_fit(y, t), t), psnr(lo, zero), psnr(e - lo, zero)])
             sums[label] = sums.get(label, 0) + row
             print(f"| {name} | {label} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     for label, _ in methods:

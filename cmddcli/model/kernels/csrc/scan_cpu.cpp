@@ -688,13 +688,11 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
     }
   }
 
-  // Direction step t -> row-major position, walked incrementally: (hh, ww) is the map cell of
-  // step t in the column-major modes.
   // The states of this tile's channels before step t0 into the training checkpoints.
-  void save_state(int64_t t0, int64_t k) {
+  void save_state(int64_t t0) {
     const int64_t T = a.ckpt_T, nchunks = (L + T - 1) / T;
     for (int v = 0; v < nv; ++v) {
-      float* dst = a.ckpt + (((b_ * a.K + k) * a.d + c0 + v) * nchunks + t0 / T) * N;
+      float* dst = a.ckpt + (((b_ * a.K + k_) * a.d + c0 + v) * nchunks + t0 / T) * N;
       for (int64_t n = 0; n < N; ++n) dst[n] = reinterpret_cast<const float*>(&this->h[n])[v];
     }
   }
@@ -703,7 +701,7 @@ struct TokenTile : Recurrence<V, NS, CLAMP_HI> {
     const int64_t blk = a.ckpt ? a.ckpt_T : kRunT;  // checkpoints: blocks end where chunks do
     for (int64_t t0 = 0; t0 < L; t0 += blk) {
       const int64_t n = std::min<int64_t>(blk, L - t0);
-      if (a.ckpt) save_state(t0, k_);
+      if (a.ckpt) save_state(t0);
       DirectionWalk in(mode, L, H, W, t0);
       for (int64_t i = 0; i < n; ++i) gather(in.next(), i);
       recur(n);

@@ -47,6 +47,13 @@ static inline __attribute__((always_inline)) float hsum16(F16 v) {
 #endif
 }
 
+// sigmoid(x) = 1 / (1 + exp(-x)): the softplus derivative, with the inference kernel's clamped 2^z.
+template <typename F, typename I>
+static inline __attribute__((always_inline)) F vsigmoid(F x) {
+  const F z = vmin(vmax(x * -kLog2e, splat<F>(-125.0f)), splat<F>(127.0f));
+  return splat<F>(1.0f) / (splat<F>(1.0f) + vexp2_clamped<F, I>(z));
+}
+
 // 2^(dt * A * log2e) with the same clamps as the inference kernel.
 static inline __attribute__((always_inline)) F16 decay(F16 dtv, F16 Al) {
   F16 z = vmax(dtv * Al, splat<F16>(-125.0f));
@@ -123,9 +130,8 @@ static inline void channel_dt(const CmddScanGradArgs& a, const float* drow, int6
     if (a.softplus) {
       storeu<F16>(tmp, vsoftplus<F16, I16>(x));
       std::memcpy(dt + t0, tmp, n * sizeof(float));
-      if (sig) {  // 1 / (1 + exp(-x))
-        const F16 z = vmin(vmax(x * -kLog2e, splat<F16>(-125.0f)), splat<F16>(127.0f));
-        storeu<F16>(tmp, splat<F16>(1.0f) / (splat<F16>(1.0f) + vexp2_clamped<F16, I16>(z)));
+      if (sig) {
+        storeu<F16>(tmp, vsigmoid<F16, I16>(x));
         std::memcpy(sig + t0, tmp, n * sizeof(float));
       }
     } else {
@@ -283,7 +289,7 @@ struct CmddTokenGradArgs {
   const float* x;      // (batch, L, x_stride)
   const float* Wdt;    // (K, d, R)
   const float* bias;   // (K * d)
-  const float* A;      // (K * d, N), N a multiple of 16
+  const float* A;      // (K * d, N)
   const float* D;      // (K * d) or null
   float* ckpt;         // (batch, K, d, nchunks, N): the state before each chunk of T steps
   const float* gy;     // backward in: (batch, L, d)
@@ -491,8 +497,7 @@ static void token_bwd(const CmddTokenGradArgs& a) {
           F16 pre = biasv;
           for (int64_t r = 0; r < R; ++r) pre += Wv[r] * xp[r];
           dtb[i] = vsoftplus<F16, I16>(pre) * mask;
-          const F16 z = vmin(vmax(pre * -kLog2e, splat<F16>(-125.0f)), splat<F16>(127.0f));
-          sgb[i] = splat<F16>(1.0f) / (splat<F16>(1.0f) + vexp2_clamped<F16, I16>(z));
+          sgb[i] = vsigmoid<F16, I16>(pre);
           ub[i] = load_tile(sc.uk.data() + (t0 + i) * nc + cc0);
           gyb[i] = load_tile(sc.gyk.data() + (t0 + i) * nc + cc0);
           dub[i] = dtb[i] * ub[i];
