@@ -267,6 +267,23 @@ def test_v1_preset_is_the_legacy_path():
     assert a.blurred.tobytes() == b.blurred.tobytes()
 
 
+def test_v1_noisy_is_v1_plus_v2_noise():
+    """v1_noisy changes only the noise and JPEG fields of v1; with them off it gives v1's bytes, with
+    noise forced on the blurred image differs from v1's and the target does not."""
+    import dataclasses
+
+    v1, noisy, v2 = synth_preset("v1"), synth_preset("v1_noisy"), synth_preset("v2")
+    fields = ("noise_prob", "photons", "read_noise", "jpeg_prob", "jpeg_quality")
+    assert all(getattr(noisy, f) == getattr(v2, f) for f in fields) and noisy.noise_prob > 0
+    assert dataclasses.replace(noisy, **{f: getattr(v1, f) for f in fields}) == v1
+    img = _texture(64, 64)
+    quiet = synthesize(img, 3, synth_preset("v1_noisy", noise_prob=0.0, jpeg_prob=0.0))
+    loud = synthesize(img, 3, synth_preset("v1_noisy", noise_prob=1.0))
+    ref = synthesize(img, 3, v1)
+    assert quiet.blurred.tobytes() == ref.blurred.tobytes()
+    assert loud.blurred.tobytes() != ref.blurred.tobytes() and loud.target.tobytes() == ref.target.tobytes()
+
+
 def test_heldout_psf_family_differs_from_v2():
     """v2's shapes are all point-symmetric with a bright or flat centre; the held-out ones are odd-sided
     polygons (not point-symmetric) or rings (dark centre)."""

@@ -745,6 +745,10 @@ _V2 = dict(
 SYNTH_PRESETS: dict[str, tuple[SynthConfig, str]] = {
     "v1": (SynthConfig(max_coc=(1.0, 16.0)),
            "version 1: hard disk PSF, random shapes for depth, uniform max CoC 1-16 px, sharp target"),
+    "v1_noisy": (SynthConfig(max_coc=(1.0, 16.0), **{k: _V2[k] for k in ("noise_prob", "photons", "read_noise",
+                                                                        "jpeg_prob", "jpeg_quality")}),
+                 "v1 with v2's mild Poisson-Gaussian noise (30 % of pairs) and rare JPEG (5 %): separates v1's "
+                 "PSF and depth from v2's noise"),
     "v2": (SynthConfig(**_V2),
            "disk / bright-rim / apodized / Gaussian-like / soft PSFs with cat's eye and per-channel radii, "
            "segment-following depth, heavy-tailed max CoC 0.5-20 px, mild noise, rare JPEG, sharp target"),
