@@ -289,3 +289,12 @@ def test_resume_from_slim_checkpoint(tmp_path, caplog):
         part2 = train(tiny_cfg(tmp_path / "b", *common), resume=str(slim))
     assert part2.step == 8
     assert "no optimizer state" in caplog.text
+    # without the EMA: half the size again; the EMA restarts from the weights, the run still finishes
+    lean = tmp_path / "lean.pt"
+    ck = slim_checkpoint(tmp_path / "a", lean, keep_ema=False)
+    assert ck["ema"] is None and ck["slim"]["dropped"] == ["optimizer", "ema"]
+    assert lean.stat().st_size < 0.6 * slim.stat().st_size
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        part3 = train(tiny_cfg(tmp_path / "c", *common), resume=str(lean))
+    assert part3.step == 8 and "EMA restarts from the current weights" in caplog.text

@@ -143,13 +143,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ck
 
 
-def slim_checkpoint(src: str | Path, dst: str | Path) -> Dict[str, Any]:
+def slim_checkpoint(src: str | Path, dst: str | Path, keep_ema: bool = True) -> Dict[str, Any]:
     """Write a copy of checkpoint ``src`` (a file, or a run folder: its newest checkpoint) to ``dst``
     with the weights and EMA in float16 and no optimizer state: what a later working session needs to
     continue a CPU run (~4x smaller than the full checkpoint, so one can be committed per session).
     Resuming from it restarts Adam's moments from zero (logged); step, schedule, data position, RNG
-    and best score continue. Returns the slimmed state. Raises CmddError like
-    :func:`load_checkpoint` / :func:`save_checkpoint`."""
+    and best score continue. ``keep_ema=False`` also drops the EMA weights (half the size again;
+    the EMA then restarts from the weights on resume, logged). Returns the slimmed state. Raises
+    CmddError like :func:`load_checkpoint` / :func:`save_checkpoint`."""
 
     def half(state):
         if state is None:
@@ -159,8 +160,10 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> Dict[str, Any]:
     src = Path(src)
     path = find_checkpoint(src) if src.is_dir() else src
     ck = load_checkpoint(path)
-    ck["model"], ck["ema"], ck["optimizer"] = half(ck["model"]), half(ck.get("ema")), None
-    ck["slim"] = {"from": str(path), "dropped": ["optimizer"], "weights_dtype": "float16"}
+    ck["model"], ck["optimizer"] = half(ck["model"]), None
+    ck["ema"] = half(ck.get("ema")) if keep_ema else None
+    dropped = ["optimizer"] + ([] if keep_ema else ["ema"])
+    ck["slim"] = {"from": str(path), "dropped": dropped, "weights_dtype": "float16"}
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, ck)
     return ck
