@@ -5,7 +5,8 @@
 Runs :class:`cmddcli.engine.Deblurrer` (bf16, default CPU tiles) on the first ``--images`` blurred
 photos of ``../shared/samples/defocus/dpdd_1024`` (the validation set) with each overlap, and
 reports the wall time, PSNR of the tiled output against the whole-image output (``tile=0``; mean
-and worst photo), the largest difference from it in 8-bit levels, and PSNR against the sharp targets. Take it on a quiet machine (pause other jobs with ``kill -STOP``).
+and worst photo), the largest difference from it in 8-bit levels, and PSNR against the sharp
+targets. Take it on a quiet machine (pause other jobs with ``kill -STOP``).
 """
 
 from __future__ import annotations
