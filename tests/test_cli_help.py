@@ -10,14 +10,14 @@ from cmddcli.cli.main import app
 
 COMMANDS = {
     (): ["deblur", "prepare", "train", "eval", "info", "bench"],
-    ("deblur",): ["--output", "--device", "--precision", "--weights", "--tile", "--overlap", "--json", "--scan"],
+    ("deblur",): ["--output", "--device", "--precision", "--weights", "--tile", "--overlap", "--json", "--scan", "--threads"],
     ("prepare",): ["dpdd", "realdof", "pairs", "synth"],
     ("prepare", "dpdd"): ["--out", "--window", "--overlap", "--stride", "--json", "--quiet"],
     ("prepare", "realdof"): ["--out", "--json"],
     ("prepare", "pairs"): ["--out", "--json"],
     ("prepare", "synth"): ["--out", "--json"],
     ("train",): ["--config", "--preset", "--set", "--resume", "--device", "--precision", "--json", "--scan"],
-    ("eval",): ["--weights", "--data", "--pred", "--target", "--device", "--precision", "--tile", "--json", "--scan"],
+    ("eval",): ["--weights", "--data", "--pred", "--target", "--device", "--precision", "--tile", "--json", "--scan", "--threads"],
     ("info",): ["--preset", "--json", "--scan"],
     ("bench",): ["--preset", "--size", "--device", "--backend", "--json"],
 }
@@ -38,3 +38,16 @@ def test_python_dash_m_runs_the_cli():
     res = subprocess.run([sys.executable, "-m", "cmddcli", "info", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and "Usage: cmdd info" in res.stdout
+
+
+def test_info_describes_the_shipped_weights_preset_by_default():
+    import json
+
+    from cmddcli.model.weights import default_weights_path, read_metadata
+
+    res = CliRunner().invoke(app, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)["preset"]["name"]
+    assert shown == read_metadata(default_weights_path())["preset"] == "small"
+    res = CliRunner().invoke(app, ["info", "--json", "--preset", "paper"])
+    assert json.loads(res.stdout)["preset"]["name"] == "paper"

@@ -168,6 +168,40 @@ def test_refuses_to_overwrite_inputs(tmp_path, tiny_weights):
     assert (src / "a.png").read_bytes() == data
     r = run([src, "-o", src, "--suffix", "_sharp", "--json"], tiny_weights)  # with a suffix it is fine
     assert r.exit_code == 0 and (src / "a_sharp.png").is_file()
+    # A second run does not take its own output for an input: a.png is skipped, nothing else happens.
+    r = run([src, "-o", src, "--suffix", "_sharp", "--json"], tiny_weights)
+    payload = json.loads(r.stdout)
+    assert r.exit_code == 0 and payload["counts"] == {"done": 0, "skipped": 1, "failed": 0, "planned": 0}
+    assert [Path(f["input"]).name for f in payload["files"]] == ["a.png"]
+    assert not (src / "a_sharp_sharp.png").exists()
+    # ... while a file of that name that cmdd did not make is still an input.
+    shutil.copy(src / "a.png", src / "b_sharp.png")
+    r = run([src, "-o", src, "--suffix", "_sharp", "--json", "--dry-run"], tiny_weights)
+    assert {Path(f["input"]).name for f in json.loads(r.stdout)["files"]} == {"a.png", "b_sharp.png"}
+
+
+def test_resume_record_holds_engine_settings_and_raw_only_for_raw(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    out = tmp_path / "out"
+    assert run([src, "-o", out, "--json"], tiny_weights).exit_code == 0
+    rec = json.loads((out / ".cmdd" / "records" / "a.png.json").read_text())
+    assert rec["settings"]["engine"] == {"precision": rec["settings"]["engine"]["precision"], "tile": "auto",
+                                         "overlap": 32}
+    assert "raw_development" not in rec["settings"]  # a PNG is not developed
+    r = run([src, "-o", out, "--json", "--raw-linear"], tiny_weights)  # RAW settings: nothing to redo
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["skipped"] == 1
+    r = run([src, "-o", out, "--json", "--tile", "256"], tiny_weights)  # another tile: not kept silently
+    reason = json.loads(r.stdout)["files"][0]["reason"]
+    assert r.exit_code == 1 and "other settings (engine)" in reason
+    # A record from before the engine settings (and with the RAW development of every file) still matches.
+    old = dict(rec["settings"])
+    old.pop("engine")
+    old["raw_development"] = {"whatever": 1}
+    (out / ".cmdd" / "records" / "a.png.json").write_text(json.dumps({**rec, "settings": old}))
+    r = run([src, "-o", out, "--json", "--tile", "256"], tiny_weights)
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["skipped"] == 1
 
 
 def test_output_collisions_fail_the_second(tmp_path, tiny_weights):
@@ -194,9 +228,13 @@ def test_glob_dry_run_and_empty_input(tree, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run([empty, "-o", out])
-    assert r.exit_code == 1 and "no images found" in r.stderr
+    assert r.exit_code == 1 and "no images found" in r.stderr and "--recursive" not in r.stderr
     r = run([str(tmp_path / "*.nothing"), "-o", out])
-    assert r.exit_code == 1 and "no images found" in r.stderr
+    assert r.exit_code == 1 and "no images found" in r.stderr and "--recursive" not in r.stderr
+    (empty / "sub").mkdir()
+    Image.fromarray(img()).save(empty / "sub" / "x.png")
+    r = run([empty, "-o", out])  # the only image is one level down: say how to reach it
+    assert r.exit_code == 1 and "use --recursive for sub-folders" in " ".join(r.stderr.split())
 
 
 def test_unusable_output_folder_fails_before_any_work(tree, tmp_path, tiny_weights):
@@ -212,6 +250,12 @@ def test_missing_weights_and_bad_options(tree, tmp_path):
     assert r.exit_code == 1 and "not found" in r.stderr
     r = run([tree, "-o", tmp_path / "o", "--ext", "bmp"])
     assert r.exit_code == 1 and "--ext" in r.stderr
+    for args, words in ((["--tile", "16"], "--tile must be 0"), (["--tile", "128", "--overlap", "65"], "half the tile"),
+                        (["--ext", "jpg", "--bit-depth", "16"], "--bit-depth 16 needs")):
+        r = run([tree, "-o", tmp_path / "o", *args])
+        assert r.exit_code == 1 and words in r.stderr and "Traceback" not in r.stderr, args
+    r = run([tree, "-o", tmp_path / "o2", "--scan", "nope"])  # a usage error before any file is read
+    assert r.exit_code == 2 and "unknown scan backend 'nope'" in r.stderr and not (tmp_path / "o2").exists()
 
 
 def test_ctrl_c_leaves_no_partial_file(tree, tmp_path, tiny_weights, monkeypatch):

@@ -175,6 +175,40 @@ def test_cli_eval_with_weights_saves_images_and_reports(pairs_dir, tiny_weights,
     assert summary["mode"] == "model" and summary["settings"]["bits"] == 16 and len(summary["images"]) == 2
 
 
+def test_two_pairs_folders_are_two_sets_and_the_summary_says_what_was_scored(pairs_dir, tiny_weights, tmp_path):
+    # A second set in the DPDD GIF samples' layout: NAME_input / NAME_gt side by side in one folder.
+    rng = np.random.default_rng(5)
+    flat = tmp_path / "gif" / "pairs"  # same folder name as the first set: labels fall back to the argument
+    for n in ("c", "d", "e"):
+        write_png(flat / f"{n}_input.png", _img(rng, 24, 40))
+        write_png(flat / f"{n}_gt.png", _img(rng, 24, 40))
+    (flat / "c.gif").write_bytes(b"GIF89a")  # ignored, as in the samples folder
+    items = E.items_from_data(flat)
+    assert [(i.name, i.source.name, i.target.name) for i in items] == [
+        ("c", "c_input.png", "c_gt.png"), ("d", "d_input.png", "d_gt.png"), ("e", "e_input.png", "e_gt.png")]
+    out = tmp_path / "res"
+    res = CliRunner().invoke(app, ["eval", "--weights", str(tiny_weights), "--device", "cpu", "--threads", "1",
+                                   "--data", str(pairs_dir), "--crop-top", "0", "--data", str(flat),
+                                   "--crop-top", "4", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert [(s["group"], s["subset"], s["count"]) for s in summary["summary"]] == [
+        (str(pairs_dir), "combined", 2), (str(flat), "combined", 3), ("all", "combined", 5)]
+    assert [(s["group"], s["crop_top"], s["images"]) for s in summary["sets"]] == [
+        (str(pairs_dir), 0, 2), (str(flat), 4, 3)]
+    assert summary["weights"]["path"] == str(tiny_weights)
+    from cmddcli.data.manifest import sha256_file
+    from cmddcli import __version__
+
+    assert summary["weights"]["sha256"] == sha256_file(tiny_weights) and summary["cmdd_version"] == __version__
+    assert json.loads((out / "summary.json").read_text())["sets"] == summary["sets"]
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert {r["group"] for r in rows} == {str(pairs_dir), str(flat)}
+    # Distinct folder names label the sets by folder.
+    both = E.gather_items(data=[str(pairs_dir), str(flat.rename(tmp_path / "gif2"))])
+    assert sorted({i.group for i in both}) == ["gif2", "pairs"]
+
+
 def test_cli_errors_are_one_line_exit_1(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "--pred", str(tmp_path)])

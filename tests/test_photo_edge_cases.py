@@ -448,6 +448,9 @@ def test_one_limit_for_every_decoder(tmp_path):
     make_dng(tmp_path / "a.dng")  # 64 x 48: the RAW header is checked before LibRaw unpacks anything
     with pytest.raises(InputError, match="3072 pixels, over the 3000 pixels limit"):
         read_photo(tmp_path / "a.dng", max_pixels=3000)
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match=r"400x300 is 120000 pixels, over the 10000 pixels limit"):  # one unit
+        read_photo(tmp_path / "big.png", max_pixels=10_000)
     assert read_photo(tmp_path / "a.dng", max_pixels=3072).size == (64, 48)
 
 

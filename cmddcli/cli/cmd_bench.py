@@ -12,11 +12,12 @@ from .common import device_option, err_console, handle_errors, json_option, out_
 
 
 def _parse_size(s: str) -> tuple:
+    """``"WxH"`` (or one number for a square) -> (width, height) in pixels, as photos are named."""
     try:
-        h, _, w = s.lower().partition("x")
-        return int(h), int(w or h)
+        w, _, h = s.lower().partition("x")
+        return int(w), int(h or w)
     except ValueError:
-        raise typer.BadParameter(f"size must look like 256 or 1120x1680, got {s!r}")
+        raise typer.BadParameter(f"size must look like 256 or 1680x1120 (width x height), got {s!r}")
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def bench(
         preset: List[str] = typer.Option(["paper"], "--preset", "-p", help="Model preset(s) to time."),
-        size: List[str] = typer.Option(["256"], "--size", "-s", help="Input size(s): 256 or HxW."),
+        size: List[str] = typer.Option(["256"], "--size", "-s", help="Input size(s): 256 or WxH."),
         device: str = device_option("cpu", "cpu, cuda or cuda:N."),
         backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Scan backend(s); default: all usable here."),
         repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
                 rows.append(bench_photo(w, h))
             table = photo_rows_to_markdown(rows)
         else:
-            sizes = [_parse_size(s) for s in size]
+            sizes = [_parse_size(s)[::-1] for s in size]  # bench_forward takes (H, W)
             rows = []
             for p in preset:
                 rows += bench_forward(p, sizes, device=device, backends=backend or None, repeats=repeats)

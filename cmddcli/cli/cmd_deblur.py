@@ -14,8 +14,8 @@ from rich.table import Table
 
 from ..errors import CmddError
 from .common import (
-    device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_json,
-    quiet_option, scan_option, setup_logging, tile_option, weights_option)
+    check_tile, device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_json,
+    quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
 
 class _RichProgress:
     """Files and tiles bars on stderr (implements cmddcli.engine.runner.BatchProgress)."""
@@ -66,7 +66,7 @@ def _plan_table(report) -> Table:
     t.add_column("output", overflow="fold")
     t.add_column("action")
     for r in report.results:
-        action = {"planned": "[cyan]deblur[/]", "skipped": "[yellow]skip (exists)[/]"}.get(
+        action = {"planned": "[cyan]deblur[/]", "skipped": "[yellow]skip (same source and settings)[/]"}.get(
             r.status, f"[red]fail: {escape(r.reason)}[/]")
         t.add_row(escape(r.input), escape(r.output or ""), action)
     return t
@@ -101,6 +101,7 @@ def register(app: typer.Typer) -> None:
         precision: str = precision_option(),
         tile: Optional[int] = tile_option(),
         overlap: int = overlap_option(),
+        threads: Optional[int] = threads_option(),
         strength: float = typer.Option(
             1.0, "--strength", "-s",
             help="0 = as shot, 1 = the network's result, up to 1.5 extrapolates; blended in linear light."),
@@ -149,16 +150,26 @@ def register(app: typer.Typer) -> None:
             raise CmddError(f"--ext must be one of png, tif, jpg, webp (got {ext!r})")
         if bit_depth not in (None, 8, 16):
             raise CmddError(f"--bit-depth must be 8 or 16 (got {bit_depth})")
+        if bit_depth == 16 and ext is not None and ext.lower().lstrip(".") not in ("png", "tif", "tiff"):
+            raise CmddError(f"--bit-depth 16 needs --ext png or tif ({ext} is 8-bit only)")
+        check_tile(tile, overlap)
         if max_megapixels < 0:
             raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
         restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
         info = runtime.DistInfo.from_env()
+        from ..engine.deblurrer import resolve_precision
+
+        run_device = runtime.device_for_rank(device, info)
+        # What the engine settings change in an output (a few 8-bit levels at most): part of the recipe.
+        engine_recipe = {"precision": resolve_precision(precision, run_device),
+                         "tile": "auto" if tile is None else tile, "overlap": overlap}
         opts = batch.BatchOptions(
             out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
             overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
             dry_run=dry_run, max_pixels=int(max_megapixels * 1e6) or None,
             recipe={"weights_sha256": batch.weights_digest(weights),
-                    "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"}},
+                    "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"},
+                    "engine": engine_recipe},
             restore=restore, report=html_report and not dry_run,
         )
         engine_settings: dict = {}
@@ -166,9 +177,9 @@ def register(app: typer.Typer) -> None:
         def make_deblurrer():
             from ..engine import Deblurrer
 
-            threads = max(1, runtime.available_cores() // max(1, info.local_world_size))
-            engine = Deblurrer(weights, device=runtime.device_for_rank(device, info), precision=precision,
-                               tile=tile, overlap=overlap, threads=threads)
+            n = threads or max(1, runtime.available_cores() // max(1, info.local_world_size))
+            engine = Deblurrer(weights, device=run_device, precision=precision, tile=tile, overlap=overlap,
+                               threads=n)
             engine_settings.update(engine.describe())
             return engine
 

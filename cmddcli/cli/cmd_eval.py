@@ -18,8 +18,9 @@ from rich.table import Table
 
 from ..errors import CmddError
 from .common import (
-    device_option, err_console, handle_errors, json_option, precision_option, print_json, scan_option, setup_logging,
-    tile_option, weights_option)
+    check_tile, device_option, err_console, handle_errors, json_option, precision_option, print_json, scan_option,
+    setup_logging, threads_option, tile_option, weights_option)
+from ..engine.options import DEFAULT_OVERLAP
 
 _FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "mae": "{:.4f}", "lpips": "{:.4f}"}
 _HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "lpips": "LPIPS"}
@@ -72,6 +73,7 @@ def register(app: typer.Typer) -> None:
         tile: int = tile_option(0, "Tile size for the network (0 = whole image, the protocol)."),
         device: str = device_option(),
         precision: str = precision_option("fp32", "fp32 (protocol), bf16, fp16 or auto."),
+        threads: Optional[int] = threads_option(),
         limit: int = typer.Option(0, "--limit", help="Score only the first N images of each set (0 = all)."),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Write per_image.csv and summary.json (and images) here."),
@@ -93,6 +95,7 @@ def register(app: typer.Typer) -> None:
         from ..eval import protocol as E
 
         setup_logging(quiet=json_out)
+        check_tile(tile, DEFAULT_OVERLAP)
         settings = E.EvalSettings(metrics=metrics, bits=bits, ssim_window=ssim_window,
                                   mask=str(mask) if mask else None, tile=tile, precision=precision, device=device)
         if save_images and out is None:
@@ -109,7 +112,8 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, description=name)
 
             report = E.run_eval(items, settings, weights=weights,
-                                save_dir=(out / "images") if save_images else None, progress=progress)
+                                save_dir=(out / "images") if save_images else None, progress=progress,
+                                threads=threads)
         write_error = None
         if out is not None:
             try:

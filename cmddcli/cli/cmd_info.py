@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
     @app.command("info")
     @handle_errors
     def info(
-        preset: str = typer.Option("paper", "--preset", "-p", help="Preset whose size and cost to show."),
+        preset: Optional[str] = typer.Option(
+            None, "--preset", "-p", help="Preset whose size and cost to show (default: the shipped weights')."),
         json_out: bool = json_option("Print JSON only."),
         scan: Optional[str] = scan_option(),
     ):

@@ -26,9 +26,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def train_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML (or JSON) training config."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="Training preset: paper (default) or tiny."),
+        preset: Optional[str] = typer.Option(
+            None, "--preset", help="Training preset: paper (default) or tiny; another model: --set model.preset=small."),
         sets: List[str] = typer.Option([], "--set", "-s", help="Override: section.key=value (typed; repeatable)."),
-        iters: Optional[str] = typer.Option(None, "--iters", help="Total iterations (e.g. 300000 or 300k)."),
+        iters: Optional[str] = typer.Option(
+            None, "--iters", help="Total iterations (e.g. 300000 or 300k; default: the config's)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (config, checkpoints, logs, weights)."),
         data: Optional[str] = typer.Option(
             None, "--data", "-d", help="Manifest JSON / folder of pairs / synth[:DIR of sharp images]."),
@@ -38,10 +40,12 @@ def register(app: typer.Typer) -> None:
             None, "--stop-at", help="Stop (with a checkpoint) after this many total iterations, e.g. for job limits."),
         device: Optional[str] = device_option(None, "auto, cpu, cuda, cuda:N."),
         precision: Optional[str] = precision_option(None, "fp32, bf16 or fp16 (autocast)."),
-        ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (e.g. 0.999; 0 = off)."),
+        ema: Optional[float] = typer.Option(
+            None, "--ema", help="EMA decay of the weights (e.g. 0.999; 0 = off; default: the config's)."),
         compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Data loader worker processes."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", help="Data loader worker processes (default: the config's)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
         json_out: bool = json_option("Print the result as JSON on stdout."),
         scan: Optional[str] = scan_option(),

@@ -92,6 +92,31 @@ def tile_option(default: Optional[int] = None,
     return typer.Option(default, "--tile", help=help)
 
 
+# Smallest --tile a user may ask for: below it the network sees too little context (16-px tiles of
+# the default weights are 34.7 dB from the whole-image output; the engine itself goes lower on OOM),
+# and the default 32-px overlap would be half the tile.
+MIN_USER_TILE = 128
+
+
+def check_tile(tile: Optional[int], overlap: int) -> None:
+    """``--tile`` / ``--overlap`` as a user may set them: tile 0 (whole image) or >= MIN_USER_TILE,
+    overlap >= 0 and at most half the tile. Raises CmddError naming the bad value."""
+    if overlap < 0:
+        raise CmddError(f"--overlap must be >= 0 (got {overlap})")
+    if tile is None or tile == 0:
+        return
+    if tile < MIN_USER_TILE:
+        raise CmddError(f"--tile must be 0 (whole image) or at least {MIN_USER_TILE} pixels (got {tile})")
+    if 2 * overlap > tile:
+        raise CmddError(f"--overlap {overlap} must be at most half the tile ({tile} px)")
+
+
+def threads_option():
+    """``--threads N``: CPU threads (default: every core this process may use)."""
+    return typer.Option(None, "--threads", min=1,
+                        help="CPU threads for the network (default: every core this process may use).")
+
+
 def overlap_option():
     """``--overlap`` between tiles in pixels, default :data:`cmddcli.engine.options.DEFAULT_OVERLAP`."""
     return typer.Option(DEFAULT_OVERLAP, "--overlap", help="Overlap between tiles in pixels.")
@@ -108,8 +133,13 @@ def quiet_option(help: str = "No progress bars or tables; warnings only."):
 
 
 def _set_scan(value: Optional[str]) -> Optional[str]:
-    """``--scan NAME`` is ``CMDD_SCAN=NAME`` for this process and the processes it starts."""
+    """``--scan NAME`` is ``CMDD_SCAN=NAME`` for this process and the processes it starts; an unknown
+    name is a usage error before anything runs."""
     if value:
+        from ..model.ssm import backend_names
+
+        if value not in backend_names():
+            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(backend_names())}")
         os.environ["CMDD_SCAN"] = value
     return value
 

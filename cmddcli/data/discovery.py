@@ -218,10 +218,26 @@ def discover_realdof(root: str | Path, check_sizes: bool = True) -> Discovery:
     return disc
 
 
+def _suffix_pairs(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Sources and targets named ``NAME_input`` / ``NAME_gt`` (or ``_blur`` / ``_sharp``,
+    ``_source`` / ``_target``) side by side in one folder, as name -> path; empty when there are none."""
+    src: dict[str, Path] = {}
+    tgt: dict[str, Path] = {}
+    for stem, path in _images(root).items():
+        for names, out in ((_SOURCE_NAMES, src), (_TARGET_NAMES, tgt)):
+            for n in names:
+                if stem.lower().endswith("_" + n.lower()) and len(stem) > len(n) + 1:
+                    out[stem[: -len(n) - 1]] = path
+                    break
+    return src, tgt
+
+
 def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = True) -> Discovery:
-    """Any folder with ``source/`` and ``target/`` (also input/gt, blur/sharp), matched by file stem.
-    If ``root`` instead holds ``train/``, ``val/``, ``test/`` folders each with such a pair of
-    folders, every split found is listed (``split`` is then ignored)."""
+    """Any folder with ``source/`` and ``target/`` (also input/gt, blur/sharp), matched by file stem,
+    or one folder of ``NAME_input`` + ``NAME_gt`` files (also ``_blur``/``_sharp``,
+    ``_source``/``_target``; e.g. the DPDD GIF samples). If ``root`` instead holds ``train/``,
+    ``val/``, ``test/`` folders each with such a pair of folders, every split found is listed
+    (``split`` is then ignored)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "not a folder")
@@ -229,7 +245,24 @@ def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = Tr
     layout = {split: root} if _first_dir(root, _SOURCE_NAMES) else {
         s: root / s for s in SPLITS if (root / s).is_dir() and _first_dir(root / s, _SOURCE_NAMES)}
     if not layout:
-        disc.problems.append(f"no source/ and target/ folders (nor train|val|test/source) under {root}")
+        src, tgt = _suffix_pairs(root)
+        if src or tgt:
+            for name in sorted(set(src) - set(tgt), key=natural_key):
+                disc.problems.append(f"{src[name]}: no matching target (e.g. {name}_gt) in {root}")
+            for name in sorted(set(tgt) - set(src), key=natural_key):
+                disc.problems.append(f"{tgt[name]}: no matching source (e.g. {name}_input) in {root}")
+            disc.pairs[split] = [RawPair(name=n, split=split, source=src[n], target=tgt[n], extra={})
+                                 for n in sorted(set(src) & set(tgt), key=natural_key)]
+            for q in disc.pairs[split] if check_sizes else []:
+                try:
+                    a, b = image_size(q.source), image_size(q.target)
+                    if a != b:
+                        disc.problems.append(f"{q.target}: target is {b[0]}x{b[1]} but the source is {a[0]}x{a[1]}")
+                except InputError as e:
+                    disc.problems.append(str(e))
+            return disc
+        disc.problems.append(f"no source/ and target/ folders, NAME_input + NAME_gt files, nor "
+                             f"train|val|test/source under {root}")
     for s, base in layout.items():
         src, tgt = _first_dir(base, _SOURCE_NAMES), _first_dir(base, _TARGET_NAMES)
         if tgt is None:

@@ -120,6 +120,8 @@ class Deblurrer:
             raise CmddError(f"tile must be >= 0 (0 = whole image), got {tile}")
         if overlap < 0:
             raise CmddError(f"overlap must be >= 0, got {overlap}")
+        if tile and 2 * overlap > tile:
+            raise CmddError(f"overlap must be at most half the tile, got overlap {overlap}, tile {tile}")
         if margin is not None and not 0 <= 2 * margin < max(overlap, 1):
             raise CmddError(f"margin must satisfy 0 <= 2 * margin < overlap, got margin {margin}, overlap {overlap}")
         if batch_tiles is not None and batch_tiles < 1:

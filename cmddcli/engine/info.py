@@ -3,6 +3,8 @@ shipped weights' model card."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import os
 
 import torch
@@ -15,11 +17,11 @@ from ..model.weights import default_weights_path, read_metadata
 __all__ = ["collect_info"]
 
 
-def collect_info(preset: str) -> dict:
+def collect_info(preset: Optional[str] = None) -> dict:
     """What ``cmdd info`` shows, as a JSON-ready dict: versions, the device, every scan backend
     (available or why not) and the active ones, ``preset``'s parameters and MACs at 256x256 (thop
-    style and with the scan), and the shipped weights' metadata. Raises CmddError for an unknown
-    preset."""
+    style and with the scan; default: the shipped weights' preset, else ``paper``), and the shipped
+    weights' metadata. Raises CmddError for an unknown preset."""
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -29,12 +31,14 @@ def collect_info(preset: str) -> dict:
     ]
     active_infer = ssm.choose_backend(device, needs_grad=False).name
     active_train = ssm.choose_backend(device, needs_grad=True).name
-    net = CMDDNet(model_config(preset))
-    macs = count_macs(net, 256, 256)
     wpath = default_weights_path()
     weights = {"path": str(wpath), "installed": wpath.is_file()}
     if wpath.is_file():
         weights["metadata"] = read_metadata(wpath)
+    if preset is None:
+        preset = str(weights.get("metadata", {}).get("preset") or "paper")
+    net = CMDDNet(model_config(preset))
+    macs = count_macs(net, 256, 256)
     return {
         "version": __version__,
         "torch": torch.__version__,

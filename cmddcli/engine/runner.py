@@ -8,11 +8,13 @@
   goes to ``out_dir/a/b<suffix>.<ext>``; a file named on its own goes to ``out_dir/<name>``.
 * An output that would be an input file is refused; two inputs that map to one output fail the
   second. Resume: each finished output gets a record, ``out_dir/.cmdd/records/<output>.json``, of
-  the source file (resolved path, size, mtime) and the settings that made it (:func:`recipe`: weights
-  digest, RAW development, bit depth, ...). An existing output is skipped only when its record
-  matches the input and the settings; with no record, or a record of another source, an older
-  version of the source or other settings, the file fails with a reason saying which, so nothing
-  is kept silently. ``overwrite`` redoes every output.
+  the source file (resolved path, size, mtime) and the settings that made it (:func:`recipe`:
+  weights digest, RAW development for RAW files, bit depth, precision, tile and overlap, ...). An
+  existing output is skipped only when its record matches the input and the settings; with no
+  record, or a record of another source, an older version of the source or other settings, the
+  file fails with a reason saying which, so nothing is kept silently. ``overwrite`` redoes every
+  output. Files with a record are outputs: a later walk of the same folder does not take them as
+  inputs.
 * Each output is written through a temp file and ``os.replace`` (see cmddcli.atomic).
 * A file that cannot be used fails with a one-line reason and the batch goes on.
 * Under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK), rank r takes files r, r + world, ... of the
@@ -36,7 +38,7 @@ from typing import Callable, Optional, Sequence
 from .selective import RestoreOptions, finish_photo
 from ..errors import CmddError, InputError
 from ..runtime import DistInfo, gather_objects
-from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_supported, read_photo, write_photo
+from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_raw, is_supported, read_photo, write_photo
 from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -166,10 +168,11 @@ def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
             dirnames[:] = []
             continue
         walked.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not _is_hidden(d) and not (exclude is not None and (here / d).resolve() == exclude)
-        ) if recursive else []
+        subdirs = sorted(d for d in dirnames
+                         if not _is_hidden(d) and not (exclude is not None and (here / d).resolve() == exclude))
+        if subdirs and not recursive:
+            log.info("%s: %d sub-folder(s) not searched (use --recursive)", here, len(subdirs))
+        dirnames[:] = subdirs if recursive else []
         found += [here / f for f in sorted(filenames) if not _is_hidden(f) and is_supported(f)]
     return found
 
@@ -190,8 +193,9 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
 
     ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
     or the file's own folder for a file named on its own. Files inside ``exclude`` (the output
-    folder) are left out of folder walks and globs. A missing path is returned as is (it fails
-    later with "file not found").
+    folder) are left out of folder walks and globs, and so are files that ``exclude`` holds a
+    resume record for (outputs of an earlier run, when the output folder is an input folder). A
+    missing path is returned as is (it fails later with "file not found").
     """
     exclude = Path(exclude).resolve() if exclude is not None else None
     pairs: list[tuple[Path, Path]] = []
@@ -200,7 +204,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
         p = Path(s).expanduser()
         if p.is_dir():
             walk_exclude = exclude if exclude is not None and _within(exclude, p.resolve()) else None
-            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
+            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude) if not _recorded_output(f, exclude)]
         elif p.exists() or not (_MAGIC & set(s)):
             pairs.append((p, p.parent))
         else:
@@ -211,6 +215,8 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                     continue
                 if exclude is not None and _within(f.resolve(), exclude):
                     continue
+                if _recorded_output(f, exclude):
+                    continue
                 pairs.append((f, root))
     seen, unique = set(), []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
@@ -219,6 +225,23 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
             seen.add(key)
             unique.append((f, root))
     return unique
+
+
+def _recorded_output(file: Path, out_dir: Optional[Path]) -> bool:
+    """Whether ``file`` is an output of an earlier run into ``out_dir`` (it has a resume record
+    there): a folder walk or glob over a folder that is also the output folder leaves it out, so a
+    second run with ``--suffix`` does not deblur its own outputs again."""
+    if out_dir is None:
+        return False
+    try:
+        rel = file.resolve().relative_to(out_dir)
+    except ValueError:
+        return False
+    rec = out_dir / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+    if not rec.is_file():
+        return False
+    log.debug("%s: left out, an output of an earlier run (%s)", file, rec)
+    return True
 
 
 def output_path(file: Path, root: Path, opts: BatchOptions) -> Path:
@@ -324,10 +347,17 @@ def weights_digest(weights: Optional[str | os.PathLike]) -> str:
         return f"unreadable:{path}"
 
 
-def recipe(opts: BatchOptions) -> dict:
-    """The settings that make an output what it is (compared on resume), as JSON values."""
-    return json.loads(json.dumps({**opts.recipe, "raw_development": opts.raw.postprocess_params(),
-                                  "bit_depth": opts.bit_depth}, default=str))
+# Recipe entries added after records were first written: a record without one is not failed for it.
+_LATER_RECIPE_KEYS = ("engine",)
+
+
+def recipe(opts: BatchOptions, source: Optional[Path] = None) -> dict:
+    """The settings that make an output what it is (compared on resume), as JSON values. The RAW
+    development is part of it only for a RAW ``source`` (or when no source is given)."""
+    d = {**opts.recipe, "bit_depth": opts.bit_depth}
+    if source is None or is_raw(source):
+        d["raw_development"] = opts.raw.postprocess_params()
+    return json.loads(json.dumps(d, default=str))
 
 
 def record_path(output: Path, opts: BatchOptions) -> Path:
@@ -363,7 +393,12 @@ def resume_problem(job: Job, opts: BatchOptions) -> Optional[str]:
         return f"{job.output} exists but was made from {made_from.get('path')}; {hint}"
     if (made_from.get("size"), made_from.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
         return f"{job.output} was made from an earlier version of this file (size or time changed); {hint}"
-    current = recipe(opts)
+    current = recipe(opts, job.input)
+    if not is_raw(job.input):  # older records hold the RAW development for every file
+        made_with = {k: v for k, v in made_with.items() if k != "raw_development"}
+    for k in _LATER_RECIPE_KEYS:
+        if k not in made_with:
+            current.pop(k, None)
     if made_with != current:
         keys = sorted(k for k in set(made_with) | set(current) if made_with.get(k) != current.get(k))
         return f"{job.output} was made with other settings ({', '.join(keys)}); {hint}"
@@ -390,7 +425,7 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
     output as unrecorded instead of skipping it)."""
     if source is None:
         return
-    payload = {"output": os.fspath(job.output), "source": source, "settings": recipe(opts),
+    payload = {"output": os.fspath(job.output), "source": source, "settings": recipe(opts, job.input),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         atomic_write_bytes(record_path(job.output, opts), (json.dumps(payload, indent=1) + "\n").encode(),
@@ -436,8 +471,8 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
         res = process_job(job, deblurrer, opts, progress, rank)
         if res.status == "done":
             _remember(job, opts, source, res)
-        if res.status == "failed":
-            log.info("failed: %s: %s", job.input, res.reason)
+        if res.status == "failed":  # the CLI lists failures at the end; logged for library callers
+            log.debug("failed: %s: %s", job.input, res.reason)
         results.append(res)
         progress.file_finished(res)
     return _in_job_order(results, jobs)
@@ -481,8 +516,9 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     info = dist_info or DistInfo()
     pairs = discover(inputs, opts.recursive, exclude=opts.out_dir)
     if not pairs:
+        nested = not opts.recursive and any(_has_subfolders(Path(i)) for i in inputs)
         raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
-                        + ("" if opts.recursive else " (use --recursive for sub-folders)"))
+                        + (" (use --recursive for sub-folders)" if nested else ""))
     if not opts.dry_run:
         _check_output_dir(Path(opts.out_dir))
     jobs = plan(pairs, opts)
@@ -514,6 +550,13 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
                                     f"({e.strerror or e})")
             log.warning("%s", report.summary_error)
     return report
+
+
+def _has_subfolders(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any(d.is_dir() and not _is_hidden(d.name) for d in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _check_output_dir(out_dir: Path) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..data.discovery import find_pairs, keyed_images, natural_key
+from ..data.manifest import sha256_file
 from ..errors import CmddError, InputError
 from ..photo.arrays import from_float, read_image, write_png
 from . import metrics as M
@@ -286,6 +287,23 @@ def _per_set(values: Sequence[int], n: int, flag: str) -> List[int]:
     return list(values)
 
 
+def _distinct_groups(sets: List[List[EvalItem]], specs: Sequence[str]) -> List[EvalItem]:
+    """The sets' items, each set under a label of its own: where two sets would share a label (two
+    ``source/`` + ``target/`` folders are both "pairs"), each of those is named by its folder, then,
+    if still the same, by the argument as given."""
+    labels = [s[0].group if s else "" for s in sets]
+    for i, lab in enumerate(labels):
+        if labels.count(lab) > 1:
+            dup = [j for j, other in enumerate(labels) if other == lab]
+            for j in dup:
+                labels[j] = Path(specs[j].rstrip("/")).name or specs[j]
+            if len({labels[j] for j in dup}) < len(dup):
+                for j in dup:
+                    labels[j] = specs[j]
+    return [dataclasses.replace(it, group=lab) if it.group != lab else it
+            for s, lab in zip(sets, labels) for it in s]
+
+
 def gather_items(*, data: Sequence[str] = (), pred: Sequence[str] = (), target: Sequence[str] = (),
                  split: str = "test", pred_suffix: str = "", crop_top: Sequence[int] = (), limit: int = 0,
                  with_weights: bool = False) -> List[EvalItem]:
@@ -293,9 +311,10 @@ def gather_items(*, data: Sequence[str] = (), pred: Sequence[str] = (), target: 
     ``target`` or with ``data``), or data sets for the model (``data`` alone).
 
     ``crop_top`` is given once for every set or once per set; ``limit`` keeps the first N images of
-    each set (0 = all). Raises CmddError for combinations that make no sense (``--pred`` with both
-    ``--target`` and ``--data``, unpaired sets, ``with_weights`` when scoring predictions, ...)."""
-    items: List[EvalItem] = []
+    each set (0 = all); each set is one group of the report, named by :func:`_distinct_groups`.
+    Raises CmddError for combinations that make no sense (``--pred`` with both ``--target`` and
+    ``--data``, unpaired sets, ``with_weights`` when scoring predictions, ...)."""
+    sets: List[List[EvalItem]] = []
     if pred:
         if target and data:
             raise CmddError("give --pred with either --target or --data, not both")
@@ -311,32 +330,49 @@ def gather_items(*, data: Sequence[str] = (), pred: Sequence[str] = (), target: 
                 set_items = items_from_predictions(p, r, pred_suffix=pred_suffix, crop_top=c)
             else:
                 set_items = items_with_predictions(items_from_data(r, split, crop_top=c), p, pred_suffix)
-            items += set_items[:limit] if limit else set_items
+            sets.append(set_items[:limit] if limit else set_items)
         if with_weights:
             raise CmddError("--weights is for model evaluation; drop it when scoring --pred images")
-        return items
+        return _distinct_groups(sets, list(pred))
     if target:
         raise CmddError("--target needs --pred (to score saved predictions)")
     if not data:
         raise CmddError("nothing to evaluate: give --data (with --weights) or --pred with --target")
     for d, c in zip(data, _per_set(crop_top, len(data), "--crop-top")):
         set_items = items_from_data(d, split, crop_top=c)
-        items += set_items[:limit] if limit else set_items
-    return items
+        sets.append(set_items[:limit] if limit else set_items)
+    return _distinct_groups(sets, list(data))
 
 
 def run_eval(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(), *,
              weights: Optional[str | Path] = None, save_dir: Optional[str | Path] = None,
-             progress: Optional[ImageProgress] = None) -> EvalReport:
+             progress: Optional[ImageProgress] = None, threads: Optional[int] = None) -> EvalReport:
     """Score ``items``: their saved predictions when they have them, else the network (``weights``,
-    default the shipped ones, on ``settings.device`` / ``precision`` / ``tile``), saving its outputs
-    under ``save_dir`` when given."""
-    if items and all(it.pred is not None for it in items):
-        return evaluate_predictions(items, settings, progress=progress)
-    from ..engine import Deblurrer
+    default the shipped ones, on ``settings.device`` / ``precision`` / ``tile``, ``threads`` CPU
+    threads, default all), saving its outputs under ``save_dir`` when given. The report's extra
+    records what was scored (``sets``: label, crop and count per set), the weights and their
+    sha256, the cmdd version and the time."""
+    from .. import __version__
 
-    engine = Deblurrer(weights, device=settings.device, precision=settings.precision, tile=settings.tile)
-    return evaluate_model(engine, items, settings, save_dir=save_dir, progress=progress)
+    if items and all(it.pred is not None for it in items):
+        report = evaluate_predictions(items, settings, progress=progress)
+    else:
+        from ..engine import Deblurrer
+
+        engine = Deblurrer(weights, device=settings.device, precision=settings.precision, tile=settings.tile,
+                           threads=threads)
+        report = evaluate_model(engine, items, settings, save_dir=save_dir, progress=progress)
+        path = engine.weights_path
+        report.extra["weights"] = {"path": str(path) if path else None,
+                                   "sha256": sha256_file(path) if path else None}
+    sets: Dict[str, dict] = {}
+    for it in items:
+        entry = sets.setdefault(it.group, {"group": it.group, "crop_top": it.crop_top, "images": 0,
+                                           "target_folder": str(Path(it.target).parent)})
+        entry["images"] += 1
+    report.extra.update({"sets": list(sets.values()), "cmdd_version": __version__,
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return report
 
 
 def items_with_predictions(items: Sequence[EvalItem], pred: str | Path, pred_suffix: str = "") -> List[EvalItem]:

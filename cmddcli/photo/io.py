@@ -238,12 +238,13 @@ class _SizeLimit:
         self.total += int(width) * int(height)
         if self.max_pixels and self.total > self.max_pixels:
             what = f"{width}x{height} is" if self.total == int(width) * int(height) else "its pages together are"
-            raise InputError(self.path, f"image too large: {what} {_megapixels(self.total)}, over the "
-                                        f"{_megapixels(self.max_pixels)} limit (raise it with --max-megapixels)")
+            mp = self.max_pixels >= 100_000  # both numbers in the limit's unit
+            raise InputError(self.path, f"image too large: {what} {_pixels(self.total, mp)}, over the "
+                                        f"{_pixels(self.max_pixels, mp)} limit (raise it with --max-megapixels)")
 
 
-def _megapixels(n: int) -> str:
-    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"
+def _pixels(n: int, megapixels: bool) -> str:
+    return f"{n / 1e6:.1f} MP" if megapixels else f"{n} pixels"
 
 
 @contextlib.contextmanager
