@@ -26,10 +26,12 @@ def test_bench_photo_runs_deblur_end_to_end(tiny_weights):
 
 
 def test_bench_forward_json():
-    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "-s", "24", "-b", "cpu", "--repeats", "1", "--json"])
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "-s", "24", "-s", "32x16", "-b", "cpu", "--repeats", "1",
+                                   "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert rows[0]["preset"] == "tiny" and rows[0]["size"] == "24x24" and rows[0]["total_s"] > 0
+    assert rows[1]["size"] == "32x16"  # width x height, as given
     # the scan is attributed whichever layout the block takes (token-major on CPU)
     assert 0 < rows[0]["scan_s"] < rows[0]["total_s"]
 

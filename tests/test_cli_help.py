@@ -48,6 +48,12 @@ def test_info_describes_the_shipped_weights_preset_by_default():
     res = CliRunner().invoke(app, ["info", "--json"])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.stdout)["preset"]["name"]
-    assert shown == read_metadata(default_weights_path())["preset"] == "small"
+    assert shown == read_metadata(default_weights_path())["preset"]
     res = CliRunner().invoke(app, ["info", "--json", "--preset", "paper"])
     assert json.loads(res.stdout)["preset"]["name"] == "paper"
+
+
+def test_scan_option_accepts_auto_and_the_backends_only():
+    assert CliRunner().invoke(app, ["info", "--json", "--scan", "auto"]).exit_code == 0
+    res = CliRunner().invoke(app, ["info", "--scan", "nope"])
+    assert res.exit_code == 2 and "unknown scan backend" in res.output

@@ -174,10 +174,34 @@ def test_refuses_to_overwrite_inputs(tmp_path, tiny_weights):
     assert r.exit_code == 0 and payload["counts"] == {"done": 0, "skipped": 1, "failed": 0, "planned": 0}
     assert [Path(f["input"]).name for f in payload["files"]] == ["a.png"]
     assert not (src / "a_sharp_sharp.png").exists()
-    # ... while a file of that name that cmdd did not make is still an input.
+    # The same through a shell-expanded glob (files named one by one) and a quoted glob.
+    for args in ([src / "a.png", src / "a_sharp.png"], [str(src / "*.png")]):
+        r = run([*args, "-o", src, "--suffix", "_sharp", "--json"], tiny_weights)
+        payload = json.loads(r.stdout)
+        assert r.exit_code == 0 and [Path(f["input"]).name for f in payload["files"]] == ["a.png"], args
+        assert payload["counts"]["skipped"] == 1 and not (src / "a_sharp_sharp.png").exists()
+    # ... while a file of that name that cmdd did not make is still an input, and so is an output
+    # that a photo was copied over since (the record no longer describes it).
     shutil.copy(src / "a.png", src / "b_sharp.png")
     r = run([src, "-o", src, "--suffix", "_sharp", "--json", "--dry-run"], tiny_weights)
     assert {Path(f["input"]).name for f in json.loads(r.stdout)["files"]} == {"a.png", "b_sharp.png"}
+    Image.fromarray(img(seed=9)).save(src / "a_sharp.png")
+    r = run([src, "-o", src, "--suffix", "_sharp", "--json", "--dry-run"], tiny_weights)
+    assert {Path(f["input"]).name for f in json.loads(r.stdout)["files"]} == {"a.png", "a_sharp.png", "b_sharp.png"}
+
+
+def test_repeat_into_the_input_folder_through_a_symlinked_subfolder(tmp_path, tiny_weights):
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    Image.fromarray(img(seed=2)).save(elsewhere / "b.png")
+    (src / "sub").symlink_to(elsewhere, target_is_directory=True)
+    for done in (2, 0):
+        r = run([src, "-o", src, "-r", "--suffix", "_s", "--json"], tiny_weights)
+        payload = json.loads(r.stdout)
+        assert r.exit_code == 0 and payload["counts"]["done"] == done and len(payload["files"]) == 2
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["b.png", "b_s.png"]
 
 
 def test_resume_record_holds_engine_settings_and_raw_only_for_raw(tmp_path, tiny_weights):
@@ -187,14 +211,14 @@ def test_resume_record_holds_engine_settings_and_raw_only_for_raw(tmp_path, tiny
     out = tmp_path / "out"
     assert run([src, "-o", out, "--json"], tiny_weights).exit_code == 0
     rec = json.loads((out / ".cmdd" / "records" / "a.png.json").read_text())
-    assert rec["settings"]["engine"] == {"precision": rec["settings"]["engine"]["precision"], "tile": "auto",
-                                         "overlap": 32}
+    assert rec["settings"]["engine"] == {"precision": "auto", "tile": "auto", "overlap": 32}  # as given
+    assert rec["output_file"]["size"] == (out / "a.png").stat().st_size
     assert "raw_development" not in rec["settings"]  # a PNG is not developed
     r = run([src, "-o", out, "--json", "--raw-linear"], tiny_weights)  # RAW settings: nothing to redo
     assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["skipped"] == 1
     r = run([src, "-o", out, "--json", "--tile", "256"], tiny_weights)  # another tile: not kept silently
     reason = json.loads(r.stdout)["files"][0]["reason"]
-    assert r.exit_code == 1 and "other settings (engine)" in reason
+    assert r.exit_code == 1 and "other settings (engine.tile)" in reason
     # A record from before the engine settings (and with the RAW development of every file) still matches.
     old = dict(rec["settings"])
     old.pop("engine")

@@ -178,7 +178,7 @@ def test_cli_eval_with_weights_saves_images_and_reports(pairs_dir, tiny_weights,
 def test_two_pairs_folders_are_two_sets_and_the_summary_says_what_was_scored(pairs_dir, tiny_weights, tmp_path):
     # A second set in the DPDD GIF samples' layout: NAME_input / NAME_gt side by side in one folder.
     rng = np.random.default_rng(5)
-    flat = tmp_path / "gif" / "pairs"  # same folder name as the first set: labels fall back to the argument
+    flat = tmp_path / "gif" / "pairs"  # same folder name as the first set: the second gets "#2"
     for n in ("c", "d", "e"):
         write_png(flat / f"{n}_input.png", _img(rng, 24, 40))
         write_png(flat / f"{n}_gt.png", _img(rng, 24, 40))
@@ -193,9 +193,9 @@ def test_two_pairs_folders_are_two_sets_and_the_summary_says_what_was_scored(pai
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert [(s["group"], s["subset"], s["count"]) for s in summary["summary"]] == [
-        (str(pairs_dir), "combined", 2), (str(flat), "combined", 3), ("all", "combined", 5)]
+        ("pairs", "combined", 2), ("pairs#2", "combined", 3), ("all", "combined", 5)]
     assert [(s["group"], s["crop_top"], s["images"]) for s in summary["sets"]] == [
-        (str(pairs_dir), 0, 2), (str(flat), 4, 3)]
+        ("pairs", 0, 2), ("pairs#2", 4, 3)]
     assert summary["weights"]["path"] == str(tiny_weights)
     from cmddcli.data.manifest import sha256_file
     from cmddcli import __version__
@@ -203,10 +203,28 @@ def test_two_pairs_folders_are_two_sets_and_the_summary_says_what_was_scored(pai
     assert summary["weights"]["sha256"] == sha256_file(tiny_weights) and summary["cmdd_version"] == __version__
     assert json.loads((out / "summary.json").read_text())["sets"] == summary["sets"]
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert {r["group"] for r in rows} == {str(pairs_dir), str(flat)}
+    assert {r["group"] for r in rows} == {"pairs", "pairs#2"}
+    # Saved images stay under --out whatever the labels.
+    res = CliRunner().invoke(app, ["eval", "--weights", str(tiny_weights), "--device", "cpu", "--threads", "1",
+                                   "--data", str(pairs_dir), "--data", str(flat), "--out", str(out),
+                                   "--save-images", "--limit", "1"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == [
+        "images/pairs#2/c.png", "images/pairs/a.png"]
+    assert sorted(p.name for p in pairs_dir.iterdir()) == ["source", "target"]  # nothing written there
     # Distinct folder names label the sets by folder.
     both = E.gather_items(data=[str(pairs_dir), str(flat.rename(tmp_path / "gif2"))])
     assert sorted({i.group for i in both}) == ["gif2", "pairs"]
+
+
+def test_set_labels_never_collide():
+    def items(group, n=1):
+        return [E.EvalItem(f"{group}{i}", Path("t.png"), group=group) for i in range(n)]
+
+    got = E._distinct_groups([items("mine"), items("pairs"), items("pairs")], ["d/mine.json", "A/mine", "B/other"])
+    assert [i.group for i in got] == ["mine", "mine#2", "other"]
+    got = E._distinct_groups([items("pairs"), items("pairs")], ["x/all", "y/gif"])
+    assert [i.group for i in got] == ["all#2", "gif"]  # "all" is the report's row over every set
 
 
 def test_cli_errors_are_one_line_exit_1(tmp_path):

@@ -157,12 +157,11 @@ def register(app: typer.Typer) -> None:
             raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
         restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
         info = runtime.DistInfo.from_env()
-        from ..engine.deblurrer import resolve_precision
-
-        run_device = runtime.device_for_rank(device, info)
-        # What the engine settings change in an output (a few 8-bit levels at most): part of the recipe.
-        engine_recipe = {"precision": resolve_precision(precision, run_device),
-                         "tile": "auto" if tile is None else tile, "overlap": overlap}
+        # The engine settings change an output by a few 8-bit levels at most, but they made it: part of
+        # the recipe, as given (precision "auto" stays "auto", so a resume on another machine matches).
+        engine_recipe = {"precision": (precision or "auto").lower(), "tile": "auto" if tile is None else tile}
+        if tile != 0:
+            engine_recipe["overlap"] = overlap  # whole-image inference has no overlap
         opts = batch.BatchOptions(
             out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
             overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
@@ -178,8 +177,8 @@ def register(app: typer.Typer) -> None:
             from ..engine import Deblurrer
 
             n = threads or max(1, runtime.available_cores() // max(1, info.local_world_size))
-            engine = Deblurrer(weights, device=run_device, precision=precision, tile=tile, overlap=overlap,
-                               threads=n)
+            engine = Deblurrer(weights, device=runtime.device_for_rank(device, info), precision=precision, tile=tile,
+                               overlap=overlap, threads=n)
             engine_settings.update(engine.describe())
             return engine
 

@@ -114,7 +114,8 @@ def check_tile(tile: Optional[int], overlap: int) -> None:
 def threads_option():
     """``--threads N``: CPU threads (default: every core this process may use)."""
     return typer.Option(None, "--threads", min=1,
-                        help="CPU threads for the network (default: every core this process may use).")
+                        help="CPU threads for the network (default: every core this process may use, shared "
+                             "among the torchrun ranks of a machine).")
 
 
 def overlap_option():
@@ -138,8 +139,9 @@ def _set_scan(value: Optional[str]) -> Optional[str]:
     if value:
         from ..model.ssm import backend_names
 
-        if value not in backend_names():
-            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(backend_names())}")
+        names = ["auto", *backend_names()]
+        if value not in names:
+            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(names)}")
         os.environ["CMDD_SCAN"] = value
     return value
 
@@ -147,4 +149,4 @@ def _set_scan(value: Optional[str]) -> Optional[str]:
 def scan_option():
     """``--scan NAME``: the selective-scan backend, as ``CMDD_SCAN=NAME``."""
     return typer.Option(None, "--scan", callback=_set_scan,
-                        help="Selective-scan backend (ref, torch, cpu, triton, mamba); same as CMDD_SCAN.")
+                        help="Selective-scan backend (auto, ref, torch, cpu, triton, mamba); same as CMDD_SCAN.")

@@ -218,18 +218,24 @@ def discover_realdof(root: str | Path, check_sizes: bool = True) -> Discovery:
     return disc
 
 
-def _suffix_pairs(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+def _suffix_pairs(root: Path) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
     """Sources and targets named ``NAME_input`` / ``NAME_gt`` (or ``_blur`` / ``_sharp``,
-    ``_source`` / ``_target``) side by side in one folder, as name -> path; empty when there are none."""
+    ``_source`` / ``_target``; suffixes in any case) side by side in one folder, as name -> path
+    (empty when there are none), and the problems: two sources or two targets for one name."""
     src: dict[str, Path] = {}
     tgt: dict[str, Path] = {}
-    for stem, path in _images(root).items():
-        for names, out in ((_SOURCE_NAMES, src), (_TARGET_NAMES, tgt)):
-            for n in names:
-                if stem.lower().endswith("_" + n.lower()) and len(stem) > len(n) + 1:
-                    out[stem[: -len(n) - 1]] = path
-                    break
-    return src, tgt
+    problems: list[str] = []
+    for stem, path in sorted(_images(root).items()):
+        for names, out, what in ((_SOURCE_NAMES, src, "source"), (_TARGET_NAMES, tgt, "target")):
+            n = next((n for n in names if stem.lower().endswith("_" + n.lower()) and len(stem) > len(n) + 1), None)
+            if n is None:
+                continue
+            name = stem[: -len(n) - 1]
+            if name in out:
+                problems.append(f"{path}: a second {what} for {name!r} (the first is {out[name].name})")
+            else:
+                out[name] = path
+    return src, tgt, problems
 
 
 def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = True) -> Discovery:
@@ -245,8 +251,9 @@ def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = Tr
     layout = {split: root} if _first_dir(root, _SOURCE_NAMES) else {
         s: root / s for s in SPLITS if (root / s).is_dir() and _first_dir(root / s, _SOURCE_NAMES)}
     if not layout:
-        src, tgt = _suffix_pairs(root)
+        src, tgt, problems = _suffix_pairs(root)
         if src or tgt:
+            disc.problems += problems
             for name in sorted(set(src) - set(tgt), key=natural_key):
                 disc.problems.append(f"{src[name]}: no matching target (e.g. {name}_gt) in {root}")
             for name in sorted(set(tgt) - set(src), key=natural_key):

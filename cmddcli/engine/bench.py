@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BenchRow:
-    """One timed configuration: preset, size (H, W), scan backend, seconds per forward (median) and the scan's share of it."""
+    """One timed configuration: preset, size ("WxH", pixels), scan backend, seconds per forward (median) and the scan's share of it."""
     preset: str
     size: str
     device: str
@@ -98,10 +98,10 @@ def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, 
                         totals.append(dt)
                         scans.append(sum(acc))
             except Exception as e:  # recorded in the table, never hidden
-                rows.append(BenchRow(preset, f"{h}x{w}", dev.type, backend, float("nan"), float("nan"), float("nan"), f"failed: {e}"))
+                rows.append(BenchRow(preset, f"{w}x{h}", dev.type, backend, float("nan"), float("nan"), float("nan"), f"failed: {e}"))
                 continue
             t, s = statistics.median(totals), statistics.median(scans)
-            rows.append(BenchRow(preset, f"{h}x{w}", dev.type, backend, t, s, t - s))
+            rows.append(BenchRow(preset, f"{w}x{h}", dev.type, backend, t, s, t - s))
             log.info("%s %dx%d %s: %.3f s (scan %.3f s)", preset, h, w, backend, t, s)
     return rows
 

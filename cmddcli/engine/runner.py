@@ -192,11 +192,13 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     """(file, root) pairs for the inputs, sorted by file path, duplicates removed.
 
     ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
-    or the file's own folder for a file named on its own. Files inside ``exclude`` (the output
-    folder) are left out of folder walks and globs, and so are files that ``exclude`` holds a
-    resume record for (outputs of an earlier run, when the output folder is an input folder). A
-    missing path is returned as is (it fails later with "file not found").
+    or the file's own folder for a file named on its own. ``exclude`` is the output folder: when it
+    lies inside a walked folder or below a glob's fixed part, the files in it are left out; and
+    any file ``exclude`` holds a resume record for (an output of an earlier run, unchanged since)
+    is left out wherever it was found, so an output folder that is also the input folder can be
+    deblurred into again. A missing path is returned as is (it fails later with "file not found").
     """
+    out_dirs = (Path(exclude).absolute(), Path(exclude).resolve()) if exclude is not None else ()
     exclude = Path(exclude).resolve() if exclude is not None else None
     pairs: list[tuple[Path, Path]] = []
     for arg in inputs:
@@ -204,20 +206,20 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
         p = Path(s).expanduser()
         if p.is_dir():
             walk_exclude = exclude if exclude is not None and _within(exclude, p.resolve()) else None
-            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude) if not _recorded_output(f, exclude)]
+            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
         elif p.exists() or not (_MAGIC & set(s)):
             pairs.append((p, p.parent))
         else:
             root = _glob_root(s)
+            skip_out = exclude is not None and exclude != root.resolve() and _within(exclude, root.resolve())
             for m in sorted(glob.glob(s, recursive=recursive or "**" in s)):
                 f = Path(m)
                 if not f.is_file() or not is_supported(f) or any(_is_hidden(x) for x in f.relative_to(root).parts):
                     continue
-                if exclude is not None and _within(f.resolve(), exclude):
-                    continue
-                if _recorded_output(f, exclude):
+                if skip_out and _within(f.resolve(), exclude):
                     continue
                 pairs.append((f, root))
+    pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
     seen, unique = set(), []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
         key = os.path.normcase(os.fspath(f.resolve()))
@@ -227,21 +229,28 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     return unique
 
 
-def _recorded_output(file: Path, out_dir: Optional[Path]) -> bool:
-    """Whether ``file`` is an output of an earlier run into ``out_dir`` (it has a resume record
-    there): a folder walk or glob over a folder that is also the output folder leaves it out, so a
-    second run with ``--suffix`` does not deblur its own outputs again."""
-    if out_dir is None:
-        return False
-    try:
-        rel = file.resolve().relative_to(out_dir)
-    except ValueError:
-        return False
-    rec = out_dir / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
-    if not rec.is_file():
-        return False
-    log.debug("%s: left out, an output of an earlier run (%s)", file, rec)
-    return True
+def _recorded_output(file: Path, out_dirs: Sequence[Path]) -> bool:
+    """Whether ``file`` is an output of an earlier run into the output folder (``out_dirs``: its
+    absolute and its resolved path): it has a resume record there and, where the record says, the
+    same size and modification time as when it was written (a photo copied over it later is an
+    input again)."""
+    for base in out_dirs:
+        for f in (file.absolute(), file.resolve()):
+            try:
+                rel = f.relative_to(base)
+            except ValueError:
+                continue
+            rec = base / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+            try:
+                made = json.loads(rec.read_text()).get("output_file")
+                st = file.stat()
+            except (OSError, ValueError, AttributeError):
+                continue
+            if made is not None and (made.get("size"), made.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+                continue
+            log.info("%s: left out, an output of an earlier run (%s); use another -o to deblur it again", file, rec)
+            return True
+    return False
 
 
 def output_path(file: Path, root: Path, opts: BatchOptions) -> Path:
@@ -400,7 +409,13 @@ def resume_problem(job: Job, opts: BatchOptions) -> Optional[str]:
         if k not in made_with:
             current.pop(k, None)
     if made_with != current:
-        keys = sorted(k for k in set(made_with) | set(current) if made_with.get(k) != current.get(k))
+        keys = []
+        for k in sorted(set(made_with) | set(current)):
+            a, b = made_with.get(k), current.get(k)
+            if isinstance(a, dict) and isinstance(b, dict):
+                keys += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
+            elif a != b:
+                keys.append(k)
         return f"{job.output} was made with other settings ({', '.join(keys)}); {hint}"
     return None
 
@@ -425,8 +440,13 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
     output as unrecorded instead of skipping it)."""
     if source is None:
         return
-    payload = {"output": os.fspath(job.output), "source": source, "settings": recipe(opts, job.input),
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        st = Path(job.output).stat()
+        made = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}  # tells this output from a later copy
+    except OSError:
+        made = None
+    payload = {"output": os.fspath(job.output), "output_file": made, "source": source,
+               "settings": recipe(opts, job.input), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         atomic_write_bytes(record_path(job.output, opts), (json.dumps(payload, indent=1) + "\n").encode(),
                            fsync=False)
@@ -515,8 +535,10 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     """
     info = dist_info or DistInfo()
     pairs = discover(inputs, opts.recursive, exclude=opts.out_dir)
+    if info.world_size > 1:  # every rank shards rank 0's list (records written meanwhile change discovery)
+        pairs = gather_objects(pairs, info)[0]
     if not pairs:
-        nested = not opts.recursive and any(_has_subfolders(Path(i)) for i in inputs)
+        nested = not opts.recursive and any(_has_subfolders(Path(i), Path(opts.out_dir)) for i in inputs)
         raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
                         + (" (use --recursive for sub-folders)" if nested else ""))
     if not opts.dry_run:
@@ -552,9 +574,11 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     return report
 
 
-def _has_subfolders(folder: Path) -> bool:
+def _has_subfolders(folder: Path, out_dir: Path) -> bool:
+    """Whether ``folder`` has a sub-folder that ``--recursive`` would walk (not hidden, not the output)."""
     try:
-        return folder.is_dir() and any(d.is_dir() and not _is_hidden(d.name) for d in folder.iterdir())
+        return folder.is_dir() and any(d.is_dir() and not _is_hidden(d.name) and d.resolve() != out_dir.resolve()
+                                       for d in folder.iterdir())
     except OSError:
         return False
 

@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,20 +289,23 @@ def _per_set(values: Sequence[int], n: int, flag: str) -> List[int]:
 
 
 def _distinct_groups(sets: List[List[EvalItem]], specs: Sequence[str]) -> List[EvalItem]:
-    """The sets' items, each set under a label of its own: where two sets would share a label (two
-    ``source/`` + ``target/`` folders are both "pairs"), each of those is named by its folder, then,
-    if still the same, by the argument as given."""
+    """The sets' items, each set under a label of its own: a label two sets would share (two
+    ``source/`` + ``target/`` folders are both "pairs") becomes the set's folder name; one still
+    taken, or ``all`` (the report's row over every set), gets ``#2``, ``#3``, ... appended."""
     labels = [s[0].group if s else "" for s in sets]
-    for i, lab in enumerate(labels):
-        if labels.count(lab) > 1:
-            dup = [j for j, other in enumerate(labels) if other == lab]
-            for j in dup:
-                labels[j] = Path(specs[j].rstrip("/")).name or specs[j]
-            if len({labels[j] for j in dup}) < len(dup):
-                for j in dup:
-                    labels[j] = specs[j]
-    return [dataclasses.replace(it, group=lab) if it.group != lab else it
-            for s, lab in zip(sets, labels) for it in s]
+    shared = {lab for lab in labels if labels.count(lab) > 1}
+    used: set = set()
+    out: List[EvalItem] = []
+    for s, lab, spec in zip(sets, labels, specs):
+        if lab in shared:
+            lab = Path(str(spec).rstrip("/\\")).name or lab
+        base, k = lab, 1
+        while lab in used or lab == "all":
+            k += 1
+            lab = f"{base}#{k}"
+        used.add(lab)
+        out += [dataclasses.replace(it, group=lab) if it.group != lab else it for it in s]
+    return out
 
 
 def gather_items(*, data: Sequence[str] = (), pred: Sequence[str] = (), target: Sequence[str] = (),
@@ -424,6 +428,13 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
     return _report(rows, settings, {"mode": "predictions"})
 
 
+def _folder_name(label: str) -> str:
+    """A set label as one folder name under ``--out``: path separators and anything unusual become
+    ``_`` (a label is never a path, so saved images cannot land outside the output folder)."""
+    name = re.sub(r"[^A-Za-z0-9._#+-]+", "_", label).strip("._")
+    return name or "set"
+
+
 def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
                    save_dir: Optional[str | Path] = None, progress: Optional[ImageProgress] = None) -> EvalReport:
     """Run `deblurrer` (a :class:`cmddcli.engine.Deblurrer`) on each ``item.source`` and score it.
@@ -444,7 +455,7 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
         y = np.clip(y.astype(np.float64), 0.0, 1.0)
         if save_dir is not None:
             try:
-                write_png(Path(save_dir) / it.group / f"{it.name}.png", from_float(y, settings.bits))
+                write_png(Path(save_dir) / _folder_name(it.group) / f"{it.name}.png", from_float(y, settings.bits))
             except OSError as e:  # e.g. a full disk: scoring goes on, the CLI exits 1
                 save_errors.append(f"{it.group}/{it.name}.png: {e.strerror or e}")
                 log.warning("cannot save %s/%s.png (%s)", it.group, it.name, e.strerror or e)
