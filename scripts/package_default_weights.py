@@ -23,10 +23,13 @@ import torch
 
 from cmddcli.model.weights import default_weights_path, load_weights, save_weights
 
-SOURCES = (
+SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in docs/synthetic_defocus.md
     "sharp photos from Debian packages lomiri-wallpapers-16.04 (CC-BY-4.0 / CC-BY-SA-4.0 / CC0), "
-    "mate-backgrounds (GPL-2+), opencv-doc examples/data (Apache-2.0 AND BSD-3-Clause) and the "
-    "scikit-image 0.26 wheel (public domain / CC0); per-file credits in docs/synthetic_defocus.md"
+    "mate-backgrounds (GPL-2+), opencv-doc examples/data (Apache-2.0 AND BSD-3-Clause), tuxpaint-data "
+    "templates (GPL-2+), sddm-theme-maldives (CC-BY-3.0), octave-vlfeat data (BSD-2-Clause), the wheels "
+    "of scikit-learn 1.5.2 (china.jpg, CC-BY-2.0), matplotlib 3.9.2 (grace_hopper.jpg, public domain) "
+    "and scipy 1.9.3 (face, public domain), and the scikit-image 0.26 wheel (public domain / CC0); "
+    "per-file credits in docs/synthetic_defocus.md"
 )
 
 
@@ -48,8 +51,9 @@ def main() -> None:
         training_data = f"synthetic defocus ({man.get('counts')}) made by `cmdd prepare synth`; {SOURCES}"
         synthesis = man.get("params", {}).get("synth")
     elif data.get("kind") == "synth":
-        training_data = (f"on-the-fly synthetic defocus (a new blur every step) from the sharp 256-px tiles of "
-                         f"{data.get('path')}; {SOURCES}; the scikit-image photographs held out for validation")
+        training_data = ("on-the-fly synthetic defocus (a new blur every step) from the sharp 256-px tiles of "
+                         f"the photographs scripts/fetch_sharp_sources.sh fetches: {SOURCES}; the scikit-image "
+                         "photographs held out for validation")
         synthesis = {"preset": data.get("synth"), "validation": data.get("val_synth")}
     else:
         raise SystemExit(f"{args.weights}: no --manifest and the run's config has no on-the-fly synthesis")
