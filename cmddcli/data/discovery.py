@@ -77,6 +77,21 @@ def _images(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _size_problems(source: Path, others: dict[str, Path]) -> list[str]:
+    """One line for each of ``others`` (label -> path) whose image size differs from ``source``'s, or
+    the error that stopped reading a size."""
+    problems = []
+    try:
+        size = image_size(source)
+        for label, p in others.items():
+            other = image_size(p)
+            if other != size:
+                problems.append(f"{p}: {label} is {other[0]}x{other[1]} but the source is {size[0]}x{size[1]}")
+    except InputError as e:
+        problems.append(str(e))
+    return problems
+
+
 def match_folder_pair(split: str, src_dir: Path, tgt_dir: Path, extra_dirs: dict[str, Path] | None = None,
                       check_sizes: bool = True) -> tuple[list[RawPair], list[str]]:
     """Match the images of ``src_dir`` and ``tgt_dir`` by file stem; returns (pairs, problems)."""
@@ -96,14 +111,7 @@ def match_folder_pair(split: str, src_dir: Path, tgt_dir: Path, extra_dirs: dict
             else:
                 problems.append(f"{src[stem]}: no matching {k} view in {extra_dirs[k]}")
         if check_sizes:
-            try:
-                size = image_size(src[stem])
-                for label, p in (("target", tgt[stem]), *extra.items()):
-                    other = image_size(p)
-                    if other != size:
-                        problems.append(f"{p}: {label} is {other[0]}x{other[1]} but the source is {size[0]}x{size[1]}")
-            except InputError as e:
-                problems.append(str(e))
+            problems += _size_problems(src[stem], {"target": tgt[stem], **extra})
         pairs.append(RawPair(name=stem, split=split, source=src[stem], target=tgt[stem], extra=extra))
     if not src and not tgt:
         problems.append(f"{src_dir}: no images")
@@ -261,12 +269,7 @@ def discover_pairs(root: str | Path, split: str = "test", check_sizes: bool = Tr
             disc.pairs[split] = [RawPair(name=n, split=split, source=src[n], target=tgt[n], extra={})
                                  for n in sorted(set(src) & set(tgt), key=natural_key)]
             for q in disc.pairs[split] if check_sizes else []:
-                try:
-                    a, b = image_size(q.source), image_size(q.target)
-                    if a != b:
-                        disc.problems.append(f"{q.target}: target is {b[0]}x{b[1]} but the source is {a[0]}x{a[1]}")
-                except InputError as e:
-                    disc.problems.append(str(e))
+                disc.problems += _size_problems(q.source, {"target": q.target})
             return disc
         disc.problems.append(f"no source/ and target/ folders, NAME_input + NAME_gt files, nor "
                              f"train|val|test/source under {root}")

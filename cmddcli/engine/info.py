@@ -3,9 +3,8 @@ shipped weights' model card."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import os
+from typing import Optional
 
 import torch
 

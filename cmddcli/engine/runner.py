@@ -240,7 +240,7 @@ def _recorded_output(file: Path, out_dirs: Sequence[Path]) -> bool:
                 rel = f.relative_to(base)
             except ValueError:
                 continue
-            rec = base / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+            rec = _record_file(base, rel)
             try:
                 made = json.loads(rec.read_text()).get("output_file")
                 st = file.stat()
@@ -375,7 +375,12 @@ def record_path(output: Path, opts: BatchOptions) -> Path:
         rel = Path(output).relative_to(Path(opts.out_dir))
     except ValueError:
         rel = Path(Path(output).name)
-    return Path(opts.out_dir) / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+    return _record_file(Path(opts.out_dir), rel)
+
+
+def _record_file(out_dir: Path, rel: Path) -> Path:
+    """The resume record of the output at ``rel`` (relative to ``out_dir``)."""
+    return out_dir / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
 
 
 def source_identity(path: Path) -> dict:
