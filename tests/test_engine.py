@@ -337,3 +337,22 @@ def test_cuda_auto_plan():
     eng = Deblurrer(model=conv_net(), device="cuda")
     tile, batch = eng.plan(512, 512)
     assert tile >= 512 and batch >= 1
+
+
+def test_tile_overlap_rule_is_shared_by_engine_and_cli():
+    """One rule (engine.options.tile_overlap_problem): the engine and the CLI refuse the same values."""
+    from cmddcli.cli.common import check_tile
+    from cmddcli.engine.options import MIN_USER_TILE, tile_overlap_problem
+
+    assert tile_overlap_problem(None, 32) is None and tile_overlap_problem(0, 500) is None
+    assert tile_overlap_problem(128, 64) is None and tile_overlap_problem(48, 16) is None
+    for tile, overlap, words in ((-1, 0, "tile must be >= 0"), (128, -1, "overlap must be >= 0"),
+                                 (128, 65, "overlap must be at most half the tile")):
+        assert words in tile_overlap_problem(tile, overlap)
+        with pytest.raises(CmddError, match=words):
+            Deblurrer(model=conv_net(), device="cpu", tile=tile, overlap=overlap)
+        with pytest.raises(CmddError, match="--" + words):
+            check_tile(tile, overlap)
+    check_tile(MIN_USER_TILE, 0)
+    with pytest.raises(CmddError, match=f"--tile must be 0 \\(whole image\\) or at least {MIN_USER_TILE}"):
+        check_tile(MIN_USER_TILE - 1, 0)

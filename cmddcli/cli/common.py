@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..engine.options import DEFAULT_OVERLAP, PRECISIONS
+from ..engine.options import DEFAULT_OVERLAP, MIN_USER_TILE, PRECISIONS, tile_overlap_problem
 from ..errors import CmddError
 
 # Progress, tables and logs go to stderr; stdout is reserved for --json payloads and plain results.
@@ -95,20 +95,12 @@ def tile_option(default: Optional[int] = None,
 # Smallest --tile a user may ask for: below it the network sees too little context (16-px tiles of
 # the default weights are 34.7 dB from the whole-image output; the engine itself goes lower on OOM),
 # and the default 32-px overlap would be half the tile.
-MIN_USER_TILE = 128
-
-
 def check_tile(tile: Optional[int], overlap: int) -> None:
-    """``--tile`` / ``--overlap`` as a user may set them: tile 0 (whole image) or >= MIN_USER_TILE,
-    overlap >= 0 and at most half the tile. Raises CmddError naming the bad value."""
-    if overlap < 0:
-        raise CmddError(f"--overlap must be >= 0 (got {overlap})")
-    if tile is None or tile == 0:
-        return
-    if tile < MIN_USER_TILE:
-        raise CmddError(f"--tile must be 0 (whole image) or at least {MIN_USER_TILE} pixels (got {tile})")
-    if 2 * overlap > tile:
-        raise CmddError(f"--overlap {overlap} must be at most half the tile ({tile} px)")
+    """``--tile`` / ``--overlap`` as a user may set them (rule: :func:`engine.options.tile_overlap_problem`
+    with tile 0 or >= MIN_USER_TILE). Raises CmddError naming the bad value."""
+    problem = tile_overlap_problem(tile, overlap, min_tile=MIN_USER_TILE, flag="--")
+    if problem:
+        raise CmddError(problem)
 
 
 def threads_option():

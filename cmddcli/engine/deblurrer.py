@@ -29,7 +29,7 @@ import torch.nn as nn
 from ..errors import CmddError, WeightsError
 from .. import runtime
 from ..runtime import resolve_device, tune_cpu_allocator
-from .options import DEFAULT_OVERLAP, PRECISIONS
+from .options import DEFAULT_OVERLAP, PRECISIONS, tile_overlap_problem
 from .tiling import Tile, default_margin, plan_axis, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,9 @@ class Deblurrer:
         cpu_pixel_budget: int = CPU_PIXEL_BUDGET,
         threads: Optional[int] = None,
     ):
-        if tile is not None and tile < 0:
-            raise CmddError(f"tile must be >= 0 (0 = whole image), got {tile}")
-        if overlap < 0:
-            raise CmddError(f"overlap must be >= 0, got {overlap}")
-        if tile and 2 * overlap > tile:
-            raise CmddError(f"overlap must be at most half the tile, got overlap {overlap}, tile {tile}")
+        problem = tile_overlap_problem(tile, overlap)
+        if problem:
+            raise CmddError(problem)
         if margin is not None and not 0 <= 2 * margin < max(overlap, 1):
             raise CmddError(f"margin must satisfy 0 <= 2 * margin < overlap, got margin {margin}, overlap {overlap}")
         if batch_tiles is not None and batch_tiles < 1:
