@@ -250,3 +250,29 @@ def test_sharp_tiles_restrict_patches_to_sharp_regions(tmp_path):
     assert src.train_dataset(48, 1).sources == ds.sources and len(src._tiles) == 1  # found once
     with pytest.raises(CmddError, match="sharp_tiles"):
         apply_overrides(cfg, ["data.sharp_tiles=48"]).validate()
+
+
+def test_sharp_scales_add_each_photograph_at_several_scales(tmp_path):
+    """data.sharp_scales: tiles found at every listed size; each sample is cropped from the scale its
+    tile was found at (a crop of the 128-px copy of a 256-px photo is not a crop of the original)."""
+    import numpy as np
+    from PIL import Image
+
+    from cmddcli.train.data import data_source
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "tex.png")
+    base = ["data.kind=synth", f'data.path="{tmp_path}"', "data.sharp_tiles=64"]
+    one = data_source(apply_overrides(train_preset("tiny"), base).validate()).train_dataset(32, 0)
+    cfg = apply_overrides(train_preset("tiny"), base + ["data.sharp_scales=[256, 128]"]).validate()
+    two = data_source(cfg).train_dataset(32, 0)
+    assert {t.max_side for t in one.sources} == {1600}  # the default: one scale (the photo is smaller)
+    assert {t.max_side for t in two.sources} == {256, 128}
+    assert len(two.sources) == len(one.sources) + len([t for t in two.sources if t.max_side == 128]) > len(one.sources)
+    assert two._image(str(tmp_path / "tex.png"), 128).shape == (128, 128, 3)
+    x, y = two[0]
+    assert x.shape == y.shape == (3, 32, 32)
+    for bad in ("[]", "[16]", "[256, 256]"):
+        with pytest.raises(CmddError, match="sharp_scales"):
+            apply_overrides(cfg, [f"data.sharp_scales={bad}"]).validate()

@@ -107,7 +107,8 @@ class SynthDataset(_Seeded):
     Args:
         sources: image paths, float (H, W, 3) arrays, or SharpTile regions (see
             :func:`~cmddcli.data.sources.find_sharp_tiles`; their coordinates refer to the image
-            downscaled to ``max_side``, so use the same ``max_side``).
+            downscaled to the tile's own ``max_side``).
+        max_side: longest side (px) to which image paths are downscaled (SharpTiles carry their own).
         length: samples per epoch (default: number of sources).
         cache_size: decoded images kept per worker (LRU).
     """
@@ -127,11 +128,13 @@ class SynthDataset(_Seeded):
     def __len__(self) -> int:
         return self.length
 
-    def _image(self, key: str | os.PathLike) -> np.ndarray:
-        key = str(key)
+    def _image(self, path: str | os.PathLike, max_side: int | None | str = "dataset") -> np.ndarray:
+        """A photograph downscaled to ``max_side`` (default: the dataset's), decoded once (LRU cache)."""
+        max_side = self.max_side if max_side == "dataset" else max_side
+        key = f"{path}@{max_side}"
         img = self._cache.get(key)
         if img is None:
-            img = load_sharp(key, self.max_side)
+            img = load_sharp(path, max_side)
             self._cache[key] = img
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -139,9 +142,9 @@ class SynthDataset(_Seeded):
             self._cache.move_to_end(key)
         return img
 
-    def _image_segments(self, key: str | os.PathLike, img: np.ndarray) -> np.ndarray:
-        """Felzenszwalb labels of a whole photograph, computed once (deterministic, no randomness)."""
-        key = str(key)
+    def _image_segments(self, key: str, img: np.ndarray) -> np.ndarray:
+        """Felzenszwalb labels of a whole photograph at one scale (``key``: path@max_side), computed
+        once (deterministic, no randomness)."""
         seg = self._segments.get(key)
         if seg is None:
             seg = segment_image(img)
@@ -158,12 +161,14 @@ class SynthDataset(_Seeded):
         src = self.sources[int(rng.integers(len(self.sources)))]
         p = self.patch_size
         if isinstance(src, SharpTile):
-            img = self._image(src.path)
+            img = self._image(src.path, src.max_side)
             y0, x0, size = src.y, src.x, src.size
+            scale_key = f"{src.path}@{src.max_side}"
         elif isinstance(src, np.ndarray):
             img, y0, x0, size = src, 0, 0, None
         else:
             img, y0, x0, size = self._image(src), 0, 0, None
+            scale_key = f"{src}@{self.max_side}"
         h = size or img.shape[0]
         w = size or img.shape[1]
         if p > h or p > w:
@@ -173,7 +178,7 @@ class SynthDataset(_Seeded):
         m = self.config.margin
         seg = None
         if self.config.depth == "segments" and not isinstance(src, np.ndarray):
-            seg = self._image_segments(getattr(src, "path", src), img)
+            seg = self._image_segments(scale_key, img)
         if m:  # context around the patch from the image itself, reflected only past the image border
             ih, iw = img.shape[:2]
             top, left = min(m, y), min(m, x)

@@ -339,7 +339,7 @@ def _sharp_tiles_cached(images: list[Path], out: Path, patch: int, max_side: int
         known[str(p.resolve())] = {"stat": stats[str(p.resolve())], "tiles": [[t.y, t.x, t.score] for t in tiles]}
     if todo:
         atomic_write_bytes(cache_path, json.dumps({"key": key, "images": known}).encode(), fsync=False)
-    return [[SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc)
+    return [[SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc, max_side=max_side)
              for y, x, sc in known[str(p.resolve())]["tiles"]] for p in images]
 
 

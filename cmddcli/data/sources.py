@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +49,7 @@ class SharpTile:
     x: int
     size: int
     score: float  # fraction of sharp blocks
+    max_side: int | None = 1600  # the photograph's longest side (px) after downscaling; None = as stored
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -148,11 +149,12 @@ def sharp_tiles(img: np.ndarray, tile: int = 256, stride: int | None = None,
 
 def find_sharp_tiles(paths: Sequence[str | os.PathLike], tile: int = 256, max_side: int | None = 1600,
                      filt: SharpnessFilter = SharpnessFilter()) -> list[SharpTile]:
-    """Sharp tiles of every image (coordinates in the image downscaled to ``max_side``)."""
+    """Sharp tiles of every image (coordinates in the image downscaled to ``max_side``, which each
+    tile records)."""
     out: list[SharpTile] = []
     for p in paths:
         img = load_sharp(p, max_side)
-        tiles = sharp_tiles(img, tile, filt=filt, path=str(p))
+        tiles = [replace(t, max_side=max_side) for t in sharp_tiles(img, tile, filt=filt, path=str(p))]
         log.debug("%s: %d sharp tiles", p, len(tiles))
         out += tiles
     return out

@@ -144,6 +144,9 @@ class DataConfig:
     sharp_tiles: for ``synth`` from photographs, crop patches only inside sharp tiles of this size
     (``find_sharp_tiles``: wallpapers often have deliberate bokeh, which would teach the network to
     keep blur); 0 = anywhere in the photographs. Must be >= every stage's patch.
+    sharp_scales: longest sides (px) to which the photographs are downscaled before the sharp-tile
+    search (with ``sharp_tiles``); several values use each photograph at several scales (the same
+    scene with more detail per pixel at the smaller ones). Default [1600].
     """
 
     kind: str = "manifest"
@@ -159,6 +162,7 @@ class DataConfig:
     val_synth: str = ""
     val_sharp: str = ""
     sharp_tiles: int = 0
+    sharp_scales: List[int] = field(default_factory=lambda: [1600])
 
 
 @dataclass
@@ -231,6 +235,11 @@ class TrainConfig:
         if self.data.sharp_tiles and (self.data.sharp_tiles < max(s.patch) or self.data.sharp_tiles < 32):
             raise CmddError(f"data.sharp_tiles ({self.data.sharp_tiles}) must be 0 or >= the largest patch "
                             f"({max(s.patch)}) and >= 32")
+        scales = self.data.sharp_scales
+        if not scales or any(m < max(self.data.sharp_tiles, 32) for m in scales) \
+                or len(set(scales)) != len(scales):
+            raise CmddError(f"data.sharp_scales must be distinct whole pixel sizes >= data.sharp_tiles, "
+                            f"got {scales}")
         from ..data.synth import SYNTH_PRESETS
 
         for key, name in (("data.synth", self.data.synth), ("data.val_synth", self.data.val_synth or self.data.synth)):

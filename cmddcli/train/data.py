@@ -120,12 +120,19 @@ class ConfigDataSource:
     _tiles: dict = field(default_factory=dict, init=False, repr=False)  # (paths, size) -> sharp tiles
 
     def _sharp_tiles(self, sources: list, size: int) -> list:
-        """Sharp ``size``² tiles of the photographs (found once per data source: it decodes them all)."""
+        """Sharp ``size``² tiles of the photographs at each of ``data.sharp_scales`` (found once per data
+        source: it decodes them all)."""
         from ..data.sources import find_sharp_tiles
 
-        key = (tuple(str(p) for p in sources), size)
+        scales = tuple(self.data.sharp_scales)
+        key = (tuple(str(p) for p in sources), size, scales)
         if key not in self._tiles:
-            tiles = find_sharp_tiles(sources, tile=size)
+            tiles = []
+            for max_side in scales:
+                found = find_sharp_tiles(sources, tile=size, max_side=max_side)
+                if len(scales) > 1:
+                    log.info("sharp %dpx tiles at %d px: %d", size, max_side, len(found))
+                tiles += found
             used = len({t.path for t in tiles})
             log.info("sharp %dpx tiles: %d from %d of %d photographs", size, len(tiles), used, len(sources))
             if not tiles:
