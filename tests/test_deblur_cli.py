@@ -93,6 +93,13 @@ def test_mirrors_tree_keeps_depth_gray_alpha_exif(tree, tmp_path, tiny_weights):
     assert summary["settings"]["raw_development"]["postprocess"]["no_auto_bright"] is True
 
 
+def test_out_is_the_same_option_as_output(tree, tmp_path, tiny_weights):
+    """--out (the spelling of eval, train and bench) names the same output folder as --output / -o."""
+    r = run([tree / "a.jpg", "--out", tmp_path / "o", "--json"], tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "o" / "a.jpg").is_file() and json.loads(r.stdout)["counts"]["done"] == 1
+
+
 def test_not_recursive_skip_existing_and_overwrite(tree, tmp_path, tiny_weights):
     out = tmp_path / "out"
     r = run([tree, "-o", out, "--json"], tiny_weights)

@@ -79,7 +79,9 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def deblur_cmd(
         inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns ('*.NEF')."),
-        output: Path = typer.Option(..., "--output", "-o", help="Output folder (the input tree is mirrored here)."),
+        output: Path = typer.Option(
+            ..., "--output", "--out", "-o",
+            help="Output folder (the input tree is mirrored here); --out as in eval, train and bench."),
         recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders of folder inputs."),
         ext: Optional[str] = typer.Option(
             None, "--ext", help="Output format: png, tif, jpg or webp (default: the input's; RAW -> 16-bit tif)."),
