@@ -100,6 +100,20 @@ def test_out_is_the_same_option_as_output(tree, tmp_path, tiny_weights):
     assert (tmp_path / "o" / "a.jpg").is_file() and json.loads(r.stdout)["counts"]["done"] == 1
 
 
+def test_weights_by_packaged_name(tree, tmp_path):
+    """--weights v1 (a packaged name, `cmdd info` lists them) works; an unknown word is one line, exit 1."""
+    from cmddcli.model.weights import packaged_weights
+
+    if "v1" not in packaged_weights():
+        pytest.skip("no packaged weights in this copy")
+    r = run([tree / "a.jpg", "-o", tmp_path / "o", "--weights", "v1", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["counts"]["done"] == 1
+    r = run([tree / "a.jpg", "-o", tmp_path / "o2", "--weights", "v9"])
+    assert r.exit_code == 1 and "v9: no such weights file, and not a packaged weights name" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_not_recursive_skip_existing_and_overwrite(tree, tmp_path, tiny_weights):
     out = tmp_path / "out"
     r = run([tree, "-o", out, "--json"], tiny_weights)

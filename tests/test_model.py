@@ -1,5 +1,7 @@
 """CMDDNet: sizes pinned to the paper, every preset runs, any input size, weights round-trip."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -140,3 +142,27 @@ def test_bad_weights_files(tmp_path):
     save_file({"a": torch.zeros(2)}, str(plain))
     with pytest.raises(WeightsError, match="without cmdd metadata"):
         load_weights(plain)
+
+
+def test_packaged_weight_names_resolve(tmp_path, monkeypatch):
+    """--weights NAME: a packaged name loads cmddcli/weights/cmddnet_NAME.safetensors; a file of that
+    name in the working folder wins; a bare unknown word is an error listing the names."""
+    from cmddcli.engine.runner import weights_digest
+    from cmddcli.model.weights import default_weights_path, packaged_weights, resolve_weights
+
+    names = packaged_weights()
+    assert resolve_weights(None) == default_weights_path()
+    if "v1" not in names:
+        pytest.skip("no packaged weights in this copy")
+    assert names["default"] == default_weights_path() and resolve_weights("v1") == names["v1"]
+    model, meta = load_weights("v1")
+    assert meta["preset"] == "small" and not model.training
+    assert not weights_digest("v1").startswith("unreadable")
+    monkeypatch.chdir(tmp_path)
+    save_weights(random_net("tiny"), tmp_path / "v1", preset="tiny")  # a file named like a packaged name
+    assert resolve_weights("v1") == Path("v1") and load_weights("v1")[1]["preset"] == "tiny"
+    with pytest.raises(WeightsError, match=r"nope: no such weights file, and not a packaged weights name \(.*v1"):
+        resolve_weights("nope")
+    assert resolve_weights("missing.safetensors") == Path("missing.safetensors")  # the loader says "no such file"
+    with pytest.raises(WeightsError, match="no such weights file"):
+        load_weights("missing.safetensors")

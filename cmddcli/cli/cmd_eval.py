@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     @handle_errors
     def eval_cmd(
-        weights: Optional[Path] = weights_option("Weights (.safetensors) to evaluate; default: the shipped weights."),
+        weights: Optional[Path] = weights_option("Weights to evaluate: a .safetensors file or a packaged name (v1, ...); default: the shipped weights."),
         data: List[str] = typer.Option(
             [], "--data", "-d",
             help="DPDD tree, RealDOF tree, manifest JSON, or a source/+target/ folder (repeatable)."),

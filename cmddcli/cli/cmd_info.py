@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         else:
             m = w["metadata"]
             c.print(f"default weights: {w['path']}")
+            others = [n for n in data["packaged_weights"] if n != "default"]
+            if others:
+                c.print(f"packaged weights (--weights NAME): {', '.join(others)}")
             card = Table(title="model card", show_header=False)
             card.add_column("field")
             card.add_column("value")

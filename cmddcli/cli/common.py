@@ -81,8 +81,9 @@ def precision_option(default: Optional[str] = "auto", help: Optional[str] = None
     return typer.Option(default, "--precision", help=help or f"{_or_list(PRECISIONS)}.")
 
 
-def weights_option(help: str = "Weights (.safetensors); default: the shipped weights."):
-    """``--weights / -w``: a .safetensors file (default: the shipped weights)."""
+def weights_option(help: str = "Weights: a .safetensors file or a packaged name (v1, ...; see cmdd info); "
+                                "default: the shipped default weights."):
+    """``--weights / -w``: a .safetensors file or a packaged name (default: the shipped weights)."""
     return typer.Option(None, "--weights", "-w", help=help)
 
 

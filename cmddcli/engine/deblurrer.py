@@ -332,9 +332,9 @@ class Deblurrer:
 
 
 def _load_model(weights) -> tuple[nn.Module, dict, Path]:
-    from ..model.weights import default_weights_path, load_weights
+    from ..model.weights import load_weights, resolve_weights
 
-    path = Path(weights) if weights is not None else Path(default_weights_path())
+    path = resolve_weights(weights)
     if not path.is_file():
         if weights is None:
             raise WeightsError(

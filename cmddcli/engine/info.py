@@ -11,7 +11,7 @@ import torch
 from .. import __version__
 from ..model import CMDDNet, model_config, ssm
 from ..model.complexity import count_macs, count_params
-from ..model.weights import default_weights_path, read_metadata
+from ..model.weights import default_weights_path, packaged_weights, read_metadata
 
 __all__ = ["collect_info"]
 
@@ -53,4 +53,5 @@ def collect_info(preset: Optional[str] = None) -> dict:
             "macs_full_256": macs["full"],
         },
         "default_weights": weights,
+        "packaged_weights": {name: str(path) for name, path in packaged_weights().items()},
     }

@@ -347,9 +347,13 @@ def weights_digest(weights: Optional[str | os.PathLike]) -> str:
     """sha256 of the weights file (the shipped one when ``weights`` is None): part of what made an
     output. ``unreadable:PATH`` when it cannot be read (the engine reports why when it loads it)."""
     from ..data.manifest import sha256_file
-    from ..model.weights import default_weights_path
+    from ..errors import WeightsError
+    from ..model.weights import resolve_weights
 
-    path = Path(weights) if weights is not None else default_weights_path()
+    try:
+        path = resolve_weights(weights)
+    except WeightsError:
+        return f"unreadable:{weights}"
     try:
         return sha256_file(path)
     except OSError:

@@ -30,6 +30,34 @@ def default_weights_path() -> Path:
     return _WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME
 
 
+def packaged_weights() -> dict[str, Path]:
+    """Weights inside the package by name: ``cmddnet_NAME.safetensors`` -> NAME (``default``, ``v1``, ...)."""
+    if not _WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name[len("cmddnet_"):-len(".safetensors")]: p
+            for p in sorted(_WEIGHTS_DIR.glob("cmddnet_*.safetensors"))}
+
+
+def resolve_weights(weights: Union[str, Path, None]) -> Path:
+    """The file ``--weights`` names: None = the default weights; a packaged name (``v1``, see
+    :func:`packaged_weights`) when no file of that name exists; otherwise the path as given.
+
+    Raises:
+        WeightsError: a bare word (no folder, no suffix) that is neither a file nor a packaged name.
+    """
+    if weights is None:
+        return default_weights_path()
+    path = Path(weights)
+    text = str(weights)
+    if path.exists() or "/" in text or "\\" in text or path.suffix:
+        return path
+    named = packaged_weights()
+    if text in named:
+        return named[text]
+    raise WeightsError(f"{text}: no such weights file, and not a packaged weights name "
+                       f"({', '.join(named) or 'none installed'})")
+
+
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
@@ -127,8 +155,9 @@ def load_state(model: nn.Module, path: Union[str, Path]) -> dict:
 def load_weights(path: Union[str, Path, None] = None, map_location: Union[str, torch.device] = "cpu"):
     """Build the CMDDNet described by a weights file and load it. Returns ``(model, metadata)``.
 
-    ``path=None`` loads the weights that ship with the package."""
-    path = Path(path) if path is not None else default_weights_path()
+    ``path=None`` loads the weights that ship with the package; a packaged name (``v1``) loads that
+    file (:func:`resolve_weights`)."""
+    path = resolve_weights(path)
     if not path.is_file():
         if path == default_weights_path():
             raise WeightsError(
