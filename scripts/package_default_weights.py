@@ -33,6 +33,18 @@ SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in 
 )
 
 
+def portable(value):
+    """``value`` with every absolute path cut to its last part (``…/sharp_src``): the model card names
+    no folder of the machine that trained it."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and len(value) > 1:
+        return "…/" + Path(value).name
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", type=Path)
@@ -44,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=default_weights_path())
     args = ap.parse_args()
     net, meta = load_weights(args.weights)
-    train = meta.get("train", {})
+    train = portable(meta.get("train", {}))
     data = (train.get("config") or {}).get("data", {})
     if args.manifest is not None:
         man = json.loads(args.manifest.read_text())

@@ -166,3 +166,27 @@ def test_packaged_weight_names_resolve(tmp_path, monkeypatch):
     assert resolve_weights("missing.safetensors") == Path("missing.safetensors")  # the loader says "no such file"
     with pytest.raises(WeightsError, match="no such weights file"):
         load_weights("missing.safetensors")
+
+
+def test_model_card_names_no_machine_folder():
+    """scripts/package_default_weights.py cuts absolute paths (checkpoint, sharp sources) to their last
+    part; the packaged v2 card carries its validation and test scores and no absolute path."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "package_default_weights", Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    card = mod.portable({"checkpoint": "/tmp/w/ck.pt", "data": {"path": "/work/sharp_src", "synth": "v1"},
+                         "list": ["/a/b", "rel/c"], "n": 3, "root": "/"})
+    assert card == {"checkpoint": "…/ck.pt", "data": {"path": "…/sharp_src", "synth": "v1"},
+                    "list": ["…/b", "rel/c"], "n": 3, "root": "/"}
+    from cmddcli.model.weights import packaged_weights
+
+    if "v2" not in packaged_weights():
+        pytest.skip("no packaged v2 weights in this copy")
+    meta = read_metadata(packaged_weights()["v2"])
+    assert meta["preset"] == "small" and meta["scores_real_dpdd_validation"][0]["count"] == 6
+    assert meta["scores_real_dpdd_test"][0]["count"] == 4
+    assert '"/' not in json.dumps(meta["trained_with"])
