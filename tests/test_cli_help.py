@@ -18,7 +18,7 @@ COMMANDS = {
     ("prepare", "synth"): ["--out", "--json"],
     ("train",): ["--config", "--preset", "--set", "--resume", "--device", "--precision", "--json", "--scan"],
     ("eval",): ["--weights", "--data", "--pred", "--target", "--device", "--precision", "--tile", "--json", "--scan", "--threads"],
-    ("info",): ["--preset", "--json", "--scan"],
+    ("info",): ["--preset", "--weights", "--json", "--scan"],
     ("bench",): ["--preset", "--size", "--device", "--backend", "--json"],
 }
 
@@ -51,6 +51,26 @@ def test_info_describes_the_shipped_weights_preset_by_default():
     assert shown == read_metadata(default_weights_path())["preset"]
     res = CliRunner().invoke(app, ["info", "--json", "--preset", "paper"])
     assert json.loads(res.stdout)["preset"]["name"] == "paper"
+
+
+def test_info_shows_the_card_of_named_weights():
+    """`cmdd info --weights v2`: that file's card (its scores), the packaged names; unknown -> exit 1."""
+    import json
+
+    from cmddcli.model.weights import packaged_weights
+
+    if "v2" not in packaged_weights():
+        pytest.skip("no packaged v2 weights in this copy")
+    res = CliRunner().invoke(app, ["info", "--json", "--weights", "v2"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["weights"]["path"].endswith("cmddnet_v2.safetensors")
+    assert "scores_real_dpdd_test" in data["weights"]["metadata"]
+    assert {"default", "v1", "v2"} <= set(data["packaged_weights"])
+    res = CliRunner().invoke(app, ["info", "--weights", "v2"])
+    assert res.exit_code == 0 and "cmddnet_v2.safetensors" in res.stdout and "scores_real_dpdd_test" in res.stdout
+    res = CliRunner().invoke(app, ["info", "--weights", "v9"])
+    assert res.exit_code == 1 and "not a packaged weights name" in res.output
 
 
 def test_scan_option_accepts_auto_and_the_backends_only():

@@ -19,13 +19,15 @@ def register(app: typer.Typer) -> None:
     def info(
         preset: Optional[str] = typer.Option(
             None, "--preset", "-p", help="Preset whose size and cost to show (default: the shipped weights')."),
+        weights: Optional[str] = typer.Option(
+            None, "--weights", "-w", help="Show this weights file's model card (a path or a packaged name: v1, v2)."),
         json_out: bool = json_option("Print JSON only."),
         scan: Optional[str] = scan_option(),
     ):
         """Show the version, device, selective-scan backends and the chosen preset's size and cost."""
         from ..engine.info import collect_info
 
-        data = collect_info(preset)
+        data = collect_info(preset, weights)
         if json_out:
             print_json(data)
             return
@@ -53,14 +55,18 @@ def register(app: typer.Typer) -> None:
             f"{p['macs_full_256'] / 1e9:.2f} G with the SSM einsums and scan)"
         )
         w = data["default_weights"]
+        others = [n for n in data["packaged_weights"] if n != "default"]
         if not w["installed"]:
             c.print(f"default weights: [yellow]not installed[/] ({w['path']})")
         else:
-            m = w["metadata"]
             c.print(f"default weights: {w['path']}")
-            others = [n for n in data["packaged_weights"] if n != "default"]
-            if others:
-                c.print(f"packaged weights (--weights NAME): {', '.join(others)}")
+        if others:
+            c.print(f"packaged weights (--weights NAME): {', '.join(others)}")
+        if "weights" in data:
+            w = data["weights"]
+            c.print(f"weights: {w['path']}")
+        if w["installed"]:
+            m = w["metadata"]
             card = Table(title="model card", show_header=False)
             card.add_column("field")
             card.add_column("value")
