@@ -93,9 +93,6 @@ def tile_option(default: Optional[int] = None,
     return typer.Option(default, "--tile", help=help)
 
 
-# Smallest --tile a user may ask for: below it the network sees too little context (16-px tiles of
-# the default weights are 34.7 dB from the whole-image output; the engine itself goes lower on OOM),
-# and the default 32-px overlap would be half the tile.
 def check_tile(tile: Optional[int], overlap: int) -> None:
     """``--tile`` / ``--overlap`` as a user may set them (rule: :func:`engine.options.tile_overlap_problem`
     with tile 0 or >= MIN_USER_TILE). Raises CmddError naming the bad value."""
