@@ -212,6 +212,10 @@ def test_two_pairs_folders_are_two_sets_and_the_summary_says_what_was_scored(pai
     assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == [
         "images/pairs#2/c.png", "images/pairs/a.png"]
     assert sorted(p.name for p in pairs_dir.iterdir()) == ["source", "target"]  # nothing written there
+    # The folder was reused: summary.json is the last run, history.jsonl keeps both, oldest first.
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["summary"][-1]["count"] for h in history] == [5, 2]
+    assert history[0]["sets"] == summary["sets"] and history[1] == json.loads((out / "summary.json").read_text())
     # Distinct folder names label the sets by folder.
     both = E.gather_items(data=[str(pairs_dir), str(flat.rename(tmp_path / "gif2"))])
     assert sorted({i.group for i in both}) == ["gif2", "pairs"]

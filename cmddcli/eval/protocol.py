@@ -183,13 +183,21 @@ class EvalReport:
         return buf.getvalue()
 
     def write(self, out_dir: str | Path) -> Dict[str, Path]:
-        """Write ``per_image.csv`` and ``summary.json`` atomically into `out_dir`."""
+        """Write ``per_image.csv`` and ``summary.json`` (this run) atomically into `out_dir`, and add
+        this run's summary as one line to ``history.jsonl`` there (every run into the folder, oldest
+        first), so an earlier run's scores are not lost when the folder is reused."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"csv": out / "per_image.csv", "json": out / "summary.json"}
+        paths = {"csv": out / "per_image.csv", "json": out / "summary.json", "history": out / "history.jsonl"}
         atomic_write_bytes(paths["csv"], self.csv_text().encode(), fsync=False)
-        text = json.dumps(self.to_json(), indent=2, default=_json_default, allow_nan=False)
+        summary = self.to_json()
+        text = json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
         atomic_write_bytes(paths["json"], (text + "\n").encode(), fsync=False)
+        old = paths["history"].read_bytes() if paths["history"].is_file() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        line = json.dumps(summary, default=_json_default, allow_nan=False) + "\n"
+        atomic_write_bytes(paths["history"], old + line.encode(), fsync=False)
         return paths
 
 
