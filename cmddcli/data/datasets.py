@@ -128,10 +128,14 @@ class SynthDataset(_Seeded):
     def __len__(self) -> int:
         return self.length
 
-    def _image(self, path: str | os.PathLike, max_side: int | None | str = "dataset") -> np.ndarray:
-        """A photograph downscaled to ``max_side`` (default: the dataset's), decoded once (LRU cache)."""
-        max_side = self.max_side if max_side == "dataset" else max_side
-        key = f"{path}@{max_side}"
+    @staticmethod
+    def _scale_key(path: str | os.PathLike, max_side: int | None) -> str:
+        """Cache key of one photograph at one scale (its decoded pixels and its segments)."""
+        return f"{path}@{max_side}"
+
+    def _image(self, path: str | os.PathLike, max_side: int | None) -> np.ndarray:
+        """A photograph downscaled to ``max_side``, decoded once (LRU cache)."""
+        key = self._scale_key(path, max_side)
         img = self._cache.get(key)
         if img is None:
             img = load_sharp(path, max_side)
@@ -142,9 +146,10 @@ class SynthDataset(_Seeded):
             self._cache.move_to_end(key)
         return img
 
-    def _image_segments(self, key: str, img: np.ndarray) -> np.ndarray:
-        """Felzenszwalb labels of a whole photograph at one scale (``key``: path@max_side), computed
-        once (deterministic, no randomness)."""
+    def _image_segments(self, path: str | os.PathLike, max_side: int | None, img: np.ndarray) -> np.ndarray:
+        """Felzenszwalb labels of a whole photograph at one scale (``img``, as :meth:`_image` returns it),
+        computed once (deterministic, no randomness)."""
+        key = self._scale_key(path, max_side)
         seg = self._segments.get(key)
         if seg is None:
             seg = segment_image(img)
@@ -161,14 +166,14 @@ class SynthDataset(_Seeded):
         src = self.sources[int(rng.integers(len(self.sources)))]
         p = self.patch_size
         if isinstance(src, SharpTile):
-            img = self._image(src.path, src.max_side)
+            path, max_side = src.path, src.max_side
+            img = self._image(path, max_side)
             y0, x0, size = src.y, src.x, src.size
-            scale_key = f"{src.path}@{src.max_side}"
         elif isinstance(src, np.ndarray):
             img, y0, x0, size = src, 0, 0, None
         else:
-            img, y0, x0, size = self._image(src), 0, 0, None
-            scale_key = f"{src}@{self.max_side}"
+            path, max_side = src, self.max_side
+            img, y0, x0, size = self._image(path, max_side), 0, 0, None
         h = size or img.shape[0]
         w = size or img.shape[1]
         if p > h or p > w:
@@ -178,7 +183,7 @@ class SynthDataset(_Seeded):
         m = self.config.margin
         seg = None
         if self.config.depth == "segments" and not isinstance(src, np.ndarray):
-            seg = self._image_segments(scale_key, img)
+            seg = self._image_segments(path, max_side, img)
         if m:  # context around the patch from the image itself, reflected only past the image border
             ih, iw = img.shape[:2]
             top, left = min(m, y), min(m, x)
