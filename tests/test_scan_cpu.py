@@ -240,6 +240,7 @@ def _token_inputs(g, b, d, H, W, N, R, K=4, pad=0, strided=False):
         (2, 40, 7, 5, 16, 2, 0, True),  # partial channel tile, batch > 1, u a channel slice
         (1, 16, 1, 13, 16, 1, 0, False),  # H = 1
         (1, 16, 11, 1, 8, 3, 0, False),  # W = 1, N not the unrolled 16
+        (1, 32, 9, 20, 4, 1, 4, False),  # N = 4: the pruned default weights (small-n4)
         (1, 32, 40, 30, 16, 4, 0, False),  # L > one 512-step block: blocks start mid-column
         (1, 1, 1, 1, 16, 1, 0, False),  # a single pixel, a single channel
     ],

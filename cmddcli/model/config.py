@@ -83,6 +83,8 @@ PRESETS: dict = {
     "w24": (ModelConfig(width=24), "ablation width 24 (4.49 M)"),
     "w48": (ModelConfig(width=48), "ablation width 48 (16.99 M)"),
     "small": (ModelConfig(width=16, blocks=(1, 1, 1, 2, 1, 1, 1, 1)), "CPU-trainable: width 16, one block per stage"),
+    "small-n4": (ModelConfig(width=16, blocks=(1, 1, 1, 2, 1, 1, 1, 1), d_state=4),
+                 "small with 4 SSM states: the default weights, pruned from small (cmddcli.model.prune)"),
     "tiny": (ModelConfig(width=8, blocks=(1, 1, 1, 1, 1, 1, 1, 1), d_state=4), "for tests: width 8, N=4"),
     "cnn_only": (ModelConfig(mixer="cnn_only"), "ablation: CNN branch only, full channels"),
     "mamba_only": (ModelConfig(mixer="mamba_only"), "ablation: Mamba branch only"),

@@ -1,0 +1,135 @@
+"""SSM state pruning (cmddcli.model.prune, scripts/prune_states.py) and the pruned default weights."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _nets import random_net
+from cmddcli.errors import CmddError
+from cmddcli.model.blocks import SS2D
+from cmddcli.model.prune import prune_states, slowest_states
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ss2d_layers(net):
+    return {n: m for n, m in net.named_modules() if isinstance(m, SS2D)}
+
+
+def _silence_states(net, drop: dict[str, list[int]], which: str) -> None:
+    """Zero the B (or C) projection rows of the given states: those states then add nothing."""
+    with torch.no_grad():
+        for name, m in _ss2d_layers(net).items():
+            R, N = m.R, m.N
+            off = R if which == "B" else R + N
+            for n in drop[name]:
+                m.x_proj_weight[:, off + n] = 0
+
+
+@pytest.mark.parametrize("which", ["B", "C"])
+def test_pruning_silent_states_is_exact(which):
+    """States whose B or C rows are zero contribute nothing: the pruned network computes the same
+    output (fp32, within 1e-5 of scale), through the fast path and the reference path alike."""
+    from cmddcli.model.blocks import reference_path
+
+    net = random_net("tiny", seed=3, d_state=8).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a shuffled decay order, so "slowest" is not simply "first"
+        for m in _ss2d_layers(net).values():
+            m.A_logs.copy_(m.A_logs[:, torch.randperm(m.N, generator=g)] + 0.01 * torch.randn(m.A_logs.shape, generator=g))
+    keep = {n: slowest_states(m, 3) for n, m in _ss2d_layers(net).items()}
+    _silence_states(net, {n: [s for s in range(8) if s not in k] for n, k in keep.items()}, which)
+    pruned, kept = prune_states(net, 3)
+    assert kept == keep and pruned.config.d_state == 3
+    x = torch.rand(1, 3, 40, 56, generator=g)
+    with torch.no_grad():
+        a, b = net(x), pruned(x)
+        with reference_path():
+            c = pruned(x)
+    scale = a.abs().max().item()
+    assert (a - b).abs().max().item() <= 1e-5 * scale
+    assert (a - c).abs().max().item() <= 1e-5 * scale
+
+
+def test_pruning_keeps_the_slowest_decays_and_changes_outputs_otherwise():
+    """Kept states are those with the smallest mean |A|; dropping states that do contribute
+    changes the output (so the exactness test above can fail)."""
+    net = random_net("tiny", seed=1, d_state=4).eval()
+    m = next(iter(_ss2d_layers(net).values()))
+    with torch.no_grad():
+        m.A_logs.copy_(torch.log(torch.tensor([3.0, 1.0, 4.0, 2.0])).repeat(m.A_logs.shape[0], 1))
+    assert slowest_states(m, 2) == [1, 3]
+    pruned, _ = prune_states(net, 2)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - pruned(x)).abs().max().item() > 1e-4
+
+
+def test_prune_rejects_bad_requests():
+    net = random_net("tiny", d_state=4)
+    for n in (0, 5):
+        with pytest.raises(CmddError, match="between 1 and 4"):
+            prune_states(net, n)
+    with pytest.raises(CmddError, match="no selective-scan layers"):
+        prune_states(random_net("tiny", mixer="cnn_only"), 2)
+
+
+def _samples(root: Path) -> Path:
+    """The folder layout scripts/prune_states.py reads (benchmarks/bf16_check.photos)."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    for sub, name in (("dpdd_1024/blur", "a.png"), ("dpdd_gif_pairs", "b_input.png")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        iio.imwrite(root / sub / name, (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+    return root
+
+
+def test_prune_script_writes_only_within_the_rule(tmp_path):
+    """The script writes pruned weights with a `pruned` card when the outputs stay within the rule,
+    and exits 1 without writing when they do not."""
+    from cmddcli.model.weights import load_weights, read_metadata, save_weights
+
+    net = random_net("tiny", seed=2, d_state=4).eval()
+    _silence_states(net, {n: [2, 3] for n in _ss2d_layers(net)}, "C")  # A_logs init: states 0, 1 slowest
+    src = save_weights(net, tmp_path / "src.safetensors", metadata={"note": "card kept"}, preset="tiny")
+    samples = _samples(tmp_path / "samples")
+    # A random network on noise: bf16 itself is ~43 dB from fp32 here, so only the fp32 rule is tested.
+    cmd = [sys.executable, str(ROOT / "scripts" / "prune_states.py"), str(src), "--min-psnr-bf16", "0"]
+    ok = subprocess.run(cmd + [str(tmp_path / "ok.safetensors"), "--states", "2", "--samples", str(samples)],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    meta = read_metadata(tmp_path / "ok.safetensors")
+    assert meta["note"] == "card kept" and meta["config"]["d_state"] == 2
+    assert meta["pruned"]["from"] == "src.safetensors" and len(meta["pruned"]["per_photo_db"]) == 2
+    assert meta["pruned"]["worst_db"]["pruned fp32"] >= 60
+    load_weights(tmp_path / "ok.safetensors")
+    bad = subprocess.run(cmd + [str(tmp_path / "bad.safetensors"), "--states", "1", "--samples", str(samples)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "rules NOT met" in bad.stdout
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_default_weights_are_v1_with_four_states():
+    """The shipped default is v1 pruned to 4 states (benchmarks/RESULTS.md round 5): its card says
+    so, and on a real photo crop its output is within 55 dB PSNR of full v1's (fp32)."""
+    from cmddcli.engine import Deblurrer
+    from cmddcli.model.weights import default_weights_path, packaged_weights, read_metadata
+    from cmddcli.photo import read_photo
+
+    names = packaged_weights()
+    if "v1" not in names or not default_weights_path().is_file():
+        pytest.skip("no packaged weights in this copy")
+    meta = read_metadata(default_weights_path())
+    assert meta["preset"] == "small-n4" and meta["config"]["d_state"] == 4
+    assert meta["pruned"]["from"] == names["v1"].name
+    photo = sorted((ROOT / "examples").glob("*.jpg"))[0]
+    img = read_photo(photo).rgb[:192, :256]
+    full = Deblurrer(names["v1"], device="cpu", precision="fp32").restore(img)
+    pruned = Deblurrer(None, device="cpu", precision="fp32").restore(img)
+    mse = float(np.mean((full - pruned) ** 2))
+    assert 10 * np.log10(1.0 / mse) >= 55.0
