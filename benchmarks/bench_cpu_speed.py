@@ -6,8 +6,8 @@
 
 Each row runs in a fresh child process: a random-init CMDDNet of the preset (speed does not depend
 on the weights) inside :class:`cmddcli.engine.Deblurrer` with its default CPU tiling (``tile=None``:
-what ``cmdd deblur`` does), one warm-up call on a 256² image, then one timed call on a random
-``size x size`` image. MP/s counts image pixels, not the overlap the tiles recompute. Peak memory is
+what ``cmdd deblur`` does), one warm-up call on a 256² image, then ``--repeats`` timed calls (default
+1; the median is reported) on a random ``size x size`` image. MP/s counts image pixels, not the overlap the tiles recompute. Peak memory is
 the process's peak resident set (VmHWM) after the timed call, model included. ``--root`` imports
 cmddcli from another checkout (e.g. ``git worktree add /tmp/base <commit>``) to measure "before".
 Take it on a quiet machine: pause other jobs (``kill -STOP``) while it runs.
@@ -42,9 +42,12 @@ def child(spec: dict) -> dict:
     s = spec["size"]
     img = rng.random((s, s, 3), dtype=np.float32)
     tile, _ = eng.plan(s, s)
-    t0 = time.perf_counter()
-    eng.restore(img)
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(spec.get("repeats", 1)):
+        t0 = time.perf_counter()
+        eng.restore(img)
+        times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]  # the median (the upper one of an even count)
     hwm = (proc_status("VmHWM") or 0) / 2**20
     return {"seconds": dt, "tile": int(tile), "peak_mib": hwm, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="checkout to import cmddcli from")
     ap.add_argument("--label", default="", help="a name for the code measured (e.g. a commit)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="timed calls per row; the median is reported")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -65,7 +69,7 @@ def main() -> None:
         return
     lines = [
         f"Code: {args.label or args.root}; {platform.machine()}, torch threads = all cores; "
-        "random-init weights; default CPU tiling; one timed call after a 256² warm-up.",
+        f"random-init weights; default CPU tiling; median of {args.repeats} timed call(s) after a 256² warm-up.",
         "",
         "| preset | precision | image | tile | seconds | MP/s | peak MiB |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -74,7 +78,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         for prec in args.precisions.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
-                spec = {"root": args.root, "preset": preset, "precision": prec, "size": size}
+                spec = {"root": args.root, "preset": preset, "precision": prec, "size": size, "repeats": args.repeats}
                 p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
                 if p.returncode != 0:
                     row = f"| {preset} | {prec} | {size}x{size} | | failed: {p.stderr.strip().splitlines()[-1][:80]} | | |"
