@@ -26,7 +26,7 @@ def test_bench_photo_runs_deblur_end_to_end(tiny_weights):
 
 
 def test_bench_forward_json():
-    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "-s", "24", "-s", "32x16", "-b", "cpu", "--repeats", "1",
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "--size", "24", "--size", "32x16", "-b", "cpu", "--repeats", "1",
                                    "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)

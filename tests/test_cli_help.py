@@ -32,6 +32,30 @@ def test_help_of_every_command(command):
         assert word in res.output, f"{word} missing from `cmdd {' '.join(command)} --help`"
 
 
+def test_each_short_option_means_one_thing():
+    """A short flag names the same long option in every command that has it (`-p` is always
+    --preset, `-s` only --strength, `-o` always the output folder)."""
+    import typer.main
+
+    meaning: dict = {}
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, path + [name])
+        for param in getattr(cmd, "params", []):
+            opts = [*param.opts, *getattr(param, "secondary_opts", [])]
+            longs = frozenset(o for o in opts if o.startswith("--"))
+            for short in (o for o in opts if o.startswith("-") and not o.startswith("--")):
+                meaning.setdefault(short, {}).setdefault(longs, []).append(" ".join(path))
+
+    walk(typer.main.get_command(app), ["cmdd"])
+    assert {"-p", "-s", "-o", "-w"} <= set(meaning)
+    # Two spellings of one option (deblur's --output / --out) share a long name; a clash shares none.
+    clashes = {s: {" / ".join(sorted(longs)): cmds for longs, cmds in m.items()}
+               for s, m in meaning.items() if any(not (a & b) for a in m for b in m)}
+    assert not clashes, clashes
+
+
 def test_python_dash_m_runs_the_cli():
     res = subprocess.run([sys.executable, "-m", "cmddcli", "--version"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("cmdd ")

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def bench(
         preset: List[str] = typer.Option(["paper"], "--preset", "-p", help="Model preset(s) to time."),
-        size: List[str] = typer.Option(["256"], "--size", "-s", help="Input size(s): 256 or WxH."),
+        size: List[str] = typer.Option(["256"], "--size", help="Input size(s): 256 or WxH."),
         device: str = device_option("cpu", "cpu, cuda or cuda:N."),
         backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Scan backend(s); default: all usable here."),
         repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),

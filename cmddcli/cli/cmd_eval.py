@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             help="DPDD tree, RealDOF tree, manifest JSON, or a source/+target/ folder (repeatable)."),
         split: str = typer.Option("test", "--split", help="Split to score in a DPDD tree or manifest."),
         pred: List[str] = typer.Option(
-            [], "--pred", "-p",
+            [], "--pred",
             help="Saved predictions: folder, file or glob with one '*' (repeatable; pairs with --target "
                  "or --data in order)."),
         target: List[str] = typer.Option(

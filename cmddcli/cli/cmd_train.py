@@ -27,8 +27,8 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML (or JSON) training config."),
         preset: Optional[str] = typer.Option(
-            None, "--preset", help="Training preset: paper (default) or tiny; another model: --set model.preset=small."),
-        sets: List[str] = typer.Option([], "--set", "-s", help="Override: section.key=value (typed; repeatable)."),
+            None, "--preset", "-p", help="Training preset: paper (default) or tiny; another model: --set model.preset=small."),
+        sets: List[str] = typer.Option([], "--set", help="Override: section.key=value (typed; repeatable)."),
         iters: Optional[str] = typer.Option(
             None, "--iters", help="Total iterations (e.g. 300000 or 300k; default: the config's)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (config, checkpoints, logs, weights)."),
