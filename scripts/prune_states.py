@@ -40,6 +40,7 @@ from bf16_check import SAMPLES, photos, psnr8  # noqa: E402
 from package_default_weights import portable  # noqa: E402  (scripts/ is on sys.path: this file's folder)
 
 from cmddcli.engine import Deblurrer  # noqa: E402
+from cmddcli.errors import CmddError  # noqa: E402
 from cmddcli.model import PRESETS  # noqa: E402
 from cmddcli.model.prune import prune_states  # noqa: E402
 from cmddcli.model.weights import load_weights, resolve_weights, save_weights  # noqa: E402
@@ -75,6 +76,9 @@ def main() -> int:
     args = ap.parse_args()
 
     src = resolve_weights(args.src)
+    if args.out.resolve() == src.resolve():
+        print(f"error: {args.out}: is the source weights file; write the pruned weights elsewhere", file=sys.stderr)
+        return 1
     full, meta = load_weights(src)
     pruned, kept = prune_states(full, args.states)
     engines = {
@@ -151,4 +155,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CmddError as e:  # weights not found or unreadable, bad --states, a model without SS2D, ...
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

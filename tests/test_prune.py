@@ -112,6 +112,10 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "rules NOT met" in bad.stdout
     assert not (tmp_path / "bad.safetensors").exists()
+    for extra, words in ((["--states", "9"], "between 1 and 4"), (["--states", "2"], "is the source weights file")):
+        out = str(src) if "source" in words else str(tmp_path / "x.safetensors")
+        r = subprocess.run(cmd + [out, *extra], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr
 
 
 def test_default_weights_are_v1_with_four_states():
