@@ -25,6 +25,17 @@ def test_bench_photo_runs_deblur_end_to_end(tiny_weights):
     assert "96x64 JPEG" in photo_rows_to_markdown([row])
 
 
+def test_bench_photo_cli_with_weights(tiny_weights):
+    """`cmdd bench --photo WxH --weights W` times deblur with those weights and names them; --weights
+    without --photo is a one-line error."""
+    res = CliRunner().invoke(app, ["bench", "--photo", "64x48", "--weights", str(tiny_weights), "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)[0]
+    assert row["size"] == "64x48" and row["weights"] == tiny_weights.name
+    res = CliRunner().invoke(app, ["bench", "--weights", str(tiny_weights)])
+    assert res.exit_code == 1 and "--weights applies to --photo only" in res.output
+
+
 def test_bench_forward_json():
     res = CliRunner().invoke(app, ["bench", "-p", "tiny", "--size", "24", "--size", "32x16", "-b", "cpu", "--repeats", "1",
                                    "--json"])

@@ -8,7 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import device_option, err_console, handle_errors, json_option, out_console, print_json, setup_logging
+from ..errors import CmddError
+from .common import (
+    device_option, err_console, handle_errors, json_option, out_console, print_json, setup_logging, weights_option)
 
 
 def _parse_size(s: str) -> tuple:
@@ -35,17 +37,21 @@ def register(app: typer.Typer) -> None:
         json_out: bool = json_option("Print the rows as JSON on stdout."),
         photo: Optional[List[str]] = typer.Option(
             None, "--photo", help="Instead: time `cmdd deblur` end to end on a generated JPEG of this "
-            "size (WxH, e.g. 4000x3000 for 12 MP) with the default weights; reports seconds and peak memory."),
+            "size (WxH, e.g. 4000x3000 for 12 MP) with the default weights (or --weights); reports seconds and peak memory."),
+        weights: Optional[str] = weights_option("With --photo: the weights `cmdd deblur` uses (a file or a packaged "
+                                                "name: v1, v2); default: the shipped default weights."),
     ):
         """Time whole-model forward passes split into selective scan and the rest, or (--photo) cmdd deblur end to end on a generated photo."""
         from ..engine.bench import bench_forward, bench_photo, machine_line, photo_rows_to_markdown, rows_to_markdown
 
         setup_logging(quiet=json_out)
+        if weights is not None and not photo:
+            raise CmddError("--weights applies to --photo only (the forward table times random-init presets)")
         if photo:
             rows = []
             for s in photo:
                 w, h = _parse_size(s)
-                rows.append(bench_photo(w, h))
+                rows.append(bench_photo(w, h, weights=weights))
             table = photo_rows_to_markdown(rows)
         else:
             sizes = [_parse_size(s)[::-1] for s in size]  # bench_forward takes (H, W)

@@ -135,7 +135,7 @@ def rows_to_markdown(rows: list) -> str:
 class PhotoBenchRow:
     """``cmdd deblur`` of one generated JPEG: size (W x H), wall seconds of the whole command
     (start-up, decode, network, encode), its peak resident memory (MiB), and the engine settings
-    it reported (precision, tile)."""
+    it reported (precision, tile, the weights file's name)."""
 
     size: str
     megapixels: float
@@ -143,6 +143,7 @@ class PhotoBenchRow:
     peak_mib: float
     precision: str
     tile: str
+    weights: str = ""
 
 
 def make_test_photo(path, width: int, height: int, seed: int = 0) -> None:
@@ -192,13 +193,13 @@ def bench_photo(width: int = 4000, height: int = 3000, weights=None, args: tuple
             raise CmddError(f"cmdd deblur failed on the benchmark photo: {last}")
         engine = json.loads(stdout).get("settings", {}).get("engine", {})
     return PhotoBenchRow(f"{width}x{height}", width * height / 1e6, seconds, usage.ru_maxrss / 1024,
-                         str(engine.get("precision")), str(engine.get("tile")))
+                         str(engine.get("precision")), str(engine.get("tile")), Path(engine.get("weights") or "").name)
 
 
 def photo_rows_to_markdown(rows: list) -> str:
-    lines = ["| photo | MP | seconds | MP/s | peak MiB | precision | tile |",
-             "|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| photo | MP | seconds | MP/s | peak MiB | precision | tile | weights |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.size} JPEG | {r.megapixels:.1f} | {r.seconds:.1f} | {r.megapixels / r.seconds:.3f} | "
-                     f"{r.peak_mib:.0f} | {r.precision} | {r.tile} |")
+                     f"{r.peak_mib:.0f} | {r.precision} | {r.tile} | {r.weights} |")
     return "\n".join(lines)
