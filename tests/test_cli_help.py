@@ -33,8 +33,8 @@ def test_help_of_every_command(command):
 
 
 def test_each_short_option_means_one_thing():
-    """A short flag names the same long option in every command that has it (`-p` is always
-    --preset, `-s` only --strength, `-o` always the output folder)."""
+    """A short flag names the same long option in every command that has it (`-p` is the model
+    --preset of bench and info, `-s` only deblur's --strength, `-o` always the output folder)."""
     import typer.main
 
     meaning: dict = {}

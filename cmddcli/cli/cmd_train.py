@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML (or JSON) training config."),
         preset: Optional[str] = typer.Option(
-            None, "--preset", "-p", help="Training preset: paper (default) or tiny; another model: --set model.preset=small."),
+            None, "--preset", help="Training preset: paper (default) or tiny; another model: --set model.preset=small."),
         sets: List[str] = typer.Option([], "--set", help="Override: section.key=value (typed; repeatable)."),
         iters: Optional[str] = typer.Option(
             None, "--iters", help="Total iterations (e.g. 300000 or 300k; default: the config's)."),

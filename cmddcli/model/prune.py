@@ -41,7 +41,7 @@ def prune_states(model: CMDDNet, n_states: int) -> tuple[CMDDNet, dict[str, list
 
     Args:
         model: a CMDDNet with SS2D mixers (``mixer`` ``cnn_mamba`` or ``mamba_only``), unchanged.
-        n_states: states to keep, 1 <= n_states <= model.config.d_state.
+        n_states: states to keep, 1 <= n_states < model.config.d_state.
 
     Returns:
         (pruned model in eval mode on the CPU in float32, {SS2D module name: kept state indices}).
@@ -50,8 +50,9 @@ def prune_states(model: CMDDNet, n_states: int) -> tuple[CMDDNet, dict[str, list
         CmddError: n_states out of range, or a model without SS2D layers.
     """
     cfg = model.config
-    if not 1 <= n_states <= cfg.d_state:
-        raise CmddError(f"states to keep must be between 1 and {cfg.d_state}, got {n_states}")
+    if not 1 <= n_states < cfg.d_state:
+        raise CmddError(f"states to keep must be between 1 and {cfg.d_state - 1} (fewer than the model's "
+                        f"{cfg.d_state}), got {n_states}")
     layers = {name: m for name, m in model.named_modules() if isinstance(m, SS2D)}
     if not layers:
         raise CmddError(f"a {cfg.mixer} model has no selective-scan layers to prune")
