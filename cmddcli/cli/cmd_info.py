@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import handle_errors, json_option, out_console, print_json, scan_option
+from .common import handle_errors, json_option, out_console, print_json, scan_option, weights_option
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +19,7 @@ def register(app: typer.Typer) -> None:
     def info(
         preset: Optional[str] = typer.Option(
             None, "--preset", "-p", help="Preset whose size and cost to show (default: the shipped weights')."),
-        weights: Optional[str] = typer.Option(
-            None, "--weights", "-w", help="Show this weights file's model card (a path or a packaged name: v1, v2)."),
+        weights: Optional[str] = weights_option("Show this weights file's model card (a path or a packaged name: v1, v2)."),
         json_out: bool = json_option("Print JSON only."),
         scan: Optional[str] = scan_option(),
     ):

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
         workers: Optional[int] = typer.Option(
-            None, "--workers", help="Data loader worker processes (default: the config's)."),
+            None, "--workers", "-j", help="Data loader worker processes (default: the config's)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
         json_out: bool = json_option("Print the result as JSON on stdout."),
         scan: Optional[str] = scan_option(),
