@@ -78,12 +78,18 @@ def db(x: float):
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Raise CmddError unless a file can be created at ``path`` (its folder is made if missing)."""
+    """Raise CmddError unless a file can be created at ``path``: its nearest existing folder must
+    take a (deleted at once) temporary file. Creates nothing that stays; missing folders are made
+    only when the file is written."""
     if path.is_dir():
-        raise CmddError(f"{path}: {what} is a folder")
+        raise CmddError(f"{path}: the {what} is a folder")
+    parent = path.parent.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CmddError(f"{path}: cannot write the {what} there ({parent} is a file)")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as e:
         raise CmddError(f"{path}: cannot write the {what} there ({e.strerror or e})") from e
@@ -115,8 +121,12 @@ def main() -> int:
 
     # Everything that can fail on the arguments, before the minutes of photos.
     src = resolve_weights(args.src)
+    if args.out.suffix != ".safetensors":
+        raise CmddError(f"{args.out}: the pruned weights file must end in .safetensors")
     if args.out.resolve() == src.resolve():
         raise CmddError(f"{args.out}: is the source weights file; write the pruned weights elsewhere")
+    if args.report and args.report.resolve() in (src.resolve(), args.out.resolve()):
+        raise CmddError(f"{args.report}: the report would overwrite the {'source' if args.report.resolve() == src.resolve() else 'pruned'} weights file")
     full, meta = load_weights(src)
     pruned, kept = prune_states(full, args.states)
     check_writable(args.out, "pruned weights file")

@@ -56,6 +56,14 @@ def test_each_short_option_means_one_thing():
     assert not clashes, clashes
 
 
+def test_a_long_error_is_still_one_line():
+    """Errors are one line even when stderr is not a terminal (rich would wrap at 80 columns)."""
+    long = "/tmp/" + "x" * 120 + "/w.safetensors"
+    res = CliRunner().invoke(app, ["info", "--weights", long])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and long in lines[0], res.output
+
+
 def test_python_dash_m_runs_the_cli():
     res = subprocess.run([sys.executable, "-m", "cmddcli", "--version"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("cmdd ")

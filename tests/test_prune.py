@@ -119,17 +119,23 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
     assert bad.returncode == 3 and "rules NOT met, nothing written" in bad.stdout
     assert not (tmp_path / "bad.safetensors").exists()
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "d.safetensors").mkdir()
     for out, extra, words in ((tmp_path / "x.safetensors", ["--states", "4"], "between 1 and 3"),
                               (src, ["--states", "2"], "is the source weights file"),
                               (tmp_path / "afile" / "x.safetensors", ["--states", "2"], "cannot write the pruned weights"),
-                              (tmp_path, ["--states", "2"], "pruned weights file is a folder"),
+                              (tmp_path / "d.safetensors", ["--states", "2"], "pruned weights file is a folder"),
                               (tmp_path / "y.safetensors", ["--states", "2", "--report", str(tmp_path / "afile" / "r.md")],
                                "cannot write the report"),
-                              (tmp_path / "y.safetensors", ["--states", "2", "--eval-data", str(tmp_path / "nope")], "nope")):
+                              (tmp_path / "y.safetensors", ["--states", "2", "--eval-data", str(tmp_path / "nope")], "nope"),
+                              (tmp_path / "y.txt", ["--states", "2"], "must end in .safetensors"),
+                              (tmp_path / "y.safetensors", ["--states", "2", "--report", str(src)], "would overwrite the source"),
+                              (tmp_path / "new" / "deep" / "y.safetensors", ["--states", "2", "--samples",
+                                                                             str(tmp_path / "empty")], "no photos")):
         r = subprocess.run(cmd + [str(out), *extra], capture_output=True, text=True, timeout=300)
         assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, (words, r.stderr)
         assert "| photo |" not in r.stdout  # refused before any photo ran
-    assert not (tmp_path / "y.safetensors").exists()
+    assert not (tmp_path / "y.safetensors").exists() and not (tmp_path / "new").exists()
+    load_weights(src)  # untouched
 
 
 def test_default_weights_are_v1_with_four_states():

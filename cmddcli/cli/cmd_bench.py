@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json([dataclasses.asdict(r) for r in rows])
         else:
-            out_console.print(table, markup=False, highlight=False)
+            out_console.print(table, markup=False, highlight=False, soft_wrap=True)  # markdown rows stay whole
         if out:
             out.write_text(f"Machine: {machine_line(device)}\n\n{table}\n")
             err_console.print(f"wrote {out}")

@@ -42,8 +42,9 @@ def print_json(payload: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print one red ``error:`` line on stderr and return the ``typer.Exit`` to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """Print one red ``error:`` line on stderr and return the ``typer.Exit`` to raise (never wrapped
+    into several lines, even when stderr is a pipe and rich assumes 80 columns)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
