@@ -284,6 +284,21 @@ def test_v1_noisy_is_v1_plus_v2_noise():
     assert loud.blurred.tobytes() != ref.blurred.tobytes() and loud.target.tobytes() == ref.target.tobytes()
 
 
+def test_v1_jpeg_is_v1_noisy_with_more_jpeg():
+    """v1_jpeg differs from v1_noisy only in how often and how hard the blurred image is JPEG-compressed;
+    a forced round trip at its lowest quality changes the blurred image, not the target."""
+    import dataclasses
+
+    noisy, jp = synth_preset("v1_noisy"), synth_preset("v1_jpeg")
+    assert jp.jpeg_prob > noisy.jpeg_prob and jp.jpeg_quality[0] < noisy.jpeg_quality[0]
+    assert dataclasses.replace(jp, jpeg_prob=noisy.jpeg_prob, jpeg_quality=noisy.jpeg_quality) == noisy
+    img = _texture(64, 64)
+    plain = synthesize(img, 3, synth_preset("v1_jpeg", noise_prob=0.0, jpeg_prob=0.0))
+    jpeg = synthesize(img, 3, synth_preset("v1_jpeg", noise_prob=0.0, jpeg_prob=1.0, jpeg_quality=(50, 50)))
+    assert jpeg.blurred.tobytes() != plain.blurred.tobytes() and jpeg.target.tobytes() == plain.target.tobytes()
+    assert jpeg.params["jpeg_quality"] == 50
+
+
 def test_heldout_psf_family_differs_from_v2():
     """v2's shapes are all point-symmetric with a bright or flat centre; the held-out ones are odd-sided
     polygons (not point-symmetric) or rings (dark centre)."""

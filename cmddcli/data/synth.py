@@ -749,6 +749,10 @@ SYNTH_PRESETS: dict[str, tuple[SynthConfig, str]] = {
                                                                         "jpeg_prob", "jpeg_quality")}),
                  "v1 with v2's mild Poisson-Gaussian noise (30 % of pairs) and rare JPEG (5 %): separates v1's "
                  "PSF and depth from v2's noise"),
+    "v1_jpeg": (SynthConfig(max_coc=(1.0, 16.0), **{k: _V2[k] for k in ("noise_prob", "photons", "read_noise")},
+                            jpeg_prob=0.4, jpeg_quality=(50, 95)),
+                "v1_noisy with JPEG on 40 % of pairs at quality 50-95 (web photos): teaches the network not to "
+                "sharpen compression artefacts"),
     "v2": (SynthConfig(**_V2),
            "disk / bright-rim / apodized / Gaussian-like / soft PSFs with cat's eye and per-channel radii, "
            "segment-following depth, heavy-tailed max CoC 0.5-20 px, mild noise, rare JPEG, sharp target"),
