@@ -33,6 +33,10 @@ SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in 
 )
 
 
+# --dtype: how the weights are stored (None: as trained, float32).
+STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
 def portable(value):
     """``value`` with every absolute path cut to its last part (``…/sharp_src``): the model card names
     no folder of the machine that trained it."""
@@ -52,7 +56,7 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, help="cmdd eval summary.json on the real DPDD pairs (validation pairs)")
     ap.add_argument("--eval-test", type=Path, help="cmdd eval summary.json on the test pairs, reported separately")
     ap.add_argument("--note", default="")
-    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    ap.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="fp16")
     ap.add_argument("--out", type=Path, default=default_weights_path())
     args = ap.parse_args()
     net, meta = load_weights(args.weights)
@@ -87,8 +91,7 @@ def main() -> None:
         card["scores_real_dpdd_validation" if args.eval_test else "scores_real_dpdd_10_pairs"] = scores(args.eval)
     if args.eval_test:
         card["scores_real_dpdd_test"] = scores(args.eval_test)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[args.dtype]
-    save_weights(net, args.out, metadata=card, dtype=dtype, preset=meta.get("preset"))
+    save_weights(net, args.out, metadata=card, dtype=STORAGE_DTYPES[args.dtype], preset=meta.get("preset"))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -32,7 +32,6 @@ Exit status: 0 written; 1 an error (one line on stderr; nothing written); 3 the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 import tempfile
@@ -45,9 +44,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bf16_check import SAMPLES, photos, psnr8  # noqa: E402
-from package_default_weights import portable  # noqa: E402  (scripts/ is on sys.path: this file's folder)
+from package_default_weights import STORAGE_DTYPES, portable  # noqa: E402  (scripts/ is on sys.path)
 
 from cmddcli.atomic import atomic_path  # noqa: E402
+from cmddcli.data.manifest import sha256_file  # noqa: E402
 from cmddcli.engine import Deblurrer  # noqa: E402
 from cmddcli.errors import CmddError  # noqa: E402
 from cmddcli.model import PRESETS  # noqa: E402
@@ -58,14 +58,6 @@ from cmddcli.photo import read_photo  # noqa: E402
 CARD_SKIP = {"format", "config", "preset", "version", "dtype"}  # save_weights writes these anew
 RULES_NOT_MET = 3
 COLUMNS = ("pruned fp32", "pruned bf16", "full bf16")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def preset_of(config) -> str | None:
@@ -112,7 +104,7 @@ def main() -> int:
                     help="least PSNR(pruned bf16, full fp32) on every photo, dB (default 50, issue 10's bf16 rule)")
     ap.add_argument("--samples", type=Path, default=SAMPLES,
                     help="folder with dpdd_1024/blur/*.png, dpdd_gif_pairs/*_input.png, blurred_only/*.jpg")
-    ap.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="storage type of OUT")
+    ap.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="fp16", help="storage type of OUT")
     ap.add_argument("--report", type=Path, default=None, help="also write the table and verdict here (markdown)")
     ap.add_argument("--eval-data", action="append", default=[], metavar="DIR[:CROP_TOP]",
                     help="a pair set to score the pruned weights on, as cmdd eval --data DIR --crop-top CROP_TOP "
@@ -125,8 +117,9 @@ def main() -> int:
         raise CmddError(f"{args.out}: the pruned weights file must end in .safetensors")
     if args.out.resolve() == src.resolve():
         raise CmddError(f"{args.out}: is the source weights file; write the pruned weights elsewhere")
-    if args.report and args.report.resolve() in (src.resolve(), args.out.resolve()):
-        raise CmddError(f"{args.report}: the report would overwrite the {'source' if args.report.resolve() == src.resolve() else 'pruned'} weights file")
+    clobbered = {src.resolve(): "source", args.out.resolve(): "pruned"}.get(args.report.resolve()) if args.report else None
+    if clobbered:
+        raise CmddError(f"{args.report}: the report would overwrite the {clobbered} weights file")
     full, meta = load_weights(src)
     pruned, kept = prune_states(full, args.states)
     check_writable(args.out, "pruned weights file")
@@ -151,8 +144,9 @@ def main() -> int:
         "pruned bf16": Deblurrer(model=pruned, device="cpu", precision="bf16"),
     }
     N = full.config.d_state
+    src_sha256 = sha256_file(src)
     head = [
-        f"Source: {src.name} (SHA-256 {sha256(src)[:16]}…), {N} states -> {args.states} (slowest decays); "
+        f"Source: {src.name} (SHA-256 {src_sha256[:16]}…), {N} states -> {args.states} (slowest decays); "
         f"torch {torch.__version__}; default tiling",
         "",
         "| photo | size | PSNR(pruned fp32, full fp32) dB | PSNR(pruned bf16, full fp32) dB | PSNR(full bf16, full fp32) dB |",
@@ -188,7 +182,7 @@ def main() -> int:
                     "weights under 'scores_real_dpdd' when measured). The source's note: " + str(card.get("note", "")))
     card["pruned"] = {
         "from": src.name,
-        "from_sha256": sha256(src),
+        "from_sha256": src_sha256,
         "from_preset": meta.get("preset"),
         "states": f"{args.states} of {N} per SS2D, the slowest-decaying (cmddcli.model.prune)",
         "kept": kept,
@@ -210,8 +204,7 @@ def main() -> int:
             summary = evaluate_model(engine, items, settings).summary
             card["scores_real_dpdd"][f"{Path(d).name} (crop top {crop})"] = [asdict(r) for r in summary]
             print(f"{Path(d).name}: {summary[-1].means}", flush=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[args.dtype]
-    save_weights(pruned, args.out, metadata=card, dtype=dtype, preset=preset_of(pruned.config))
+    save_weights(pruned, args.out, metadata=card, dtype=STORAGE_DTYPES[args.dtype], preset=preset_of(pruned.config))
     report(f"rules met; wrote {args.out.name} ({args.out.stat().st_size / 1e6:.2f} MB).")
     return 0
 
