@@ -47,5 +47,17 @@ def test_bench_forward_json():
     assert 0 < rows[0]["scan_s"] < rows[0]["total_s"]
 
 
+def test_bench_lists_take_commas_and_scan_alias():
+    """`-p a,b --size 24,32x16 --scan cpu` means what `-p a -p b --size 24 --size 32x16 -b cpu` means."""
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny,tiny", "--size", "24,32x16", "--scan", "cpu", "--repeats", "1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [(r["preset"], r["size"], r["backend"]) for r in rows] == [
+        ("tiny", "24x24", "cpu"), ("tiny", "32x16", "cpu")] * 2
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "--size", "24", "--scan", "nope", "--repeats", "1"])
+    assert res.exit_code != 0 and "nope" in res.output
+
+
 def test_tune_cpu_allocator_is_idempotent():
     assert tune_cpu_allocator() == tune_cpu_allocator()

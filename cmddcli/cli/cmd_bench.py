@@ -22,16 +22,24 @@ def _parse_size(s: str) -> tuple:
         raise typer.BadParameter(f"size must look like 256 or 1680x1120 (width x height), got {s!r}")
 
 
+def _items(values: Optional[List[str]]) -> List[str]:
+    """Repeated options and comma lists alike: ``-p paper -p small`` == ``-p paper,small``."""
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``cmdd bench`` to ``app``."""
 
     @app.command("bench")
     @handle_errors
     def bench(
-        preset: List[str] = typer.Option(["paper"], "--preset", "-p", help="Model preset(s) to time."),
-        size: List[str] = typer.Option(["256"], "--size", help="Input size(s): 256 or WxH."),
+        preset: List[str] = typer.Option(["paper"], "--preset", "-p",
+                                          help="Model preset(s) to time: -p paper -p small or -p paper,small."),
+        size: List[str] = typer.Option(["256"], "--size", help="Input size(s): 256 or WxH; repeat or comma-separate."),
         device: str = device_option("cpu", "cpu, cuda or cuda:N."),
-        backend: Optional[List[str]] = typer.Option(None, "--backend", "-b", help="Scan backend(s); default: all usable here."),
+        backend: Optional[List[str]] = typer.Option(
+            None, "--backend", "--scan", "-b",
+            help="Scan backend(s) to compare (repeat or comma-separate; --scan as in the other commands); default: all usable here."),
         repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
         json_out: bool = json_option("Print the rows as JSON on stdout."),
@@ -49,15 +57,15 @@ def register(app: typer.Typer) -> None:
             raise CmddError("--weights applies to --photo only (the forward table times random-init presets)")
         if photo:
             rows = []
-            for s in photo:
+            for s in _items(photo):
                 w, h = _parse_size(s)
                 rows.append(bench_photo(w, h, weights=weights))
             table = photo_rows_to_markdown(rows)
         else:
-            sizes = [_parse_size(s)[::-1] for s in size]  # bench_forward takes (H, W)
+            sizes = [_parse_size(s)[::-1] for s in _items(size)]  # bench_forward takes (H, W)
             rows = []
-            for p in preset:
-                rows += bench_forward(p, sizes, device=device, backends=backend or None, repeats=repeats)
+            for p in _items(preset):
+                rows += bench_forward(p, sizes, device=device, backends=_items(backend) or None, repeats=repeats)
             table = rows_to_markdown(rows)
         if json_out:
             print_json([dataclasses.asdict(r) for r in rows])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import CmddError
 from ..model import CMDDNet, model_config
 from ..model import blocks as _blocks
 from ..model import ssm
@@ -75,7 +76,11 @@ def usable_backends(device: torch.device) -> list:
 def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, repeats: int = 3, warmup: int = 1) -> list:
     """Time whole-model forwards of ``preset`` at each (H, W) in ``sizes`` on ``device``, once per scan
     backend (default: every backend usable there); ``repeats`` timed runs after ``warmup``, median
-    reported. Returns one :class:`BenchRow` per (size, backend). Raises CmddError for a bad device."""
+    reported. Returns one :class:`BenchRow` per (size, backend); a backend that fails at run time is a
+    row saying why. Raises CmddError for a bad device or a backend name that does not exist."""
+    unknown = [b for b in backends or [] if b not in ssm.backend_names()]
+    if unknown:
+        raise CmddError(f"unknown scan backend {unknown[0]!r}; choose from {', '.join(ssm.backend_names())}")
     dev = torch.device(device)
     if dev.type == "cpu":
         tune_cpu_allocator()
