@@ -1,7 +1,8 @@
 """Package a trained run's weights as the default weights shipped inside cmddcli, with a model card.
 
     python scripts/package_default_weights.py RUN_WEIGHTS.safetensors [--manifest TRAIN_MANIFEST] \
-        --eval EVAL_DIR/summary.json [--eval-test TEST_EVAL/summary.json] --note "..." [--dtype fp16] [--out PATH]
+        --eval EVAL_DIR/summary.json [--eval-test TEST_EVAL/summary.json] --note "..." [--dtype fp16] [--out PATH] \
+        [--parent WEIGHTS] [--cpu-hours H]
 
 RUN_WEIGHTS comes from `scripts/export_checkpoint.py` (its metadata carries the run's config). A run on
 a prepared dataset names its manifest (`--manifest`); a run on on-the-fly synthesis (`data.kind =
@@ -9,7 +10,11 @@ a prepared dataset names its manifest (`--manifest`); a run on on-the-fly synthe
 the run's config.
 
 The metadata header records the preset, iterations, data sources and their licences, the synthesis
-settings, the date and the scores on the real DPDD pairs, and `cmdd info` prints it.
+settings, the date and the scores on the real DPDD pairs (means, and per image from the `per_image.csv`
+that `cmdd eval --out` writes beside `summary.json`), and `cmdd info` prints it. A run that started from
+other weights (`init_weights`) names them with `--parent`: the card then carries the parent's name,
+SHA-256, preset, steps, CPU hours and note under "fine_tuned_from" (and the parent's own parent, so the
+whole lineage). `--cpu-hours` is this run's training time on the CPU (wall hours x cores used).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from cmddcli.model.weights import default_weights_path, load_weights, save_weights
+from cmddcli.data.manifest import sha256_file
+from cmddcli.eval.protocol import finite_json
+from cmddcli.model.weights import default_weights_path, load_weights, read_metadata, resolve_weights, save_weights
 
 SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in docs/synthetic_defocus.md
     "sharp photos from Debian packages lomiri-wallpapers-16.04 (CC-BY-4.0 / CC-BY-SA-4.0 / CC0), "
@@ -49,6 +56,34 @@ def portable(value):
     return value
 
 
+def lineage(parent: str) -> dict:
+    """The card entry for the weights a run started from: name, SHA-256, preset, steps, CPU hours, note,
+    and, nested, their own parent's entry."""
+    path = resolve_weights(parent)
+    meta = read_metadata(path)
+    entry = {"name": path.name, "sha256": sha256_file(path), "preset": meta.get("preset"),
+             "iterations": meta.get("iterations"), "cpu_hours": meta.get("cpu_hours"), "note": meta.get("note", "")}
+    if "fine_tuned_from" in meta:
+        entry["fine_tuned_from"] = meta["fine_tuned_from"]
+    if "pruned" in meta:
+        entry["pruned_from"] = {k: meta["pruned"].get(k) for k in ("from", "from_sha256", "from_preset", "states")}
+    return entry
+
+
+def per_image(summary_json: Path) -> list | None:
+    """Rows of the ``per_image.csv`` that ``cmdd eval --out`` writes beside ``summary.json`` (None if absent)."""
+    import csv
+
+    f = summary_json.with_name("per_image.csv")
+    if not f.exists():
+        return None
+    rows = []
+    with open(f, newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows.append({"name": r["name"], **{m: float(r[m]) for m in ("psnr", "ssim", "mae") if r.get(m)}})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", type=Path)
@@ -58,6 +93,9 @@ def main() -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="fp16")
     ap.add_argument("--out", type=Path, default=default_weights_path())
+    ap.add_argument("--parent", help="the weights the run started from (file or packaged name): recorded with its "
+                                     "own lineage under fine_tuned_from")
+    ap.add_argument("--cpu-hours", type=float, help="this run's CPU training time, hours (wall hours x cores)")
     args = ap.parse_args()
     net, meta = load_weights(args.weights)
     train = portable(meta.get("train", {}))
@@ -82,15 +120,25 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "note": args.note,
     }
+    if args.cpu_hours is not None:
+        card["cpu_hours"] = args.cpu_hours
+    if args.parent:
+        card["fine_tuned_from"] = lineage(args.parent)
 
     def scores(path: Path):
         summary = json.loads(path.read_text())
         return summary.get("summary") or summary.get("overall") or summary
 
     if args.eval:
-        card["scores_real_dpdd_validation" if args.eval_test else "scores_real_dpdd_10_pairs"] = scores(args.eval)
+        key = "scores_real_dpdd_validation" if args.eval_test else "scores_real_dpdd_10_pairs"
+        card[key] = scores(args.eval)
+        if per_image(args.eval) is not None:
+            card[key + "_per_image"] = per_image(args.eval)
     if args.eval_test:
         card["scores_real_dpdd_test"] = scores(args.eval_test)
+        if per_image(args.eval_test) is not None:
+            card["scores_real_dpdd_test_per_image"] = per_image(args.eval_test)
+    card = finite_json(card)
     save_weights(net, args.out, metadata=card, dtype=STORAGE_DTYPES[args.dtype], preset=meta.get("preset"))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
 

@@ -190,3 +190,34 @@ def test_model_card_names_no_machine_folder():
     assert meta["preset"] == "small" and meta["scores_real_dpdd_validation"][0]["count"] == 6
     assert meta["scores_real_dpdd_test"][0]["count"] == 4
     assert '"/' not in json.dumps(meta["trained_with"])
+
+
+def test_model_card_lineage_and_per_image(tmp_path, tiny_weights):
+    """package_default_weights.py records the parent weights (name, SHA-256, steps, CPU hours and their
+    own parent) and the per-image scores from the per_image.csv beside an eval summary.json."""
+    import hashlib
+    import importlib.util
+    import json
+
+    from cmddcli.model.weights import load_weights, save_weights
+
+    spec = importlib.util.spec_from_file_location(
+        "package_default_weights", Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net, _ = load_weights(tiny_weights)
+    grand = {"name": "g.safetensors", "sha256": "0" * 64, "iterations": 5}
+    parent = tmp_path / "parent.safetensors"
+    save_weights(net, parent, metadata={"iterations": 1200, "cpu_hours": 1.5, "note": "arm J",
+                                        "fine_tuned_from": grand}, preset="tiny")
+    entry = mod.lineage(str(parent))
+    assert entry["sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert (entry["name"], entry["iterations"], entry["cpu_hours"], entry["note"]) == ("parent.safetensors", 1200, 1.5, "arm J")
+    assert entry["fine_tuned_from"] == grand and entry["preset"] == "tiny"
+    summary = tmp_path / "ev" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps({"summary": []}))
+    assert mod.per_image(summary) is None
+    (summary.parent / "per_image.csv").write_text(
+        "name,group,subset,height,width,psnr,ssim,mae,seconds\na,pairs,,8,8,24.5,0.61,0.04,1.0\n")
+    assert mod.per_image(summary) == [{"name": "a", "psnr": 24.5, "ssim": 0.61, "mae": 0.04}]
