@@ -59,5 +59,23 @@ def test_bench_lists_take_commas_and_scan_alias():
     assert res.exit_code != 0 and "nope" in res.output
 
 
+def test_bench_bad_arguments_fail_before_any_timing(tmp_path):
+    """Each bad argument is one error line or typer's usage box, never a traceback, and before any row
+    is timed (an unknown preset after a good one, an unwritable -o)."""
+    cases = [
+        (["--size", "-5"], 2, "at least 1x1"), (["--photo", "0x0"], 2, "at least 1x1"),
+        (["-p", "tiny", "--size", "24", "--repeats", "0"], 2, "--repeats"),
+        (["-p", "tiny", "--size", "24", "--device", "gpu"], 1, "unknown device"),
+        (["-p", "tiny,nope", "--size", "24"], 1, "unknown model preset 'nope'"),
+        (["-p", "tiny", "--size", "24", "-o", str(tmp_path / "no" / "t.md")], 1, "cannot write the table"),
+        (["-p", "tiny", "--size", "24", "-o", str(tmp_path)], 1, "a folder"),
+        (["-p", "tiny", "--photo", "64x48"], 1, "--photo times cmdd deblur"),
+    ]
+    for args, code, text in cases:
+        res = CliRunner().invoke(app, ["bench", *args])
+        assert res.exit_code == code and text in res.output and "Traceback" not in res.output, (args, res.output)
+        assert "| tiny |" not in res.output  # nothing was timed
+
+
 def test_tune_cpu_allocator_is_idempotent():
     assert tune_cpu_allocator() == tune_cpu_allocator()

@@ -211,6 +211,30 @@ def test_refuses_to_overwrite_inputs(tmp_path, tiny_weights):
     assert {Path(f["input"]).name for f in json.loads(r.stdout)["files"]} == {"a.png", "a_sharp.png", "b_sharp.png"}
 
 
+def test_strength_warning_reaches_the_terminal(tmp_path, tiny_weights):
+    """Warnings of the finishing step (--strength > 1, --focus auto finding no background) are logged
+    like the reader's, not only stored in the summary."""
+    Image.fromarray(img()).save(tmp_path / "a.png")
+    r = run([tmp_path / "a.png", "-o", tmp_path / "out", "--strength", "1.2"], tiny_weights)
+    assert r.exit_code == 0 and "extrapolates" in r.stderr, r.stderr
+
+
+def test_suffix_with_a_path_separator_is_refused(tmp_path, tiny_weights):
+    """`--suffix "/../../x/other"` once wrote (and overwrote) files outside -o: now a one-line error,
+    exit 1, before anything is written."""
+    src, other = tmp_path / "in", tmp_path / "x"
+    src.mkdir(), other.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    Image.fromarray(img(seed=3)).save(other / "other.jpg")
+    before = (other / "other.jpg").read_bytes()
+    for suffix in ("/../../x/other", "/x", "\\x"):
+        r = run([src / "a.png", "-o", tmp_path / "out", "--suffix", suffix, "--ext", "jpg"], tiny_weights)
+        assert r.exit_code == 1 and "--suffix" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (other / "other.jpg").read_bytes() == before and not (tmp_path / "out").exists()
+    with pytest.raises(CmddError, match="suffix"):
+        BatchOptions(out_dir=tmp_path, suffix="a/b")
+
+
 def test_repeat_into_the_input_folder_through_a_symlinked_subfolder(tmp_path, tiny_weights):
     src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
     src.mkdir()

@@ -10,16 +10,20 @@ import typer
 
 from ..errors import CmddError
 from .common import (
-    device_option, err_console, handle_errors, json_option, out_console, print_json, setup_logging, weights_option)
+    check_scan_names, device_option, err_console, handle_errors, json_option, out_console, print_json, setup_logging,
+    weights_option)
 
 
 def _parse_size(s: str) -> tuple:
     """``"WxH"`` (or one number for a square) -> (width, height) in pixels, as photos are named."""
     try:
         w, _, h = s.lower().partition("x")
-        return int(w), int(h or w)
+        w, h = int(w), int(h or w)
     except ValueError:
         raise typer.BadParameter(f"size must look like 256 or 1680x1120 (width x height), got {s!r}")
+    if w < 1 or h < 1:
+        raise typer.BadParameter(f"size must be at least 1x1 pixels, got {s!r}")
+    return w, h
 
 
 def _items(values: Optional[List[str]]) -> List[str]:
@@ -33,14 +37,16 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     @handle_errors
     def bench(
-        preset: List[str] = typer.Option(["paper"], "--preset", "-p",
-                                          help="Model preset(s) to time: -p paper -p small or -p paper,small."),
-        size: List[str] = typer.Option(["256"], "--size", help="Input size(s): 256 or WxH; repeat or comma-separate."),
+        preset: Optional[List[str]] = typer.Option(
+            None, "--preset", "-p", help="Model preset(s) to time: -p paper -p small or -p paper,small (default: paper)."),
+        size: Optional[List[str]] = typer.Option(
+            None, "--size", help="Input size(s): 256 or WxH; repeat or comma-separate (default: 256)."),
         device: str = device_option("cpu", "cpu, cuda or cuda:N."),
         backend: Optional[List[str]] = typer.Option(
             None, "--backend", "--scan", "-b",
-            help="Scan backend(s) to compare (repeat or comma-separate; --scan as in the other commands); default: all usable here."),
-        repeats: int = typer.Option(3, help="Timed runs per row (median is reported)."),
+            help="Scan backend(s) to compare (repeat or comma-separate; --scan as in the other commands; auto: "
+                 "the one deblur would pick); default: all usable here."),
+        repeats: int = typer.Option(3, min=1, help="Timed runs per row (median is reported)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
         json_out: bool = json_option("Print the rows as JSON on stdout."),
         photo: Optional[List[str]] = typer.Option(
@@ -50,27 +56,41 @@ def register(app: typer.Typer) -> None:
                                                 "name: v1, v2); default: the shipped default weights."),
     ):
         """Time whole-model forward passes split into selective scan and the rest, or (--photo) cmdd deblur end to end on a generated photo."""
+        from ..atomic import atomic_path
         from ..engine.bench import bench_forward, bench_photo, machine_line, photo_rows_to_markdown, rows_to_markdown
+        from ..model import model_config
+        from ..runtime import resolve_device
 
         setup_logging(quiet=json_out)
+        # Everything that can be wrong with the arguments fails here, before minutes of timing.
         if weights is not None and not photo:
             raise CmddError("--weights applies to --photo only (the forward table times random-init presets)")
+        if photo and (preset or size or backend):
+            raise CmddError("--preset, --size and --scan set up the forward table; --photo times cmdd deblur "
+                            "with the weights (--weights) on a photo of the given size")
+        if out is not None and (out.is_dir() or not out.parent.is_dir()):
+            raise CmddError(f"{out}: cannot write the table there ("
+                            + ("a folder)" if out.is_dir() else f"no folder {out.parent})"))
+        resolve_device(device)
         if photo:
-            rows = []
-            for s in _items(photo):
-                w, h = _parse_size(s)
-                rows.append(bench_photo(w, h, weights=weights))
+            photo_sizes = [_parse_size(s) for s in _items(photo)]
+            rows = [bench_photo(w, h, weights=weights) for w, h in photo_sizes]
             table = photo_rows_to_markdown(rows)
         else:
-            sizes = [_parse_size(s)[::-1] for s in _items(size)]  # bench_forward takes (H, W)
+            sizes = [_parse_size(s)[::-1] for s in _items(size) or ["256"]]  # bench_forward takes (H, W)
+            presets = _items(preset) or ["paper"]
+            for p in presets:
+                model_config(p)  # an unknown preset: one line now, not after the others' timings
+            backends = check_scan_names(_items(backend)) or None
             rows = []
-            for p in _items(preset):
-                rows += bench_forward(p, sizes, device=device, backends=_items(backend) or None, repeats=repeats)
+            for p in presets:
+                rows += bench_forward(p, sizes, device=device, backends=backends, repeats=repeats)
             table = rows_to_markdown(rows)
         if json_out:
             print_json([dataclasses.asdict(r) for r in rows])
         else:
             out_console.print(table, markup=False, highlight=False, soft_wrap=True)  # markdown rows stay whole
         if out:
-            out.write_text(f"Machine: {machine_line(device)}\n\n{table}\n")
+            with atomic_path(out) as tmp:
+                tmp.write_text(f"Machine: {machine_line(device)}\n\n{table}\n")
             err_console.print(f"wrote {out}")

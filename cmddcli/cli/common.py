@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -124,15 +124,22 @@ def quiet_option(help: str = "No progress bars or tables; warnings only."):
     return typer.Option(False, "--quiet", "-q", help=help)
 
 
+def check_scan_names(values: List[str]) -> List[str]:
+    """``values`` unchanged if each is ``auto`` or a scan backend's name; else a usage error (exit 2)."""
+    from ..model.ssm import backend_names
+
+    names = ["auto", *backend_names()]
+    for value in values:
+        if value not in names:
+            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(names)}")
+    return values
+
+
 def _set_scan(value: Optional[str]) -> Optional[str]:
     """``--scan NAME`` is ``CMDD_SCAN=NAME`` for this process and the processes it starts; an unknown
     name is a usage error before anything runs."""
     if value:
-        from ..model.ssm import backend_names
-
-        names = ["auto", *backend_names()]
-        if value not in names:
-            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(names)}")
+        check_scan_names([value])
         os.environ["CMDD_SCAN"] = value
     return value
 

@@ -15,7 +15,7 @@ from ..errors import CmddError
 from ..model import CMDDNet, model_config
 from ..model import blocks as _blocks
 from ..model import ssm
-from ..runtime import tune_cpu_allocator
+from ..runtime import resolve_device, tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,17 @@ def usable_backends(device: torch.device) -> list:
 def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, repeats: int = 3, warmup: int = 1) -> list:
     """Time whole-model forwards of ``preset`` at each (H, W) in ``sizes`` on ``device``, once per scan
     backend (default: every backend usable there); ``repeats`` timed runs after ``warmup``, median
-    reported. Returns one :class:`BenchRow` per (size, backend); a backend that fails at run time is a
-    row saying why. Raises CmddError for a bad device or a backend name that does not exist."""
-    unknown = [b for b in backends or [] if b not in ssm.backend_names()]
+    reported; backend ``auto`` is the one inference would choose. Returns one :class:`BenchRow` per
+    (size, backend); a backend that fails at run time is a row saying why. Raises CmddError for a
+    bad or absent device, a backend name that does not exist, or repeats < 1."""
+    unknown = [b for b in backends or [] if b not in ["auto", *ssm.backend_names()]]
     if unknown:
-        raise CmddError(f"unknown scan backend {unknown[0]!r}; choose from {', '.join(ssm.backend_names())}")
-    dev = torch.device(device)
+        raise CmddError(f"unknown scan backend {unknown[0]!r}; choose from auto, {', '.join(ssm.backend_names())}")
+    if repeats < 1:
+        raise CmddError(f"repeats must be at least 1, got {repeats}")
+    dev = resolve_device(device)
+    # "auto": the backend deblur would pick on this device (CMDD_SCAN / --scan honoured)
+    backends = [ssm.choose_backend(dev.type, needs_grad=False).name if b == "auto" else b for b in backends or []]
     if dev.type == "cpu":
         tune_cpu_allocator()
     net = CMDDNet(model_config(preset)).to(dev).eval()

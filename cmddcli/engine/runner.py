@@ -93,6 +93,12 @@ class BatchOptions:
     restore: RestoreOptions = RestoreOptions()  # strength, focus auto / mask, --save-blur-map
     report: bool = False  # write report previews (OUT/.cmdd/report) for cmddcli.engine.report
 
+    def __post_init__(self):
+        # The suffix is part of a file name: a path separator in it would put outputs (and, with "..",
+        # overwrite unrelated files) outside out_dir.
+        if any(c in self.suffix for c in ("/", "\\", "\0")):
+            raise CmddError(f"--suffix {self.suffix!r}: must not contain '/', '\\' or NUL (it is appended to file names)")
+
 
 @dataclass
 class BatchReport:
@@ -310,6 +316,8 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
         restored = photo.map_pages(lambda rgb: deblurrer.restore(rgb, progress=progress.tiles))  # every page
         restored, fin = finish_photo(photo, restored, opts.restore)  # strength, focus / mask
         res.restore = {**opts.restore.describe(), "restored_fraction": round(fin.restored_fraction, 4)}
+        for w in fin.warnings:  # strength / focus: logged as the reader's warnings are, and in the summary
+            log.warning("%s: %s", job.input, w)
         res.warnings += fin.warnings
         write_photo(job.output, restored, bit_depth=opts.bit_depth)
         _side_outputs(job, opts, photo.rgb, fin)
