@@ -211,6 +211,17 @@ def test_refuses_to_overwrite_inputs(tmp_path, tiny_weights):
     assert {Path(f["input"]).name for f in json.loads(r.stdout)["files"]} == {"a.png", "a_sharp.png", "b_sharp.png"}
 
 
+def test_scan_backend_that_cannot_run_here_is_one_error(tmp_path, tiny_weights, monkeypatch):
+    """`--scan triton` on a CPU is one line before any photo (it was one failure per photo)."""
+    monkeypatch.setenv("CMDD_SCAN", "auto")  # --scan sets it for the process: undone after the test
+    for n in "ab":
+        Image.fromarray(img()).save(tmp_path / f"{n}.png")
+    r = run([tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", "--scan", "triton", "--device", "cpu"],
+            tiny_weights)
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and "triton" in r.stderr, r.stderr
+    assert not any((tmp_path / "out").glob("*.png"))
+
+
 def test_strength_warning_reaches_the_terminal(tmp_path, tiny_weights):
     """Warnings of the finishing step (--strength > 1, --focus auto finding no background) are logged
     like the reader's, not only stored in the summary."""

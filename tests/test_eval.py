@@ -239,3 +239,11 @@ def test_cli_errors_are_one_line_exit_1(tmp_path):
     assert res.exit_code == 1 and "no such file or folder" in " ".join(res.output.split())
     res = runner.invoke(app, ["eval", "--data", str(tmp_path), "--metrics", "psnr,bogus"])
     assert res.exit_code == 1 and "unknown metric" in res.output
+    # Negative counts are usage errors (they once scored the wrong rows / images), and an --out that is
+    # a file fails before any scoring.
+    for opt in ("--crop-top", "--limit"):
+        res = runner.invoke(app, ["eval", "--data", str(tmp_path), opt, "-1"])
+        assert res.exit_code == 2 and opt in res.output
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "afile")])
+    assert res.exit_code == 1 and "--out must be a folder" in res.output

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         pred_suffix: str = typer.Option(
             "", "--pred-suffix", help="Suffix to strip from prediction stems (e.g. _deblurred)."),
         crop_top: List[int] = typer.Option(
-            [], "--crop-top", help="Drop the top N rows before scoring (once for all sets, or once per set)."),
+            [], "--crop-top", min=0, help="Drop the top N rows before scoring (once for all sets, or once per set)."),
         mask: Optional[Path] = typer.Option(
             None, "--mask", help="Score only the non-zero pixels of this mask image (same size as the images)."),
         metrics: str = typer.Option("psnr,ssim,mae", "--metrics", "-m", help="Comma list: psnr, ssim, mae, lpips."),
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         device: str = device_option(),
         precision: str = precision_option("fp32", "fp32 (protocol), bf16, fp16 or auto."),
         threads: Optional[int] = threads_option(),
-        limit: int = typer.Option(0, "--limit", help="Score only the first N images of each set (0 = all)."),
+        limit: int = typer.Option(0, "--limit", min=0, help="Score only the first N images of each set (0 = all)."),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Write per_image.csv and summary.json (and images) here."),
         save_images: bool = typer.Option(False, "--save-images", help="Save restored images under OUT/images/."),
@@ -100,6 +100,13 @@ def register(app: typer.Typer) -> None:
                                   mask=str(mask) if mask else None, tile=tile, precision=precision, device=device)
         if save_images and out is None:
             raise CmddError("--save-images needs --out DIR")
+        if out is not None:  # before minutes of scoring, not after
+            if out.exists() and not out.is_dir():
+                raise CmddError(f"{out}: --out must be a folder (this is a file)")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CmddError(f"{out}: cannot create the output folder ({e.strerror or e})")
         items = E.gather_items(data=data, pred=pred, target=target, split=split, pred_suffix=pred_suffix,
                                crop_top=crop_top, limit=limit, with_weights=weights is not None)
 
@@ -129,6 +136,6 @@ def register(app: typer.Typer) -> None:
             if out is not None and write_error is None:
                 err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
         if write_error:
-            err_console.print(f"[yellow]warning:[/] {escape(write_error)}", highlight=False)
+            err_console.print(f"[red]error:[/] {escape(write_error)}", highlight=False)
         if write_error or report.extra.get("save_errors"):
             raise typer.Exit(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .common import err_console, handle_errors, json_option, print_json, quiet_option, setup_logging
@@ -75,6 +76,11 @@ def _run(label: str, quiet: bool, as_json: bool, prepare: Callable, show_notes: 
         for note in result.notes:
             err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     _report(result, as_json)
+    if result.failed:  # the run went on past them; listed at the end, exit 1 as deblur does
+        for f in result.failed:
+            err_console.print(f"[red]failed:[/] {escape(f['path'])}: {escape(f['reason'])}", highlight=False)
+        err_console.print(f"{len(result.failed)} file(s) could not be used", highlight=False)
+        raise typer.Exit(1)
 
 
 @prepare_app.command("dpdd")

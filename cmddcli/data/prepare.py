@@ -48,10 +48,11 @@ class PrepareResult:
     written: int = 0  # crop files written in this run
     kept: int = 0  # crop files found complete and reused
     notes: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # inputs left out: {"path", "reason"}
 
     def to_json(self) -> dict[str, Any]:
         return {"manifest": str(self.manifest_path), "dataset": self.dataset, "counts": self.counts,
-                "written": self.written, "kept": self.kept, "notes": self.notes}
+                "written": self.written, "kept": self.kept, "notes": self.notes, "failed": self.failed}
 
 
 def default_workers() -> int:
@@ -256,8 +257,12 @@ class TileJob:
     filt: SharpnessFilter
 
 
-def run_tile_job(job: TileJob) -> list[SharpTile]:
-    return sharp_tiles(load_sharp(job.path, job.max_side), job.patch, filt=job.filt, path=job.path)
+def run_tile_job(job: TileJob) -> list[SharpTile] | str:
+    """The photograph's sharp tiles, or why it cannot be read (a bad file is left out, not fatal)."""
+    try:
+        return sharp_tiles(load_sharp(job.path, job.max_side), job.patch, filt=job.filt, path=job.path)
+    except InputError as e:
+        return e.reason if os.fspath(e.path) == job.path else str(e)
 
 
 @dataclass(frozen=True)
@@ -320,9 +325,10 @@ def run_synth_job(job: SynthJob) -> CropResult:
 
 
 def _sharp_tiles_cached(images: list[Path], out: Path, patch: int, max_side: int | None, filt: SharpnessFilter,
-                        workers: int) -> list[list[SharpTile]]:
+                        workers: int) -> tuple[list[list[SharpTile]], dict[Path, str]]:
     """Sharp tiles per image, remembered in OUT/.cmdd-prepare/synth_tiles.json (keyed by path, size,
-    mtime and the options) so that re-runs do not decode every photograph again."""
+    mtime and the options) so that re-runs do not decode every photograph again; and {image: why it
+    cannot be read} for the unreadable ones (no tiles, not remembered: a mended file is read again)."""
     cache_path = out / RECORD_DIR / "synth_tiles.json"
     key = {"patch": patch, "max_side": max_side, "filter": asdict(filt)}
     try:
@@ -335,12 +341,18 @@ def _sharp_tiles_cached(images: list[Path], out: Path, patch: int, max_side: int
     stats = {str(p.resolve()): _stat_list(p) for p in images}
     todo = [p for p in images if known.get(str(p.resolve()), {}).get("stat") != stats[str(p.resolve())]]
     found = map_jobs(run_tile_job, [TileJob(str(p.resolve()), patch, max_side, filt) for p in todo], workers)
+    unreadable: dict[Path, str] = {}
     for p, tiles in zip(todo, found):
+        if isinstance(tiles, str):
+            unreadable[p] = tiles
+            continue
         known[str(p.resolve())] = {"stat": stats[str(p.resolve())], "tiles": [[t.y, t.x, t.score] for t in tiles]}
     if todo:
         atomic_write_bytes(cache_path, json.dumps({"key": key, "images": known}).encode(), fsync=False)
-    return [[SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc, max_side=max_side)
-             for y, x, sc in known[str(p.resolve())]["tiles"]] for p in images]
+    tiles = [[] if p in unreadable else
+             [SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc, max_side=max_side)
+              for y, x, sc in known[str(p.resolve())]["tiles"]] for p in images]
+    return tiles, unreadable
 
 
 def _stat_list(p: Path) -> list[int]:
@@ -360,6 +372,10 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
     (about ``val_fraction`` of them go to val, never both), then each pair picks a photograph
     uniformly and one of its sharp tiles, flips it at random and synthesises the blur. Pair ``i``
     depends only on (seed, i) and the tile list: the worker count does not change the bytes.
+    A photograph that cannot be read is left out, logged, and listed in the result's ``failed``.
+
+    Raises:
+        InputError: bad options, no images, or no usable (readable, sharp) tile at all.
     """
     from .synth import SynthConfig
 
@@ -376,15 +392,18 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
         raise InputError(sharp_dir, "no images found (png, jpg, tif, ...)")
     notes: list[str] = []
     out.mkdir(parents=True, exist_ok=True)
-    tiles_per_image = _sharp_tiles_cached(images, out, patch, max_side, filt, workers)
+    tiles_per_image, unreadable = _sharp_tiles_cached(images, out, patch, max_side, filt, workers)
+    for p, why in unreadable.items():
+        log.warning("%s: %s (left out)", p, why)
     usable = [(p, t) for p, t in zip(images, tiles_per_image) if t]
-    skipped = [p for p, t in zip(images, tiles_per_image) if not t]
+    skipped = [p for p, t in zip(images, tiles_per_image) if not t and p not in unreadable]
     if skipped:
         notes.append(f"{len(skipped)} of {len(images)} images have no sharp {patch}px tile and are not used")
         for p in skipped:
             log.debug("no sharp tile: %s", p)
     if not usable:
-        raise InputError(sharp_dir, f"no image has a sharp {patch}px tile (all blurred, flat, or too small)")
+        raise InputError(sharp_dir, f"no image has a sharp {patch}px tile (all blurred, flat, too small"
+                                    + (f", or unreadable: {len(unreadable)})" if unreadable else ")"))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(usable))
     n_val_img = int(round(val_fraction * len(usable))) if val_fraction > 0 and len(usable) > 1 else 0
@@ -416,4 +435,5 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
     kept = sum(r.kept for r in results)
     log.debug("%s: %d synthetic pairs; %d files written, %d reused", path, len(entries), written, kept)
     return PrepareResult(manifest_path=path, dataset="synth", counts=manifest.counts(), written=written,
-                         kept=kept, notes=notes)
+                         kept=kept, notes=notes,
+                         failed=[{"path": str(p), "reason": why} for p, why in unreadable.items()])

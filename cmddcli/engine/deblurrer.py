@@ -100,6 +100,11 @@ class Deblurrer:
         batch_tiles: tiles per forward pass; ``None``: from free memory (CUDA) or 1 (CPU).
         cpu_pixel_budget: on CPU, whole-image inference up to this many pixels.
         threads: CPU threads for torch (default: all cores this process may use).
+
+    Raises:
+        CmddError: bad tile / overlap / margin / batch_tiles, an unknown or absent device;
+        WeightsError: weights missing or unreadable; BackendUnavailable: the scan backend forced by
+        ``CMDD_SCAN`` (``--scan``) does not run on this device.
     """
 
     def __init__(
@@ -136,6 +141,12 @@ class Deblurrer:
         else:
             self.weights_path = None
         self.model = model.eval().to(self.device)  # a module passed in is put in eval mode and moved
+        from ..model import ssm
+        from ..model.blocks import SS2D
+
+        if any(isinstance(m, SS2D) for m in self.model.modules()):
+            # A CMDD_SCAN / --scan backend that cannot run here fails now, once, not once per photo.
+            ssm.choose_backend(self.device.type, needs_grad=False)
 
         self.tile = tile
         self.overlap = int(overlap)
