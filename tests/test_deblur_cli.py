@@ -160,6 +160,15 @@ def test_real_raw_and_edge_cases(tmp_path, tiny_weights):
         t = tifffile.imread(out / (Path(name).stem + ".tif"))
         assert t.dtype == np.uint16 and t.ndim == 3
     assert tifffile.imread(out / "pidng_cfa_640x480_test.tif").shape == (240, 320, 3)
+    # --raw-half-size is recorded per file as applied or not (LibRaw ignores it for LinearRaw DNGs),
+    # in the summary and in the resume record.
+    assert files["pidng_cfa_640x480_test.dng"]["raw"]["half_size_applied"] is True
+    assert files["canon_eos_6d.dng"]["raw"]["half_size_applied"] is False
+    assert any("ignored by LibRaw" in w for w in files["canon_eos_6d.dng"]["warnings"])
+    records = [json.loads(p.read_text()) for p in (out / ".cmdd").rglob("*.json") if p.name != "summary.json"]
+    applied = {Path(r["output"]).name: r["raw_development_applied"]["half_size_applied"]
+               for r in records if "raw_development_applied" in r}
+    assert applied["canon_eos_6d.tif"] is False and applied["pidng_cfa_640x480_test.tif"] is True
     bad = {n: f["reason"] for n, f in files.items() if f["status"] == "failed"}
     assert set(bad) == {"IMG_1361_iphone12pro_pruned.dng",
                         "nikon_z_9_high_efficiency_compressed_dx_cropped_max_overexposed.dng",

@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
         weights: Optional[Path] = weights_option("Weights to evaluate: a .safetensors file or a packaged name (v1, ...); default: the shipped weights."),
         data: List[str] = typer.Option(
             [], "--data", "-d",
-            help="DPDD tree, RealDOF tree, manifest JSON, or a source/+target/ folder (repeatable)."),
+            help="DPDD tree, RealDOF tree, manifest JSON, a source/+target/ (or blur/+sharp/) folder, or a folder "
+                 "of NAME_input + NAME_gt files (repeatable)."),
         split: str = typer.Option("test", "--split", help="Split to score in a DPDD tree or manifest."),
         pred: List[str] = typer.Option(
             [], "--pred",

@@ -130,7 +130,8 @@ def realdof(
 @prepare_app.command("pairs")
 @handle_errors
 def pairs(
-    root: Path = typer.Argument(..., help="A folder with source/ and target/ (or train|val|test/source,target)."),
+    root: Path = typer.Argument(..., help="A folder with source/ and target/ (or blur/ and sharp/, or train|val|test/source,target), "
+                                             "or of NAME_input + NAME_gt files."),
     out: Path = OUT,
     split: str = typer.Option("test", "--split", help="Split name for a single source/target folder."),
     crop: bool = typer.Option(False, "--crop", help="Crop the train split into windows (val without flips)."),

@@ -74,6 +74,7 @@ class FileResult:
     rank: int = 0
     warnings: list = field(default_factory=list)  # what could not be kept (pages, range, metadata...)
     restore: dict = field(default_factory=dict)  # strength, restored region and share (RestoreOptions)
+    raw: Optional[dict] = None  # RAW inputs: the development as applied (settings + half_size_applied)
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
     try:
         photo = read_photo(job.input, opts.raw, max_pixels=opts.max_pixels)
         res.width, res.height = photo.size
+        res.raw = photo.raw
         restored = photo.map_pages(lambda rgb: deblurrer.restore(rgb, progress=progress.tiles))  # every page
         restored, fin = finish_photo(photo, restored, opts.restore)  # strength, focus / mask
         res.restore = {**opts.restore.describe(), "restored_fraction": round(fin.restored_fraction, 4)}
@@ -464,6 +466,8 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
         made = None
     payload = {"output": os.fspath(job.output), "output_file": made, "source": source,
                "settings": recipe(opts, job.input), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if res.raw is not None:  # what LibRaw did, which --raw-half-size does not always decide
+        payload["raw_development_applied"] = res.raw
     try:
         atomic_write_bytes(record_path(job.output, opts), (json.dumps(payload, indent=1) + "\n").encode(),
                            fsync=False)
