@@ -84,6 +84,21 @@ def available_cores() -> int:
 # ---------------------------------------------------------------------------------------- devices
 
 
+def check_device_name(device: Optional[str]) -> str:
+    """``device`` normalised (``auto``, ``cpu``, ``cuda``, ``cuda:N``) if it names a device cmdd can use,
+    whether or not this machine has it (a dry run may plan a GPU run on a laptop). Raises CmddError."""
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CmddError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise CmddError(f"unsupported device {device!s} (use auto, cpu, cuda or cuda:N)")
+    return name
+
+
 def resolve_device(device: "str | torch.device | None" = "auto", local_rank: Optional[int] = None) -> torch.device:
     """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` (or a ``torch.device``) -> a checked ``torch.device``.
 
@@ -94,15 +109,11 @@ def resolve_device(device: "str | torch.device | None" = "auto", local_rank: Opt
     if isinstance(device, torch.device):
         dev = device
     else:
-        name = (device or "auto").strip().lower()
-        if name == "auto":
+        if check_device_name(device) == "auto":
             if not torch.cuda.is_available():
                 return torch.device("cpu")
-            name = "cuda"
-        try:
-            dev = torch.device(name)
-        except RuntimeError as e:
-            raise CmddError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+            device = "cuda"
+        dev = torch.device(device.strip().lower())
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise CmddError(f"device {device!s} requested but CUDA is not available here; use --device cpu")

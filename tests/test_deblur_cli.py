@@ -332,6 +332,8 @@ def test_unusable_output_folder_fails_before_any_work(tree, tmp_path, tiny_weigh
     r = run([tree, "-o", blocker / "out", "--weights", tiny_weights])
     assert r.exit_code == 1 and "cannot create the output folder" in r.stderr
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    r = run([tree, "-o", blocker, "--weights", tiny_weights])  # -o names an existing file
+    assert r.exit_code == 1 and "-o must be a folder" in r.stderr
 
 
 def test_missing_weights_and_bad_options(tree, tmp_path):

@@ -214,6 +214,11 @@ def test_cli_train_stop_resume_and_export(tmp_path):
     assert plan["config"]["iters"] == 4 and plan["config"]["stages"]["patch"] == [16, 16, 16]
     res = runner.invoke(app, ["train", "--preset", "tiny", "--set", "optim.lrr=1", "--dry-run"])
     assert res.exit_code == 1 and "unknown config key 'optim.lrr'" in " ".join(res.output.split())
+    # A dry run refuses a device name the real run would refuse, but plans for CUDA without CUDA here.
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--device", "gpu", "--dry-run"])
+    assert res.exit_code == 1 and "unknown device 'gpu'" in res.output
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--device", "cuda:1", "--dry-run", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["config"]["device"] == "cuda:1"
 
 
 @pytest.mark.parametrize("kind", ["pairs", "manifest"])

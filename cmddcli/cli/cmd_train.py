@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
             "iters": iters, "out": out, "data": data, "data.val_path": val_data, "device": device,
             "precision": precision, "ema_decay": ema, "compile": compile_, "seed": seed, "data.workers": workers})
         if dry_run:
+            from ..runtime import check_device_name
+
+            check_device_name(cfg.device)  # a name the real run would refuse; CUDA need not be here
             if json_out:
                 print_json({"config": cfg.to_dict(), "plan": plan_of(cfg)})
             else:

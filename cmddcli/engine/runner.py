@@ -606,6 +606,8 @@ def _has_subfolders(folder: Path, out_dir: Path) -> bool:
 
 def _check_output_dir(out_dir: Path) -> None:
     """Create the output folder and make sure it is writable, before any file is processed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CmddError(f"{out_dir}: -o must be a folder (this is a file)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

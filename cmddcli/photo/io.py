@@ -645,7 +645,7 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
         raise ValueError(f"unsupported bit depth {depth}")
     keep_alpha = fmt != "jpeg"
     if photo.alpha is not None and not keep_alpha:
-        photo.warn(f"{path.name}: JPEG has no alpha channel; transparency dropped")
+        photo.warn(f"output {path.name} is a JPEG, which has no alpha channel: transparency dropped")
     if photo.pages and fmt != "tiff":
         photo.warn(f"{path.name}: {len(photo.pages)} further page(s) dropped ({fmt.upper()} holds one image; "
                    "use --ext tif to keep every page)")
