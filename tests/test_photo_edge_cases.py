@@ -378,7 +378,7 @@ def test_eval_out_disk_full_prints_report_and_exits_1(tmp_path, monkeypatch):
                                    "--json", "--out", str(tmp_path / "res")], catch_exceptions=False)
     assert res.exit_code == 1
     assert "No space left" in strict_json(res.stdout)["write_error"]
-    assert "Traceback" not in res.stderr and "warning" in res.stderr
+    assert "Traceback" not in res.stderr and "error:" in res.stderr
 
 
 @pytest.mark.parametrize("failure", ["oserror", "torch_runtime_error"])
@@ -562,3 +562,18 @@ def test_recursive_follows_symlinked_folders_once(tmp_path, caplog):
     names = sorted(f.relative_to(root).as_posix() for f, _ in found)
     assert names == ["linked/b.png", "real/a.png"]
     assert any("already walked" in r.getMessage() for r in caplog.records)
+
+
+@needs_samples
+def test_size_limit_counts_the_half_size_development():
+    """--max-megapixels applies to what is developed: a 640x480 CFA DNG under --raw-half-size is
+    320x240 and passes a 0.1 MP limit; a LinearRaw DNG (1224x816), where LibRaw ignores half size,
+    is still refused after development."""
+
+    cfa, linear = SAMPLES / "raw" / "pidng_cfa_640x480_test.dng", SAMPLES / "raw" / "canon_eos_6d.dng"
+    half = RawSettings(half_size=True)
+    assert read_photo(cfa, half, max_pixels=100_000).size == (320, 240)
+    with pytest.raises(InputError, match="MP limit"):
+        read_photo(cfa, RawSettings(), max_pixels=100_000)
+    with pytest.raises(InputError, match="MP limit"):
+        read_photo(linear, half, max_pixels=300_000)  # 612x408 would pass; 1224x816 does not

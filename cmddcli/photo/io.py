@@ -242,6 +242,12 @@ class _SizeLimit:
             raise InputError(self.path, f"image too large: {what} {_pixels(self.total, mp)}, over the "
                                         f"{_pixels(self.max_pixels, mp)} limit (raise it with --max-megapixels)")
 
+    def check_only_image(self, width: int, height: int) -> None:
+        """``check`` for a file of one image whose size may be learnt twice (a RAW: from the header,
+        then as developed): the later size replaces the earlier instead of adding to it."""
+        self.total = 0
+        self.check(width, height)
+
 
 def _pixels(n: int, megapixels: bool) -> str:
     return f"{n / 1e6:.1f} MP" if megapixels else f"{n} pixels"
@@ -557,7 +563,7 @@ def _read_raw(path: Path, settings: RawSettings, limit: Optional[_SizeLimit] = N
               pending: Optional[list] = None) -> Photo:
     limit = limit or _SizeLimit(path, MAX_PIXELS)
     pending = [] if pending is None else pending
-    dev = develop(path, settings, check_size=limit.check)  # upright uint16 (H, W, 3)
+    dev = develop(path, settings, check_size=limit.check_only_image)  # upright uint16 (H, W, 3)
     rgb = dev.rgb.astype(np.float32) / 65535.0
     record = {**settings.describe(), "half_size_applied": dev.half_size_applied}
     if settings.half_size and not dev.half_size_applied:
