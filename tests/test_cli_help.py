@@ -109,3 +109,11 @@ def test_scan_option_accepts_auto_and_the_backends_only():
     assert CliRunner().invoke(app, ["info", "--json", "--scan", "auto"]).exit_code == 0
     res = CliRunner().invoke(app, ["info", "--scan", "nope"])
     assert res.exit_code == 2 and "unknown scan backend" in res.output
+
+
+def test_more_threads_than_cores_is_a_warning(tmp_path):
+    from cmddcli.runtime import available_cores
+
+    res = CliRunner().invoke(app, ["deblur", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o"),
+                                   "--threads", str(available_cores() + 1)])
+    assert "is more than the" in res.output and "Traceback" not in res.output

@@ -169,6 +169,10 @@ def test_cli_prepare_synth(sharp_dir, tmp_path):
     assert m.pairs()[0].bit_depth == 16
     res = CliRunner().invoke(app, ["prepare", "synth", str(sharp_dir), "-o", str(tmp_path / "o2"), "--depth", "cubes"])
     assert res.exit_code == 1 and "--depth" in " ".join(res.output.split())
+    for args, text in ((["--max-coc", "5,2"], "LO must not exceed HI"), (["--jpeg-quality", "0,200"], "within 1..100"),
+                       (["--size", "100"], "multiple of 32, got 100"), (["--max-coc", "a"], "expected LO,HI")):
+        res = CliRunner().invoke(app, ["prepare", "synth", str(sharp_dir), "-o", str(tmp_path / "o3"), *args])
+        assert res.exit_code == 1 and text in " ".join(res.output.split()), (args, res.output)
 
 
 def test_cli_prepare_synth_goes_on_past_an_unreadable_photo(sharp_dir, tmp_path):

@@ -423,8 +423,16 @@ def test_dist_info_from_env():
 def test_run_jobs_builds_engine_lazily(tmp_path):
     calls = []
     opts = BatchOptions(out_dir=tmp_path, dry_run=True)
+    Image.fromarray(img()).save(tmp_path / "x.png")
     res = batch.run_jobs([Job(tmp_path / "x.png", tmp_path / "y.png")], lambda: calls.append(1), opts)
     assert res[0].status == "planned" and calls == []
+    # Files that cannot even be opened fail without the network being built (and in a dry run).
+    (tmp_path / "zero.png").write_bytes(b"")
+    for dry in (True, False):
+        res = batch.run_jobs([Job(tmp_path / "nope.png", tmp_path / "a.png"), Job(tmp_path / "zero.png", tmp_path / "b.png")],
+                             lambda: calls.append(1), BatchOptions(out_dir=tmp_path, dry_run=dry))
+        assert [(r.status, r.reason) for r in res] == [("failed", "file not found"), ("failed", "empty file (0 bytes)")]
+    assert calls == []
 
 
 @pytest.mark.slow

@@ -153,17 +153,22 @@ def pairs(
         drop_blurry=drop_blurry, workers=_workers(workers), progress=progress))
 
 
-def _range(text: str, name: str, cast=float) -> tuple:
+def _range(text: str, name: str, cast=float, lo: float = 0, hi: float = float("inf")) -> tuple:
+    """``"LO,HI"`` (or one value) -> (LO, HI) with lo <= LO <= HI <= hi; else InputError naming the option."""
+    from ..errors import InputError
+
     try:
         parts = [cast(p) for p in text.replace(":", ",").split(",") if p.strip()]
     except ValueError:
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or parts[0] > parts[1]:
-        from ..errors import InputError
-
+    if len(parts) != 2:
         raise InputError(name, f"expected LO,HI (or one value), got {text!r}")
+    if parts[0] > parts[1]:
+        raise InputError(name, f"LO must not exceed HI, got {text!r}")
+    if parts[0] < lo or parts[1] > hi:
+        raise InputError(name, f"values must be within {lo:g}..{hi:g}, got {text!r}")
     return tuple(parts)
 
 
@@ -179,7 +184,7 @@ def synth(
                                        help="Share of photographs (and pairs) kept for validation."),
     bits: int = typer.Option(8, "--bits", help="PNG bit depth of the pairs: 8 or 16 (depth maps are 16)."),
     max_coc: str = typer.Option("2,16", "--max-coc", help="Largest CoC radius per image in px, LO,HI."),
-    depth: str = typer.Option("mixed", "--depth", help="Depth maps: layers, planes, blobs or mixed."),
+    depth: str = typer.Option("mixed", "--depth", help="Depth maps: layers, planes, blobs, segments (layer outlines follow image segments) or mixed."),
     soft_edge: float = typer.Option(0.0, "--soft-edge", min=0.0, help="Extra softness of the disk rim in px."),
     noise: float = typer.Option(0.0, "--noise", min=0.0, max=1.0, help="Probability of Poisson-Gaussian noise."),
     jpeg: float = typer.Option(0.0, "--jpeg", min=0.0, max=1.0, help="Probability of a JPEG round trip."),
@@ -204,8 +209,8 @@ def synth(
     if depth not in DEPTH_MODES:
         raise InputError("--depth", f"must be one of {', '.join(DEPTH_MODES)}")
     try:
-        config = SynthConfig(max_coc=_range(max_coc, "--max-coc"), depth=depth, soft_edge=soft_edge, noise_prob=noise,
-                             jpeg_prob=jpeg, jpeg_quality=_range(jpeg_quality, "--jpeg-quality", int))
+        config = SynthConfig(max_coc=_range(max_coc, "--max-coc", float, 0.0), depth=depth, soft_edge=soft_edge, noise_prob=noise,
+                             jpeg_prob=jpeg, jpeg_quality=_range(jpeg_quality, "--jpeg-quality", int, 1, 100))
     except ValueError as e:
         raise InputError("--max-coc", str(e)) from e
     filt = SharpnessFilter(threshold=min_sharpness, min_fraction=min_sharp_fraction)

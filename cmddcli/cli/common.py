@@ -102,9 +102,20 @@ def check_tile(tile: Optional[int], overlap: int) -> None:
         raise CmddError(problem)
 
 
+def _check_threads(value: Optional[int]) -> Optional[int]:
+    """More threads than cores is allowed (the user may know better) but said: torch's threads then
+    wait on each other and a run is usually slower, not faster."""
+    from ..runtime import available_cores
+
+    if value and value > available_cores():
+        err_console.print(f"[yellow]warning:[/] --threads {value} is more than the {available_cores()} core(s) this "
+                          "process may use; expect it to be slower, not faster", highlight=False, soft_wrap=True)
+    return value
+
+
 def threads_option():
     """``--threads N``: CPU threads (default: every core this process may use)."""
-    return typer.Option(None, "--threads", min=1,
+    return typer.Option(None, "--threads", min=1, callback=_check_threads,
                         help="CPU threads for the network (default: every core this process may use, shared "
                              "among the torchrun ranks of a machine).")
 

@@ -383,8 +383,10 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
     sharp_dir, out = Path(sharp_dir), Path(out)
     if bits not in (8, 16):
         raise InputError("--bits", "must be 8 or 16")
-    if count < 1 or patch < filt.block or patch % filt.block:
-        raise InputError("--size", f"patch must be a positive multiple of {filt.block} and count >= 1")
+    if count < 1:
+        raise InputError("--count", f"must be at least 1, got {count}")
+    if patch < filt.block or patch % filt.block:
+        raise InputError("--size", f"the patch size must be a positive multiple of {filt.block}, got {patch}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError("--val-fraction", "must be in [0, 1)")
     images = list_images(sharp_dir)

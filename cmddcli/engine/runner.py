@@ -39,6 +39,7 @@ from .selective import RestoreOptions, finish_photo
 from ..errors import CmddError, InputError
 from ..runtime import DistInfo, gather_objects
 from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_raw, is_supported, read_photo, write_photo
+from ..photo.io import check_readable
 from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -477,6 +478,15 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
         res.warnings.append(msg)
 
 
+def _unreadable(path: Path) -> Optional[str]:
+    """Why ``path`` cannot even be opened (missing, a folder, unreadable, empty), or None."""
+    try:
+        check_readable(Path(path))
+    except InputError as e:
+        return e.reason
+    return None
+
+
 def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: BatchOptions,
              progress: Optional[BatchProgress] = None, rank: int = 0,
              input_ids: Optional[set] = None) -> list[FileResult]:
@@ -486,8 +496,9 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
     results: list[FileResult] = []
     todo: list[Job] = []
     for job in jobs:
-        if job.error:
-            results.append(FileResult(str(job.input), str(job.output), "failed", job.error, rank=rank))
+        unreadable = None if job.error else _unreadable(job.input)
+        if job.error or unreadable:
+            results.append(FileResult(str(job.input), str(job.output), "failed", job.error or unreadable, rank=rank))
         elif _same_file_as_input(job.output, input_ids):
             results.append(FileResult(str(job.input), str(job.output), "failed",
                                       f"output {job.output} is an input file; refusing to overwrite it", rank=rank))

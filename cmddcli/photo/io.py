@@ -190,18 +190,7 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     path = Path(path)
     raw_settings = raw_settings or RawSettings()
     limit = _SizeLimit(path, max_pixels)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not an image")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(32)
-    except OSError as e:
-        raise InputError(path, f"cannot read ({e.strerror or e})") from e
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    head = check_readable(path)
 
     pending: list[str] = []  # warnings raised before the Photo exists
     if is_raw(path):
@@ -225,6 +214,25 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     if float(photo.rgb.max(initial=0.0)) <= 0.0:
         raise InputError(path, "decodes to an all-black image (no image data)")
     return photo
+
+
+def check_readable(path: Path) -> bytes:
+    """The checks before any decoding: the file exists, is not a folder, can be read and is not empty.
+    Returns its first 32 bytes. Raises InputError (one line: why). The batch runner calls it before it
+    loads the network, so a folder of missing files fails at once (and ``--dry-run`` reports them)."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror or e})") from e
+    if size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+    return head
 
 
 class _SizeLimit:
