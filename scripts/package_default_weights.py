@@ -61,8 +61,9 @@ def lineage(parent: str) -> dict:
     and, nested, their own parent's entry."""
     path = resolve_weights(parent)
     meta = read_metadata(path)
+    steps = meta.get("iterations") or (meta.get("train") or {}).get("step")  # a packaged card or an export
     entry = {"name": path.name, "sha256": sha256_file(path), "preset": meta.get("preset"),
-             "iterations": meta.get("iterations"), "cpu_hours": meta.get("cpu_hours"), "note": meta.get("note", "")}
+             "iterations": steps, "cpu_hours": meta.get("cpu_hours"), "note": meta.get("note", "")}
     if "fine_tuned_from" in meta:
         entry["fine_tuned_from"] = meta["fine_tuned_from"]
     if "pruned" in meta:

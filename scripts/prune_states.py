@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bf16_check import SAMPLES, photos, psnr8  # noqa: E402
 from package_default_weights import STORAGE_DTYPES, portable  # noqa: E402  (scripts/ is on sys.path)
 
-from cmddcli.atomic import atomic_path  # noqa: E402
+from cmddcli.atomic import atomic_path, check_writable  # noqa: E402
 from cmddcli.data.manifest import sha256_file  # noqa: E402
 from cmddcli.engine import Deblurrer  # noqa: E402
 from cmddcli.errors import CmddError  # noqa: E402
@@ -67,24 +66,6 @@ def preset_of(config) -> str | None:
 def db(x: float):
     """A PSNR for the model card: rounded, or "identical" (outputs equal: infinite PSNR, not JSON)."""
     return round(x, 2) if math.isfinite(x) else "identical"
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Raise CmddError unless a file can be created at ``path``: its nearest existing folder must
-    take a (deleted at once) temporary file. Creates nothing that stays; missing folders are made
-    only when the file is written."""
-    if path.is_dir():
-        raise CmddError(f"{path}: the {what} is a folder")
-    parent = path.parent.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CmddError(f"{path}: cannot write the {what} there ({parent} is a file)")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise CmddError(f"{path}: cannot write the {what} there ({e.strerror or e})") from e
 
 
 def parse_eval_data(spec: str) -> tuple[str, int]:

@@ -146,7 +146,17 @@ def test_prepare_synth_is_reproducible_and_resumable(sharp_dir, tmp_path):
     again = prepare_synth(sharp_dir, tmp_path / "a", count=6, patch=64, seed=4, val_fraction=0.34, config=cfg)
     assert again.written == 0 and again.kept == 6 * 3
     c = prepare_synth(sharp_dir, tmp_path / "c", count=6, patch=64, seed=5, val_fraction=0.34, config=cfg)
-    assert [e.sha256_source for e in load_manifest(c.manifest_path).entries] != [e.sha256_source for e in ma.entries]
+    mc = load_manifest(c.manifest_path)
+    assert [e.sha256_source for e in mc.entries] != [e.sha256_source for e in ma.entries]
+    # The folder of seed 4 reused with seed 5 (or other settings): no pair of the earlier plan is kept
+    # under the new labels, the bytes are those of a fresh run, and no earlier file is left behind.
+    d = prepare_synth(sharp_dir, tmp_path / "a", count=6, patch=64, seed=5, val_fraction=0.34, config=cfg)
+    md = load_manifest(d.manifest_path)
+    assert [(e.name, e.split, e.origin, e.sha256_source) for e in md.entries] == [
+        (e.name, e.split, e.origin, e.sha256_source) for e in mc.entries]
+    on_disk = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").glob("*/*/*.png"))
+    listed = sorted(x for e in md.entries for x in (e.source, e.target, e.extra["depth"]))
+    assert on_disk == listed
 
 
 def test_prepare_synth_errors(tmp_path):
@@ -170,7 +180,8 @@ def test_cli_prepare_synth(sharp_dir, tmp_path):
     res = CliRunner().invoke(app, ["prepare", "synth", str(sharp_dir), "-o", str(tmp_path / "o2"), "--depth", "cubes"])
     assert res.exit_code == 1 and "--depth" in " ".join(res.output.split())
     for args, text in ((["--max-coc", "5,2"], "LO must not exceed HI"), (["--jpeg-quality", "0,200"], "within 1..100"),
-                       (["--size", "100"], "multiple of 32, got 100"), (["--max-coc", "a"], "expected LO,HI")):
+                       (["--size", "100"], "multiple of 32, got 100"), (["--max-coc", "a"], "expected LO,HI"),
+                       (["--max-coc", "nan"], "finite"), (["--max-coc", "2,inf"], "finite")):
         res = CliRunner().invoke(app, ["prepare", "synth", str(sharp_dir), "-o", str(tmp_path / "o3"), *args])
         assert res.exit_code == 1 and text in " ".join(res.output.split()), (args, res.output)
 

@@ -245,5 +245,12 @@ def test_cli_errors_are_one_line_exit_1(tmp_path):
         res = runner.invoke(app, ["eval", "--data", str(tmp_path), opt, "-1"])
         assert res.exit_code == 2 and opt in res.output
     (tmp_path / "afile").write_text("x")
-    res = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "afile")])
+    a = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    for sub in ("source", "target"):
+        write_png(tmp_path / "pairs" / sub / "a.png", a)
+    res = runner.invoke(app, ["eval", "--pred", str(tmp_path / "pairs" / "source"), "--target",
+                              str(tmp_path / "pairs" / "target"), "--out", str(tmp_path / "afile")])
     assert res.exit_code == 1 and "--out must be a folder" in res.output
+    # A mistyped --data fails first and leaves no empty --out folder behind.
+    res = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "new")])
+    assert res.exit_code == 1 and not (tmp_path / "new").exists()

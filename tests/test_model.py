@@ -214,6 +214,9 @@ def test_model_card_lineage_and_per_image(tmp_path, tiny_weights):
     assert entry["sha256"] == hashlib.sha256(parent.read_bytes()).hexdigest()
     assert (entry["name"], entry["iterations"], entry["cpu_hours"], entry["note"]) == ("parent.safetensors", 1200, 1.5, "arm J")
     assert entry["fine_tuned_from"] == grand and entry["preset"] == "tiny"
+    export = tmp_path / "export.safetensors"  # scripts/export_checkpoint.py keeps the step under "train"
+    save_weights(net, export, metadata={"train": {"step": 300}}, preset="tiny")
+    assert mod.lineage(str(export))["iterations"] == 300
     summary = tmp_path / "ev" / "summary.json"
     summary.parent.mkdir()
     summary.write_text(json.dumps({"summary": []}))

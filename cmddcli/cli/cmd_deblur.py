@@ -14,8 +14,8 @@ from rich.table import Table
 
 from ..errors import CmddError
 from .common import (
-    check_tile, device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_json,
-    quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
+    check_tile, device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_failures,
+    print_json, quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
 
 class _RichProgress:
     """Files and tiles bars on stderr (implements cmddcli.engine.runner.BatchProgress)."""
@@ -210,7 +210,6 @@ def register(app: typer.Typer) -> None:
                 if report.failed and not dry_run:
                     err_console.print(_failures_table(report))
             elif report.failed:
-                for r in report.failed:
-                    err_console.print(f"[red]failed:[/] {escape(r.input)}: {escape(r.reason)}", highlight=False)
+                print_failures((r.input, r.reason) for r in report.failed)
         if report.failed or report.summary_error:
             raise typer.Exit(1)

@@ -93,6 +93,7 @@ def register(app: typer.Typer) -> None:
           cmdd eval --pred dpdd_1024/blur --target dpdd_1024/sharp --crop-top 0 \\
                     --pred 'gif/*_input.png' --target 'gif/*_gt.png' --crop-top 48
         """
+        from ..atomic import ensure_output_dir
         from ..eval import protocol as E
 
         setup_logging(quiet=json_out)
@@ -101,15 +102,10 @@ def register(app: typer.Typer) -> None:
                                   mask=str(mask) if mask else None, tile=tile, precision=precision, device=device)
         if save_images and out is None:
             raise CmddError("--save-images needs --out DIR")
-        if out is not None:  # before minutes of scoring, not after
-            if out.exists() and not out.is_dir():
-                raise CmddError(f"{out}: --out must be a folder (this is a file)")
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CmddError(f"{out}: cannot create the output folder ({e.strerror or e})")
         items = E.gather_items(data=data, pred=pred, target=target, split=split, pred_suffix=pred_suffix,
                                crop_top=crop_top, limit=limit, with_weights=weights is not None)
+        if out is not None:  # before minutes of scoring, not after
+            ensure_output_dir(out, "--out")
 
         with Progress(TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=err_console, transient=True,
@@ -137,6 +133,6 @@ def register(app: typer.Typer) -> None:
             if out is not None and write_error is None:
                 err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
         if write_error:
-            err_console.print(f"[red]error:[/] {escape(write_error)}", highlight=False)
+            err_console.print(f"[red]error:[/] {escape(write_error)}", highlight=False, soft_wrap=True)
         if write_error or report.extra.get("save_errors"):
             raise typer.Exit(1)

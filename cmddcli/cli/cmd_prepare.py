@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .common import err_console, handle_errors, json_option, print_json, quiet_option, setup_logging
+from .common import err_console, handle_errors, json_option, print_failures, print_json, quiet_option, setup_logging
 
 prepare_app = typer.Typer(
     name="prepare",
@@ -77,8 +77,7 @@ def _run(label: str, quiet: bool, as_json: bool, prepare: Callable, show_notes: 
             err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     _report(result, as_json)
     if result.failed:  # the run went on past them; listed at the end, exit 1 as deblur does
-        for f in result.failed:
-            err_console.print(f"[red]failed:[/] {escape(f['path'])}: {escape(f['reason'])}", highlight=False)
+        print_failures((f["path"], f["reason"]) for f in result.failed)
         err_console.print(f"{len(result.failed)} file(s) could not be used", highlight=False)
         raise typer.Exit(1)
 
@@ -163,8 +162,8 @@ def _range(text: str, name: str, cast=float, lo: float = 0, hi: float = float("i
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2:
-        raise InputError(name, f"expected LO,HI (or one value), got {text!r}")
+    if len(parts) != 2 or not all(math.isfinite(p) for p in parts):
+        raise InputError(name, f"expected LO,HI (or one value), finite numbers, got {text!r}")
     if parts[0] > parts[1]:
         raise InputError(name, f"LO must not exceed HI, got {text!r}")
     if parts[0] < lo or parts[1] > hi:

@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 
 from ..engine.options import DEFAULT_OVERLAP, MIN_USER_TILE, PRECISIONS, tile_overlap_problem
@@ -43,9 +44,16 @@ def print_json(payload: Any) -> None:
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
     """Print one red ``error:`` line on stderr and return the ``typer.Exit`` to raise (never wrapped
-    into several lines, even when stderr is a pipe and rich assumes 80 columns)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    into several lines, even when stderr is a pipe and rich assumes 80 columns). ``message`` is
+    plain text: a path such as ``a[/b]`` is printed as it is, never read as rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
+
+
+def print_failures(failures) -> None:
+    """The end-of-run list of (path, reason) that a batch went on past, one line each."""
+    for path, reason in failures:
+        err_console.print(f"[red]failed:[/] {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -135,14 +143,17 @@ def quiet_option(help: str = "No progress bars or tables; warnings only."):
     return typer.Option(False, "--quiet", "-q", help=help)
 
 
-def check_scan_names(values: List[str]) -> List[str]:
-    """``values`` unchanged if each is ``auto`` or a scan backend's name; else a usage error (exit 2)."""
-    from ..model.ssm import backend_names
+def check_scan_names(values: List[str], option: str = "--scan") -> List[str]:
+    """``values`` unchanged if each is ``auto`` or a scan backend's name; else a usage error (exit 2)
+    naming ``option``."""
+    from ..errors import BackendUnavailable
+    from ..model.ssm import check_backend_name
 
-    names = ["auto", *backend_names()]
     for value in values:
-        if value not in names:
-            raise typer.BadParameter(f"unknown scan backend {value!r}; choose from {', '.join(names)}")
+        try:
+            check_backend_name(value)
+        except BackendUnavailable as e:
+            raise typer.BadParameter(str(e), param_hint=option)
     return values
 
 

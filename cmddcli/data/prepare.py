@@ -277,10 +277,12 @@ class SynthJob:
     config: SynthConfig
     bits: int
     save_depth: bool
+    reuse: frozenset = frozenset()  # pair indices whose files, if complete, an earlier run made from this plan
 
 
 def run_synth_job(job: SynthJob) -> CropResult:
-    """Synthesise the pairs of one photograph; pairs whose files are all there are kept as they are."""
+    """Synthesise the pairs of one photograph; a pair in ``job.reuse`` whose files are all there is
+    kept as it is (an earlier run with the same settings made it from the same photo and window)."""
     out = Path(job.out_dir)
     res = CropResult()
     img = None
@@ -289,7 +291,8 @@ def run_synth_job(job: SynthJob) -> CropResult:
         name = f"synth_{index:06d}"
         paths = {k: out / split / k / f"{name}.png" for k in kinds}
         want = {k: (job.patch, job.patch, 16 if k == "depth" else job.bits) for k in kinds}
-        done = all((h := png_header(p)) is not None and h[:3] == want[k] for k, p in paths.items())
+        done = index in job.reuse and all((h := png_header(p)) is not None and h[:3] == want[k]
+                                           for k, p in paths.items())
         digests: dict[str, str] = {}
         if done:
             digests = {k: sha256_file(p) for k, p in paths.items()}
@@ -353,6 +356,29 @@ def _sharp_tiles_cached(images: list[Path], out: Path, patch: int, max_side: int
              [SharpTile(path=str(p.resolve()), y=y, x=x, size=patch, score=sc, max_side=max_side)
               for y, x, sc in known[str(p.resolve())]["tiles"]] for p in images]
     return tiles, unreadable
+
+
+def _synth_plan_reuse(out: Path, plan: dict, origins: dict, params: dict) -> set[int]:
+    """Pair indices an earlier run planned exactly as this one (same settings, photo, split and window),
+    read from OUT/.cmdd-prepare/synth_plan.json, which is then replaced by this run's plan (before any
+    pair is made, so an interrupted run resumes from it). The files of every other earlier pair are
+    removed: they were made from another photo, window or split, and would otherwise be kept under
+    this run's labels or left behind in the wrong split."""
+    path = out / RECORD_DIR / "synth_plan.json"
+    pairs = {str(idx): [origins[i], split, y, x] for i, items in plan.items() for idx, split, y, x in items}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    same = old.get("params") == json.loads(json.dumps(params))  # tuples compare as the lists JSON gives back
+    old_pairs = old.get("pairs", {}) if isinstance(old.get("pairs"), dict) else {}
+    reuse = {int(k) for k, v in pairs.items() if same and old_pairs.get(k) == v}
+    for k, v in old_pairs.items():
+        if k.isdigit() and int(k) not in reuse and isinstance(v, list) and len(v) == 4 and v[1] in ("train", "val"):
+            for kind in ("source", "target", "depth"):
+                (out / v[1] / kind / f"synth_{int(k):06d}.png").unlink(missing_ok=True)
+    atomic_write_bytes(path, json.dumps({"params": params, "pairs": pairs}).encode(), fsync=False)
+    return reuse
 
 
 def _stat_list(p: Path) -> list[int]:
@@ -423,9 +449,13 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
             index += 1
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    jobs = [SynthJob(image=str(images[i].resolve()), origin=images[i].relative_to(sharp_dir).as_posix(),
-                     items=tuple(items), out_dir=str(out), seed=seed, patch=patch, max_side=max_side,
-                     config=config, bits=bits, save_depth=save_depth) for i, items in sorted(plan.items())]
+    origins = {i: images[i].relative_to(sharp_dir).as_posix() for i in plan}
+    reuse = _synth_plan_reuse(out, plan, origins, {"seed": seed, "patch": patch, "bits": bits, "max_side": max_side,
+                                                   "save_depth": save_depth, "synth": config.to_json()})
+    jobs = [SynthJob(image=str(images[i].resolve()), origin=origins[i], items=tuple(items), out_dir=str(out),
+                     seed=seed, patch=patch, max_side=max_side, config=config, bits=bits, save_depth=save_depth,
+                     reuse=frozenset(idx for idx, *_ in items if idx in reuse))
+            for i, items in sorted(plan.items())]
     results = map_jobs(run_synth_job, jobs, workers, progress)
     entries = sorted((entry_from_result(e) for r in results for e in r.entries), key=lambda e: e.name)
     params = {"seed": seed, "count": count, "patch": patch, "val_fraction": val_fraction, "bits": bits,

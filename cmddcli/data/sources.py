@@ -94,7 +94,7 @@ def load_sharp(path: str | os.PathLike, max_side: int | None = 1600) -> np.ndarr
                     im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
                     im = ImageOps.exif_transpose(im).convert("RGB")
                     return resize_max_side(to_float(np.asarray(im)), max_side)
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # the latter is not an OSError
             raise InputError(path, f"cannot decode image ({e})") from e
     return resize_max_side(to_float(read_image(path)), max_side)
 

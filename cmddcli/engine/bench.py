@@ -79,9 +79,8 @@ def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, 
     reported; backend ``auto`` is the one inference would choose. Returns one :class:`BenchRow` per
     (size, backend); a backend that fails at run time is a row saying why. Raises CmddError for a
     bad or absent device, a backend name that does not exist, or repeats < 1."""
-    unknown = [b for b in backends or [] if b not in ["auto", *ssm.backend_names()]]
-    if unknown:
-        raise CmddError(f"unknown scan backend {unknown[0]!r}; choose from auto, {', '.join(ssm.backend_names())}")
+    for b in backends or []:
+        ssm.check_backend_name(b)
     if repeats < 1:
         raise CmddError(f"repeats must be at least 1, got {repeats}")
     dev = resolve_device(device)

@@ -40,7 +40,7 @@ from ..errors import CmddError, InputError
 from ..runtime import DistInfo, gather_objects
 from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_raw, is_supported, read_photo, write_photo
 from ..photo.io import check_readable
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, ensure_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,14 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     for arg in inputs:
         s = os.fspath(arg)
         p = Path(s).expanduser()
-        if p.is_dir():
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+        except OSError:  # a name too long, a folder without permission: fails later, with the reason
+            is_dir, exists = False, True
+        if is_dir:
             walk_exclude = exclude if exclude is not None and _within(exclude, p.resolve()) else None
             pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
-        elif p.exists() or not (_MAGIC & set(s)):
+        elif exists or not (_MAGIC & set(s)):
             pairs.append((p, p.parent))
         else:
             root = _glob_root(s)
@@ -574,7 +578,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
         raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
                         + (" (use --recursive for sub-folders)" if nested else ""))
     if not opts.dry_run:
-        _check_output_dir(Path(opts.out_dir))
+        ensure_output_dir(Path(opts.out_dir), "-o")
     jobs = plan(pairs, opts)
     input_ids = set()
     for f, _ in pairs:
@@ -613,18 +617,6 @@ def _has_subfolders(folder: Path, out_dir: Path) -> bool:
                                        for d in folder.iterdir())
     except OSError:
         return False
-
-
-def _check_output_dir(out_dir: Path) -> None:
-    """Create the output folder and make sure it is writable, before any file is processed."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CmddError(f"{out_dir}: -o must be a folder (this is a file)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CmddError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") from e
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise CmddError(f"{out_dir}: the output folder is not writable")
 
 
 def write_summary(report: BatchReport, out_dir: Path) -> Path:

@@ -294,6 +294,14 @@ def backend_names() -> list:
     return list(_BACKENDS)
 
 
+def check_backend_name(name: str) -> str:
+    """``name`` if it is ``auto`` or a scan backend's name (whether or not it runs here); else
+    BackendUnavailable saying which names exist. The one check behind CMDD_SCAN, --scan and bench."""
+    if name != "auto" and name not in _BACKENDS:
+        raise BackendUnavailable(f"unknown scan backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")
+    return name
+
+
 def backend_status() -> list:
     """[(name, available, differentiable, devices, reason)] for `cmdd info`."""
     rows = []
@@ -314,9 +322,7 @@ def choose_backend(device_type: str, needs_grad: bool, requested: Optional[str] 
     """
     name = requested or os.environ.get("CMDD_SCAN") or None
     if name and name != "auto":
-        if name not in _BACKENDS:
-            raise BackendUnavailable(f"unknown scan backend {name!r}; choose from {', '.join(_BACKENDS)}")
-        b = _BACKENDS[name]
+        b = _BACKENDS[check_backend_name(name)]
         if device_type not in b.devices:
             raise BackendUnavailable(f"scan backend {name!r} does not run on {device_type} (runs on {', '.join(b.devices)})")
         if needs_grad and not b.differentiable:

@@ -220,11 +220,11 @@ def check_readable(path: Path) -> bytes:
     """The checks before any decoding: the file exists, is not a folder, can be read and is not empty.
     Returns its first 32 bytes. Raises InputError (one line: why). The batch runner calls it before it
     loads the network, so a folder of missing files fails at once (and ``--dry-run`` reports them)."""
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not an image")
-    try:
+    try:  # exists() and is_dir() raise too, for a name too long or a folder without permission
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if path.is_dir():
+            raise InputError(path, "is a folder, not an image")
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(32)
@@ -249,12 +249,6 @@ class _SizeLimit:
             mp = self.max_pixels >= 100_000  # both numbers in the limit's unit
             raise InputError(self.path, f"image too large: {what} {_pixels(self.total, mp)}, over the "
                                         f"{_pixels(self.max_pixels, mp)} limit (raise it with --max-megapixels)")
-
-    def check_only_image(self, width: int, height: int) -> None:
-        """``check`` for a file of one image whose size may be learnt twice (a RAW: from the header,
-        then as developed): the later size replaces the earlier instead of adding to it."""
-        self.total = 0
-        self.check(width, height)
 
 
 def _pixels(n: int, megapixels: bool) -> str:
@@ -571,7 +565,7 @@ def _read_raw(path: Path, settings: RawSettings, limit: Optional[_SizeLimit] = N
               pending: Optional[list] = None) -> Photo:
     limit = limit or _SizeLimit(path, MAX_PIXELS)
     pending = [] if pending is None else pending
-    dev = develop(path, settings, check_size=limit.check_only_image)  # upright uint16 (H, W, 3)
+    dev = develop(path, settings, check_size=limit.check)  # upright uint16 (H, W, 3)
     rgb = dev.rgb.astype(np.float32) / 65535.0
     record = {**settings.describe(), "half_size_applied": dev.half_size_applied}
     if settings.half_size and not dev.half_size_applied:

@@ -93,10 +93,8 @@ def develop(path: str | Path, settings: RawSettings | None = None,
             check_size: Optional[Callable[[int, int], None]] = None) -> RawDevelopment:
     """Develop a RAW file (see :func:`develop_raw`) and say what LibRaw did.
 
-    ``check_size(width, height)`` is called with the size the file will develop to, from the header
-    (the sensor size, halved with ``half_size``), before LibRaw unpacks or develops anything (it
-    raises to refuse the file); with ``half_size`` it is called again with the developed size,
-    since LibRaw ignores ``half_size`` for some files (LinearRaw DNGs).
+    ``check_size(width, height)`` is called with the sensor size from the header, before LibRaw
+    unpacks or develops anything (it raises to refuse the file).
     """
     import rawpy
 
@@ -113,12 +111,9 @@ def develop(path: str | Path, settings: RawSettings | None = None,
     try:
         with rawpy.imread(str(path)) as raw:
             sizes = raw.sizes
-            if check_size is not None:  # with half_size, the size it will develop to
-                k = 2 if settings.half_size else 1
-                check_size(int(sizes.width) // k, int(sizes.height) // k)
+            if check_size is not None:
+                check_size(int(sizes.width), int(sizes.height))
             rgb = raw.postprocess(**kwargs)
-            if check_size is not None and settings.half_size:  # LibRaw may have ignored half_size
-                check_size(int(rgb.shape[1]), int(rgb.shape[0]))
             try:
                 tags = libraw_tags(raw.other, raw.lens)
             except Exception:  # noqa: BLE001 - older rawpy without other/lens: exiv2 still reads them
