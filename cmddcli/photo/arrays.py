@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError
 from ..atomic import atomic_write_bytes
 from . import png
-from .io import IMAGE_EXTENSIONS
+from .io import IMAGE_EXTENSIONS, check_readable
 from .samples import from_float, to_float  # noqa: F401 - part of this module's API
 
 PNG_SIGNATURE = png.SIGNATURE
@@ -92,8 +92,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     """Read an image as HxWx3 ``uint8`` or ``uint16`` (bit depth kept). Grey is replicated to RGB,
     alpha is dropped. Raises :class:`InputError` for missing or unreadable files."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    check_readable(path)  # missing, a folder, unreadable or empty: the same reasons as cmdd deblur gives
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
