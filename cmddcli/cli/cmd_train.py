@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         sets: List[str] = typer.Option([], "--set", help="Override: section.key=value (typed; repeatable)."),
         iters: Optional[str] = typer.Option(
             None, "--iters", help="Total iterations (e.g. 300000 or 300k; default: the config's)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (config, checkpoints, logs, weights)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (config, checkpoints, logs, weights); default: the config's out, runs/<preset>."),
         data: Optional[str] = typer.Option(
             None, "--data", "-d", help="Manifest JSON / folder of pairs / synth[:DIR of sharp images]."),
         val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation data (default: the val split)."),

@@ -174,10 +174,15 @@ class ConfigDataSource:
             # as float32 and takes up to a second to decode; a 16-image cache missed 2 times in 3)
             return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch, d.synth), seed=self.seed,
                                 flips=d.flips, cache_size=SYNTH_CACHE_IMAGES)
-        if not d.path:
-            raise CmddError(f"data.kind = {d.kind!r} needs data.path (or --data)")
+        self.check()
         return PairsDataset(self._manifest(d.path, d.train_split), d.train_split, patch_size=patch, flips=d.flips,
                             seed=self.seed)
+
+    def check(self) -> None:
+        """Raise CmddError now for a config that cannot give training data (a manifest or pairs run
+        without data.path), before a run logs its start."""
+        if self.data.kind != "synth" and not self.data.path:
+            raise CmddError(f"data.kind = {self.data.kind!r} needs data.path (or --data)")
 
     def val_dataset(self) -> Optional[Dataset]:
         """The validation set, built once per run (so a "validation disabled" warning is given once)."""
@@ -220,5 +225,8 @@ class ConfigDataSource:
 
 
 def data_source(cfg: TrainConfig) -> ConfigDataSource:
-    """The :class:`~cmddcli.train.loop.DataSource` that ``cfg.data`` describes (manifest, pairs or synthesis)."""
-    return ConfigDataSource(cfg.data, cfg.seed)
+    """The :class:`~cmddcli.train.loop.DataSource` that ``cfg.data`` describes (manifest, pairs or synthesis).
+    Raises CmddError if it names no data."""
+    source = ConfigDataSource(cfg.data, cfg.seed)
+    source.check()
+    return source
