@@ -203,3 +203,11 @@ def test_cli_prepare_synth_goes_on_past_an_unreadable_photo(sharp_dir, tmp_path)
     write_png(sharp_dir / "text.png", _sharp_texture(128, 160, 7))
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
+
+
+def test_cli_prepare_synth_output_that_is_a_file(sharp_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(app, ["prepare", "synth", str(sharp_dir), "-o", str(tmp_path / "afile"), "-n", "2",
+                                   "--size", "64"])
+    assert res.exit_code == 1 and "-o must be a folder" in res.output and "Traceback" not in res.output
+    assert (tmp_path / "afile").read_text() == "x"

@@ -231,6 +231,19 @@ def test_scan_backend_that_cannot_run_here_is_one_error(tmp_path, tiny_weights, 
     assert not any((tmp_path / "out").glob("*.png"))
 
 
+def test_output_name_too_long_fails_per_file_and_dry_run_checks_the_engine(tmp_path, tiny_weights):
+    """A --suffix that makes the output name too long for the file system fails each file with the
+    reason (it raised in the resume check); a dry run refuses what the real run refuses up front."""
+    Image.fromarray(img()).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    r = run([tmp_path / "a.png", "-o", tmp_path / "out", "--suffix", "x" * 300, "--json"], tiny_weights)
+    payload = json.loads(r.stdout)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert "too long" in payload["files"][0]["reason"].lower()
+    r = run([tmp_path / "a.png", "-o", tmp_path / "out", "--dry-run", "--device", "gpu"], tiny_weights)
+    assert r.exit_code == 1 and "unknown device 'gpu'" in r.stderr
+
+
 def test_strength_warning_reaches_the_terminal(tmp_path, tiny_weights):
     """Warnings of the finishing step (--strength > 1, --focus auto finding no background) are logged
     like the reader's, not only stored in the summary."""

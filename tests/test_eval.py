@@ -254,3 +254,15 @@ def test_cli_errors_are_one_line_exit_1(tmp_path):
     # A mistyped --data fails first and leaves no empty --out folder behind.
     res = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "new")])
     assert res.exit_code == 1 and not (tmp_path / "new").exists()
+
+
+def test_existing_file_with_brackets_is_a_file_not_a_pattern(tmp_path):
+    """`--pred 'p/x[1].png'` names that file (it was refused as a malformed pattern); markup-like output
+    folders ('[/b]') print as they are."""
+    a = (np.random.default_rng(3).random((16, 16, 3)) * 255).astype(np.uint8)
+    write_png(tmp_path / "p" / "x[1].png", a)
+    write_png(tmp_path / "t" / "x[1].png", a)
+    res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "p" / "x[1].png"), "--target",
+                                   str(tmp_path / "t" / "x[1].png"), "--out", str(tmp_path / "[/b]o")])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert (tmp_path / "[/b]o" / "summary.json").is_file()

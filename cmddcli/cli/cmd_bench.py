@@ -99,4 +99,4 @@ def register(app: typer.Typer) -> None:
                     tmp.write_text(f"Machine: {machine_line(device)}\n\n{table}\n")
             except OSError as e:  # e.g. a disk that filled up while timing: the table was printed above
                 raise CmddError(f"{out}: cannot write the table ({e.strerror or e})")
-            err_console.print(f"wrote {out}")
+            err_console.print(f"wrote {out}", markup=False, highlight=False)

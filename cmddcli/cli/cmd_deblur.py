@@ -174,6 +174,10 @@ def register(app: typer.Typer) -> None:
             restore=restore, report=html_report and not dry_run,
         )
         engine_settings: dict = {}
+        if dry_run:  # what the real run refuses before any photo (the Deblurrer does it there)
+            from ..model import ssm
+
+            ssm.choose_backend(runtime.resolve_device(device).type, needs_grad=False)
 
         def make_deblurrer():
             from ..engine import Deblurrer

@@ -131,7 +131,8 @@ def register(app: typer.Typer) -> None:
         else:
             err_console.print(_table(report))
             if out is not None and write_error is None:
-                err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}")
+                err_console.print(f"wrote {out / 'per_image.csv'} and {out / 'summary.json'}", markup=False,
+                                  highlight=False)
         if write_error:
             err_console.print(f"[red]error:[/] {escape(write_error)}", highlight=False, soft_wrap=True)
         if write_error or report.extra.get("save_errors"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .common import err_console, handle_errors, json_option, print_failures, print_json, quiet_option, setup_logging
@@ -64,7 +65,7 @@ def _report(result, as_json: bool) -> None:
         print_json(result.to_json())
         return
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
-    err_console.print(f"[green]wrote[/] {result.manifest_path}  ({result.dataset}: {counts}; "
+    err_console.print(f"[green]wrote[/] {escape(str(result.manifest_path))}  ({result.dataset}: {counts}; "
                       f"{result.written} files written, {result.kept} reused)", highlight=False)
 
 

@@ -340,7 +340,7 @@ def keyed_images(spec: str | Path, suffix: str = "") -> tuple[dict[str, Path], s
     Returns the mapping and a short label for the set.
     """
     s = str(spec)
-    if any(c in s for c in "*?["):
+    if any(c in s for c in "*?[") and not Path(s).exists():  # an existing x[1].png is a file, not a pattern
         if s.count("*") != 1 or "?" in s or "[" in s:
             raise InputError(s, "a pattern may contain exactly one '*' (it becomes the matching key)")
         head, tail = s.split("*")

@@ -28,7 +28,7 @@ from ..errors import InputError
 from .crops import FLIPS, RECORD_DIR, CropJob, CropOptions, CropResult, entry_from_result, run_crop_job, stride_for
 from .discovery import Discovery, RawPair, discover_dpdd, discover_pairs, discover_realdof, raise_problems
 from .manifest import MANIFEST_NAME, SPLITS, Manifest, PairEntry, relpath, save_manifest, sha256_bytes, sha256_file
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, ensure_output_dir
 from ..photo.arrays import encode_png, from_float, image_size, png_header
 from .sources import SharpnessFilter, SharpTile, list_images, load_sharp, sharp_tiles
 
@@ -144,7 +144,7 @@ def run_list_job(job: ListJob) -> dict[str, Any]:
 def _build(disc: Discovery, out: Path, crop_splits: dict[str, CropOptions], params: dict[str, Any],
            workers: int, progress: ProgressFn | None) -> PrepareResult:
     raise_problems(disc)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "-o")
     out = out.resolve()
     for note in disc.notes:
         log.warning("%s", note)
@@ -419,7 +419,7 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
     if not images:
         raise InputError(sharp_dir, "no images found (png, jpg, tif, ...)")
     notes: list[str] = []
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "-o")
     tiles_per_image, unreadable = _sharp_tiles_cached(images, out, patch, max_side, filt, workers)
     for p, why in unreadable.items():
         log.warning("%s: %s (left out)", p, why)
@@ -447,7 +447,7 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
             tile = group[k][1][int(rng.integers(len(group[k][1])))]
             plan.setdefault(images.index(group[k][0]), []).append((index, split, tile.y, tile.x))
             index += 1
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "-o")
     out = out.resolve()
     origins = {i: images[i].relative_to(sharp_dir).as_posix() for i in plan}
     reuse = _synth_plan_reuse(out, plan, origins, {"seed": seed, "patch": patch, "bits": bits, "max_side": max_side,

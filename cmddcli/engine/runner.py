@@ -482,6 +482,15 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
         res.warnings.append(msg)
 
 
+def _unusable_output(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be an output name at all (too long for the file system, ...), or None."""
+    try:
+        path.exists()
+    except OSError as e:
+        return f"cannot use output {path.name[:40]}...: {e.strerror or e}"
+    return None
+
+
 def _unreadable(path: Path) -> Optional[str]:
     """Why ``path`` cannot even be opened (missing, a folder, unreadable, empty), or None."""
     try:
@@ -506,6 +515,8 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
         elif _same_file_as_input(job.output, input_ids):
             results.append(FileResult(str(job.input), str(job.output), "failed",
                                       f"output {job.output} is an input file; refusing to overwrite it", rank=rank))
+        elif (unusable := _unusable_output(job.output)) is not None:
+            results.append(FileResult(str(job.input), str(job.output), "failed", unusable, rank=rank))
         elif job.output.exists() and not opts.overwrite:
             problem = resume_problem(job, opts)
             if problem is None:
