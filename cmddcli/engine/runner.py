@@ -487,7 +487,8 @@ def _unusable_output(path: Path) -> Optional[str]:
     try:
         path.exists()
     except OSError as e:
-        return f"cannot use output {path.name[:40]}...: {e.strerror or e}"
+        name = path.name if len(path.name) <= 60 else path.name[:40] + "..."  # the reason says why it is long
+        return f"cannot use output {name}: {e.strerror or e}"
     return None
 
 
