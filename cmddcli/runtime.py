@@ -109,11 +109,12 @@ def resolve_device(device: "str | torch.device | None" = "auto", local_rank: Opt
     if isinstance(device, torch.device):
         dev = device
     else:
-        if check_device_name(device) == "auto":
+        name = check_device_name(device)
+        if name == "auto":
             if not torch.cuda.is_available():
                 return torch.device("cpu")
-            device = "cuda"
-        dev = torch.device(device.strip().lower())
+            name = "cuda"
+        dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise CmddError(f"device {device!s} requested but CUDA is not available here; use --device cpu")

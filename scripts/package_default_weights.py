@@ -133,12 +133,12 @@ def main() -> None:
     if args.eval:
         key = "scores_real_dpdd_validation" if args.eval_test else "scores_real_dpdd_10_pairs"
         card[key] = scores(args.eval)
-        if per_image(args.eval) is not None:
-            card[key + "_per_image"] = per_image(args.eval)
+        if (rows := per_image(args.eval)) is not None:
+            card[key + "_per_image"] = rows
     if args.eval_test:
         card["scores_real_dpdd_test"] = scores(args.eval_test)
-        if per_image(args.eval_test) is not None:
-            card["scores_real_dpdd_test_per_image"] = per_image(args.eval_test)
+        if (rows := per_image(args.eval_test)) is not None:
+            card["scores_real_dpdd_test_per_image"] = rows
     card = finite_json(card)
     save_weights(net, args.out, metadata=card, dtype=STORAGE_DTYPES[args.dtype], preset=meta.get("preset"))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

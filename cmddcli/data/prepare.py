@@ -447,7 +447,6 @@ def prepare_synth(sharp_dir: str | Path, out: str | Path, *, count: int = 1000, 
             tile = group[k][1][int(rng.integers(len(group[k][1])))]
             plan.setdefault(images.index(group[k][0]), []).append((index, split, tile.y, tile.x))
             index += 1
-    ensure_output_dir(out, "-o")
     out = out.resolve()
     origins = {i: images[i].relative_to(sharp_dir).as_posix() for i in plan}
     reuse = _synth_plan_reuse(out, plan, origins, {"seed": seed, "patch": patch, "bits": bits, "max_side": max_side,

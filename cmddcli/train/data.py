@@ -23,6 +23,7 @@ datasets take it through their ``rng_for`` hook, so crops, flips and synthetic b
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,6 @@ class ConfigDataSource:
     data: DataConfig
     seed: int = 0
     _tiles: dict = field(default_factory=dict, init=False, repr=False)  # (paths, size) -> sharp tiles
-    _val: list = field(default_factory=list, init=False, repr=False)  # [the validation set] once built
 
     def _sharp_tiles(self, sources: list, size: int) -> list:
         """Sharp ``size``² tiles of the photographs at each of ``data.sharp_scales`` (found once per data
@@ -186,11 +186,10 @@ class ConfigDataSource:
 
     def val_dataset(self) -> Optional[Dataset]:
         """The validation set, built once per run (so a "validation disabled" warning is given once)."""
-        if not self._val:
-            self._val.append(self._build_val_dataset())
-        return self._val[0]
+        return self._val_set
 
-    def _build_val_dataset(self) -> Optional[Dataset]:
+    @functools.cached_property
+    def _val_set(self) -> Optional[Dataset]:
         from ..data.datasets import PairsDataset, SynthDataset
 
         d = self.data
