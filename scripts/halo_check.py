@@ -24,28 +24,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import maximum_filter, minimum_filter
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmddcli.engine import Deblurrer  # noqa: E402
 from cmddcli.errors import CmddError  # noqa: E402
 from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
+from cmddcli.train.losses import range_excursion  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
 
 
 def excursions(out: np.ndarray, inp: np.ndarray, target: np.ndarray, window: int = 9) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel (under, over) in 8-bit luma levels: how far ``out`` falls below the smallest / rises
-    above the largest value of ``inp`` and ``target`` within a ``window`` square.
+    above the largest value of ``inp`` and ``target`` within a ``window`` square (the training loss
+    ``l1_halo``'s :func:`cmddcli.train.losses.range_excursion`, here on luma).
 
     Args: three (H, W, 3) float arrays in [0, 1]; ``window`` odd, >= 1.
     Returns: two (H, W) float arrays >= 0.
     """
-    y = [255.0 * (a @ LUMA) for a in (out, inp, target)]
-    lo = np.minimum(minimum_filter(y[1], window, mode="nearest"), minimum_filter(y[2], window, mode="nearest"))
-    hi = np.maximum(maximum_filter(y[1], window, mode="nearest"), maximum_filter(y[2], window, mode="nearest"))
-    return np.maximum(lo - y[0], 0.0), np.maximum(y[0] - hi, 0.0)
+    y = [torch.from_numpy(255.0 * (a @ LUMA))[None, None] for a in (out, inp, target)]  # (1, 1, H, W)
+    under, over = range_excursion(y[0], y[1], y[2], window)
+    return under[0, 0].numpy(), over[0, 0].numpy()
 
 
 def main() -> int:

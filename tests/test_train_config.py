@@ -276,3 +276,68 @@ def test_sharp_scales_add_each_photograph_at_several_scales(tmp_path):
     for bad in ("[]", "[16]", "[256, 256]"):
         with pytest.raises(CmddError, match="sharp_scales"):
             apply_overrides(cfg, [f"data.sharp_scales={bad}"]).validate()
+
+
+def test_halo_loss_charges_only_excursions_beyond_the_local_range():
+    import numpy as np
+    import torch
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    from cmddcli.train.losses import local_range, make_loss, range_excursion
+
+    torch.manual_seed(0)
+    a, b = torch.rand(2, 3, 20, 24), torch.rand(2, 3, 20, 24)
+    lo, hi = local_range(a, b, window=5)
+    # reference: scipy's min/max filters (mode "nearest" == a window cut at the border) of both images
+    an, bn = a.numpy(), b.numpy()
+    ref_lo = np.minimum(minimum_filter(an, (1, 1, 5, 5), mode="nearest"), minimum_filter(bn, (1, 1, 5, 5), mode="nearest"))
+    ref_hi = np.maximum(maximum_filter(an, (1, 1, 5, 5), mode="nearest"), maximum_filter(bn, (1, 1, 5, 5), mode="nearest"))
+    np.testing.assert_allclose(lo.numpy(), ref_lo, atol=0)
+    np.testing.assert_allclose(hi.numpy(), ref_hi, atol=0)
+
+    # a step edge: blurred input = a ramp, target = the step; an output that undershoots by 0.2 beside the
+    # edge is charged 0.2 there, a blurrier output (inside the input's range) and the target are not
+    x = torch.linspace(0, 1, 32)
+    target = (x > 0.5).float().expand(1, 3, 16, 32).contiguous()
+    blurred = x.clamp(0.3, 0.7).sub(0.3).div(0.4).expand(1, 3, 16, 32).contiguous()
+    rim = target.clone()
+    rim[..., 14] = -0.2
+    loss = make_loss("l1_halo", halo_weight=2.0, halo_window=9)
+    l1 = make_loss("l1")
+    under, over = range_excursion(rim, blurred, target, 9)
+    assert under[..., 14].allclose(torch.tensor(0.2)) and under.sum() == under[..., 14].sum() and over.sum() == 0
+    assert loss(rim, target, blurred).item() == pytest.approx(l1(rim, target).item() + 2.0 * under.mean().item(), rel=1e-6)
+    assert loss(target, target, blurred).item() == 0
+    assert loss(blurred, target, blurred).item() == pytest.approx(l1(blurred, target).item(), rel=1e-6)
+    assert make_loss("l1_halo", halo_weight=0.0)(rim, target, blurred).item() == pytest.approx(l1(rim, target).item())
+    pred = rim.clone().requires_grad_(True)
+    loss(pred, target, blurred).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[..., 14].abs().min() > pred.grad[..., 3].abs().max()
+    with pytest.raises(CmddError, match="blurred input"):
+        loss(rim, target)
+    with pytest.raises(CmddError, match="window"):
+        make_loss("l1_halo", halo_window=4)
+    with pytest.raises(CmddError, match="halo_weight"):
+        apply_overrides(train_preset("tiny"), ["loss=l1_halo", "halo_weight=-1"]).validate()
+    with pytest.raises(CmddError, match="halo_window"):
+        apply_overrides(train_preset("tiny"), ["loss=l1_halo", "halo_window=0"]).validate()
+
+
+def test_trainer_passes_the_input_to_the_halo_loss():
+    import torch
+
+    from cmddcli.runtime import DistInfo
+    from cmddcli.train.loop import Trainer
+
+    cfg = apply_overrides(train_preset("tiny"), ["loss=l1_halo", "halo_weight=3", "halo_window=5",
+                                                 "iters=4"]).validate()
+    t = Trainer(cfg, DistInfo(device=torch.device("cpu")))
+    torch.manual_seed(1)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    loss, gn, lr = t.iteration(x, y, 1)
+    assert math.isfinite(loss)
+    with torch.no_grad():
+        out = t.net(x)
+    from cmddcli.train.losses import range_excursion
+    u, o = range_excursion(out, x, y, 5)
+    assert t.loss_fn(out, y, x).item() == pytest.approx(((out - y).abs().mean() + 3 * (u + o).mean()).item(), rel=1e-5)

@@ -37,7 +37,7 @@ path = "data/dpdd/manifest.json"
 # sharp photographs, synth = "v2", val_synth = "heldout", val_sharp = "...", sharp_tiles = 256
 ```
 
-Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``optim.decoupled = true`` (AdamW),
+Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``loss = "l1_halo"`` (+ ``halo_weight``, ``halo_window``), ``optim.decoupled = true`` (AdamW),
 ``schedule.kind = "cosine"`` (one cosine decay to ``schedule.eta_mins[-1]``).
 """
 
@@ -172,7 +172,9 @@ class TrainConfig:
     iters: total optimizer steps. init_weights: a safetensors file (same model config) to start from
     instead of a random initialisation (fine-tuning; ignored by --resume, which loads the checkpoint). precision: fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler, CUDA
     only). ema_decay: 0 disables the EMA of the weights. loss: "l1" (the paper's) or "l1_fft" (L1 +
-    ``fft_weight`` × L1 between FFT amplitudes, MIMO-UNet / NAFNet; see :mod:`cmddcli.train.losses`).
+    ``fft_weight`` × L1 between FFT amplitudes, MIMO-UNet / NAFNet) or "l1_halo" (L1 + ``halo_weight`` ×
+    the mean excursion beyond the input's and target's range within ``halo_window`` px, a penalty on
+    over-sharpening rims); see :mod:`cmddcli.train.losses`.
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
     keep_last: periodic checkpoints kept (plus best).
     """
@@ -187,6 +189,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     loss: str = "l1"
     fft_weight: float = 0.1
+    halo_weight: float = 1.0
+    halo_window: int = 9
     init_weights: str = ""
     log_every: int = 100
     val_every: int = 5000
@@ -224,10 +228,14 @@ class TrainConfig:
             raise CmddError("optim: lr must be > 0, weight_decay and grad_clip >= 0")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.loss not in ("l1", "l1_fft"):
-            raise CmddError(f"loss must be 'l1' (the paper's) or 'l1_fft', got {self.loss!r}")
+        if self.loss not in ("l1", "l1_fft", "l1_halo"):
+            raise CmddError(f"loss must be 'l1' (the paper's), 'l1_fft' or 'l1_halo', got {self.loss!r}")
         if self.fft_weight < 0:
             raise CmddError(f"fft_weight must be >= 0, got {self.fft_weight}")
+        if self.halo_weight < 0:
+            raise CmddError(f"halo_weight must be >= 0, got {self.halo_weight}")
+        if self.halo_window < 1 or self.halo_window % 2 == 0:
+            raise CmddError(f"halo_window must be odd and >= 1, got {self.halo_window}")
         if not 0 <= self.ema_decay < 1:
             raise CmddError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data.kind not in ("manifest", "pairs", "synth"):

@@ -158,7 +158,7 @@ class Trainer:
         self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
-        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight)
+        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window)
 
         precision = cfg.precision
         if precision == "fp16" and self.device.type != "cuda":
@@ -355,7 +355,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
-        loss = self.loss_fn(out.float(), y)  # cfg.loss: l1, or l1 + fft_weight x FFT-amplitude L1
+        loss = self.loss_fn(out.float(), y, x)  # cfg.loss: l1, l1 + FFT-amplitude L1, or l1 + halo penalty
         mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size
         lv = float(mean_loss.item())  # one sync per step: the non-finite check needs it
         if not math.isfinite(lv):
