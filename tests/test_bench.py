@@ -59,6 +59,14 @@ def test_bench_lists_take_commas_and_scan_alias():
     assert res.exit_code == 2 and "nope" in res.output
 
 
+def test_bench_auto_naming_a_listed_backend_gives_one_row(monkeypatch):
+    monkeypatch.setenv("CMDD_SCAN", "cpu")  # auto picks cpu here
+    res = CliRunner().invoke(app, ["bench", "-p", "tiny", "--size", "24", "--scan", "cpu,auto", "--repeats", "1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["backend"] for r in json.loads(res.stdout)] == ["cpu"]
+
+
 def test_bench_bad_arguments_fail_before_any_timing(tmp_path, monkeypatch):
     """Each bad argument is one error line (exit 1) or typer's usage box naming the option (exit 2),
     never a traceback, and before anything is timed (an unknown preset after a good one, an

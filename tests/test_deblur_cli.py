@@ -473,3 +473,19 @@ def test_torchrun_two_ranks_split_and_merge(tmp_path, tiny_weights):
     assert all(ranks[n] == i % 2 for i, n in enumerate(names))  # file i -> rank i % 2
     assert payload["counts"]["done"] == 5 and payload["counts"]["failed"] == 1
     assert sorted(p.name for p in out.glob("*.png")) == [f"im{i}.png" for i in range(5)]
+
+
+def test_an_input_folder_without_images_is_named_among_others(tmp_path, tiny_weights):
+    """A folder (or glob) among several inputs that holds no image is not dropped silently."""
+    Image.fromarray(img()).save(tmp_path / "a.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nested" / "sub").mkdir(parents=True)
+    Image.fromarray(img()).save(tmp_path / "nested" / "sub" / "b.png")
+    r = run([tmp_path / "a.png", tmp_path / "empty", tmp_path / "nested", str(tmp_path / "*.jpg"),
+             "-o", tmp_path / "out", "--dry-run"], tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "empty: no images found; skipped" in err and "*.jpg: no images found; skipped" in err
+    assert "nested: no images found; skipped (use --recursive for sub-folders)" in err
+    r = run([tmp_path / "a.png", tmp_path / "nested", "-o", tmp_path / "out", "--dry-run", "-r"], tiny_weights)
+    assert r.exit_code == 0 and "no images found" not in r.stderr

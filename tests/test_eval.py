@@ -266,3 +266,18 @@ def test_existing_file_with_brackets_is_a_file_not_a_pattern(tmp_path):
                                    str(tmp_path / "t" / "x[1].png"), "--out", str(tmp_path / "[/b]o")])
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert (tmp_path / "[/b]o" / "summary.json").is_file()
+
+
+def test_gray_prediction_against_colour_target_warns(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    t = _img(rng, 12, 10)
+    write_png(tmp_path / "t.png", t)
+    write_png(tmp_path / "gray.png", t[..., 1])  # HxW: a grayscale PNG
+    write_png(tmp_path / "col.png", t)
+    with caplog.at_level("WARNING", logger="cmddcli.eval.protocol"):
+        r = E.evaluate_predictions(E.items_from_predictions(tmp_path / "col.png", tmp_path / "t.png"))
+        assert r.rows[0].scores["psnr"] == float("inf") or r.rows[0].scores["psnr"] > 99
+        assert "grayscale" not in caplog.text
+        r = E.evaluate_predictions(E.items_from_predictions(tmp_path / "gray.png", tmp_path / "t.png"))
+    assert "gray.png is grayscale but its target" in caplog.text and "t.png is in colour" in caplog.text
+    assert np.isfinite(r.rows[0].scores["psnr"])  # still scored, as three equal channels

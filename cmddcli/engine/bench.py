@@ -86,6 +86,7 @@ def bench_forward(preset: str, sizes: list, device: str = "cpu", backends=None, 
     dev = resolve_device(device)
     # "auto": the backend deblur would pick on this device (CMDD_SCAN / --scan honoured)
     backends = [ssm.choose_backend(dev.type, needs_grad=False).name if b == "auto" else b for b in backends or []]
+    backends = list(dict.fromkeys(backends))  # "cpu,auto" where auto is cpu: one row, not two
     if dev.type == "cpu":
         tune_cpu_allocator()
     net = CMDDNet(model_config(preset)).to(dev).eval()

@@ -210,6 +210,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     exclude = Path(exclude).resolve() if exclude is not None else None
     pairs: list[tuple[Path, Path]] = []
     for arg in inputs:
+        before = len(pairs)
         s = os.fspath(arg)
         p = Path(s).expanduser()
         try:
@@ -231,6 +232,10 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                 if skip_out and _within(f.resolve(), exclude):
                     continue
                 pairs.append((f, root))
+        if len(pairs) == before and len(inputs) > 1:  # with one input, run_batch's error says it
+            hint = " (use --recursive for sub-folders)" if is_dir and not recursive and \
+                _has_subfolders(p, Path(exclude) if exclude is not None else p) else ""
+            log.warning("%s: no images found; skipped%s", s, hint)
     pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
     seen, unique = set(), []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):

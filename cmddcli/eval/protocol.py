@@ -241,6 +241,11 @@ def load_for_eval(path: str | Path, bits: int = 8) -> np.ndarray:
     return a.astype(np.float64) / 255.0
 
 
+def _is_gray(img: np.ndarray) -> bool:
+    """True if an HxWx3 image's three channels are equal (a grayscale file, as read_image expands it)."""
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+
+
 def _load_mask(path: Optional[str]) -> Optional[np.ndarray]:
     if not path:
         return None
@@ -431,6 +436,9 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
     for it in _each(items, "pred", "no prediction to score", progress):
         pred = np.clip(load_for_eval(it.pred, settings.bits), 0.0, 1.0)
         target = load_for_eval(it.target, settings.bits)
+        if _is_gray(pred) and not _is_gray(target):
+            log.warning("%s is grayscale but its target %s is in colour: scored as three equal channels",
+                        it.pred, it.target)
         scores = _score(pred, target, it, settings, mask)
         rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores))
     return _report(rows, settings, {"mode": "predictions"})
