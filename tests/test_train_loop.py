@@ -303,3 +303,82 @@ def test_resume_from_slim_checkpoint(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         part3 = train(tiny_cfg(tmp_path / "c", *common), resume=str(lean))
     assert part3.step == 8 and "EMA restarts from the current weights" in caplog.text
+
+
+def test_signal_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) mid-run: the step finishes, a checkpoint of it is written, the CLI says how to
+    continue and exits 128 + the signal's number; the run resumes from there. A second signal stops at once."""
+    import os
+    import signal
+
+    from cmddcli.train import loop as L
+
+    plain = L.Trainer.iteration
+
+    def iteration(self, x, y, it):
+        out = plain(self, x, y, it)
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler before the step's bookkeeping ends
+        return out
+
+    monkeypatch.setattr(L.Trainer, "iteration", iteration)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--iters", "50", "--out", str(out), "--set", "stages.patch=[16]",
+            "--set", "stages.batch=[1]", "--set", "stages.ratio=[1]", "--set", "val_every=0",
+            "--set", "ckpt_every=0"]
+    res = CliRunner().invoke(app, args + ["--json"])
+    assert res.exit_code == 128 + signal.SIGTERM, res.output
+    summary = json.loads(res.stdout)
+    assert summary["step"] == 3 and summary["stopped_by"] == "SIGTERM" and summary["weights"] is None
+    assert summary["last_checkpoint"].endswith("step_00000003.pt")
+    assert load_checkpoint(summary["last_checkpoint"])["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's handlers are gone again
+    res = CliRunner().invoke(app, ["train", "--resume", str(out), "--stop-at", "5"])
+    assert res.exit_code == 0, res.output
+    assert "stopped at step 5" in res.output
+
+    def twice(self, x, y, it):
+        out = plain(self, x, y, it)
+        if it == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(L.Trainer, "iteration", twice)
+    res = CliRunner().invoke(app, ["train", "--resume", str(out)])
+    assert res.exit_code == 130 and "interrupted" in res.output
+    assert not (out / "checkpoints" / "step_00000007.pt").exists()
+
+
+def test_ctrl_c_to_the_process_group_with_data_workers(tmp_path):
+    """A terminal's Ctrl-C reaches the loader workers too: they must not die before the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cmddcli", "train", "--preset", "tiny", "--iters", "100000", "--out", str(out),
+           "--set", "stages.patch=[16]", "--set", "stages.batch=[1]", "--set", "stages.ratio=[1]",
+           "--set", "val_every=0", "--set", "ckpt_every=0", "--set", "log_every=1", "--set", "data.workers=1",
+           "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        log = out / "train_log.csv"
+        deadline = time.time() + 120
+        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+            time.sleep(0.2)
+        assert log.exists(), p.stderr.read() if p.poll() is not None else "no training log"
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["stopped_by"] == "SIGINT" and summary["step"] >= 2
+    assert load_checkpoint(summary["last_checkpoint"])["step"] == summary["step"]
+    assert "Traceback" not in stderr

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -118,9 +120,16 @@ def register(app: typer.Typer) -> None:
             "weights": str(result.weights) if result.weights else None,
             "ema_weights": str(result.ema_weights) if result.ema_weights else None,
             "best": result.best,
+            "stopped_by": result.stopped_by,
         }
         if json_out:
             print_json(summary)
         else:
             done = "finished" if result.step >= cfg.iters else f"stopped at step {result.step}"
-            err_console.print(f"[green]{done}[/]: {summary['weights'] or summary['last_checkpoint']}")
+            if result.stopped_by:
+                done += f" by {result.stopped_by}"
+            err_console.print(f"[green]{done}[/]: {escape(str(summary['weights'] or summary['last_checkpoint']))}")
+            if result.stopped_by:
+                err_console.print(f"continue with: cmdd train --resume {escape(str(result.out))}", highlight=False)
+        if result.stopped_by:  # the shell's convention for a process ended by a signal: 128 + its number
+            raise typer.Exit(128 + int(getattr(signal, result.stopped_by, signal.SIGINT)))

@@ -17,9 +17,12 @@ same weights (DDP averages gradients and broadcasts BatchNorm buffers from rank 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CmddError
-from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from ..runtime import DistInfo, all_reduce_sum, barrier, broadcast_flag, init_distributed, shutdown_distributed
 from .checkpoint import (
     CheckpointManager,
     capture_rng,
@@ -97,6 +100,48 @@ class TrainResult:
     best: Optional[dict]
     losses: List[float]  # per iteration run in this call (rank-mean), for tests and plots
     model: nn.Module  # the trained network (raw weights, unwrapped), on the training device
+    stopped_by: Optional[str] = None  # "SIGINT" / "SIGTERM" when a signal ended the run early
+
+
+class StopRequest:
+    """Set by :func:`stop_on_signals` when SIGINT or SIGTERM arrives: ``signal`` is its name."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT / SIGTERM (a terminal's Ctrl-C reaches the whole process group):
+    the main process decides when to stop, after writing a checkpoint, and then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's, CI's or ``kill``'s stop)
+    only sets the yielded :class:`StopRequest`, so the training loop can finish its step and write a
+    checkpoint; a second one stops at once (KeyboardInterrupt). Outside the main thread (no signal
+    handlers there) nothing is installed. The previous handlers are restored on exit."""
+    req = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if req.signal is not None:
+            raise KeyboardInterrupt
+        req.signal = signal.Signals(signum).name
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", req.signal)
+
+    try:
+        for s in old:
+            signal.signal(s, handler)
+        yield req
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -305,7 +350,8 @@ class Trainer:
         workers = self.cfg.data.workers
         return DataLoader(SeededDataset(ds, in_worker=workers > 0), batch_sampler=stream, num_workers=workers,
                           collate_fn=collate_pairs, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                          worker_init_fn=_ignore_stop_signals if workers > 0 else None)
 
     # ---- validation
 
@@ -411,49 +457,59 @@ class Trainer:
         t_window, n_window, loss_window, gn_window = time.perf_counter(), 0, 0.0, 0.0
         t_last, step_time = time.perf_counter(), None
 
-        while self.step < end:
-            it = self.step + 1
-            stage = stage_at(cfg, it)
-            if stage.index != cur_stage:
-                loader_iter = iter(self._loader(stage))
-                cur_stage = stage.index
-                log.info("stage %d: %dx%d patches, batch %d, iterations %d..%d", stage.index + 1, stage.patch,
-                         stage.patch, stage.batch, stage.start + 1, stage.end)
-                self._emit(TrainEvent("stage", self.step, cfg.iters, stage.index, stage.patch, stage.batch))
-            x, y = next(loader_iter)
-            lv, gn, lr = self.iteration(x, y, it)
-            self.step = it
-            losses.append(lv)
+        stopped_by: Optional[str] = None
+        with stop_on_signals() as stop:
+            while self.step < end:
+                it = self.step + 1
+                stage = stage_at(cfg, it)
+                if stage.index != cur_stage:
+                    loader_iter = iter(self._loader(stage))
+                    cur_stage = stage.index
+                    log.info("stage %d: %dx%d patches, batch %d, iterations %d..%d", stage.index + 1, stage.patch,
+                             stage.patch, stage.batch, stage.start + 1, stage.end)
+                    self._emit(TrainEvent("stage", self.step, cfg.iters, stage.index, stage.patch, stage.batch))
+                x, y = next(loader_iter)
+                lv, gn, lr = self.iteration(x, y, it)
+                self.step = it
+                losses.append(lv)
 
-            # ---- bookkeeping
-            n_window += 1
-            loss_window += lv
-            gn_window += gn if math.isfinite(gn) else 0.0
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
-            rate = 1.0 / max(step_time, 1e-9)
-            if self.callback is not None and info.is_main:
-                self._emit(TrainEvent("step", self.step, cfg.iters, stage.index, stage.patch, stage.batch,
-                                      lv, lr, rate, (end - self.step) / rate))
-            if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
-                window_rate = n_window / max(now - t_window, 1e-9)
-                row = {"step": self.step, "stage": stage.index + 1, "patch": stage.patch, "batch": stage.batch,
-                       "loss": loss_window / n_window, "lr": lr, "grad_norm": gn_window / n_window,
-                       "it_per_s": window_rate, "elapsed_s": now - t_start}
-                if info.is_main:
-                    self.train_log.write(row)
-                    if self.tb is not None:
-                        for k in ("loss", "lr", "grad_norm", "it_per_s"):
-                            self.tb.add_scalar(f"train/{k}", row[k], self.step)
-                log.debug("step %d loss %.5f lr %.3g %.2f it/s", self.step, row["loss"], lr, window_rate)
-                t_window, n_window, loss_window, gn_window = now, 0, 0.0, 0.0
+                # ---- bookkeeping
+                n_window += 1
+                loss_window += lv
+                gn_window += gn if math.isfinite(gn) else 0.0
+                now = time.perf_counter()
+                dt, t_last = now - t_last, now
+                step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+                rate = 1.0 / max(step_time, 1e-9)
+                if self.callback is not None and info.is_main:
+                    self._emit(TrainEvent("step", self.step, cfg.iters, stage.index, stage.patch, stage.batch,
+                                          lv, lr, rate, (end - self.step) / rate))
+                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                    window_rate = n_window / max(now - t_window, 1e-9)
+                    row = {"step": self.step, "stage": stage.index + 1, "patch": stage.patch, "batch": stage.batch,
+                           "loss": loss_window / n_window, "lr": lr, "grad_norm": gn_window / n_window,
+                           "it_per_s": window_rate, "elapsed_s": now - t_start}
+                    if info.is_main:
+                        self.train_log.write(row)
+                        if self.tb is not None:
+                            for k in ("loss", "lr", "grad_norm", "it_per_s"):
+                                self.tb.add_scalar(f"train/{k}", row[k], self.step)
+                    log.debug("step %d loss %.5f lr %.3g %.2f it/s", self.step, row["loss"], lr, window_rate)
+                    t_window, n_window, loss_window, gn_window = now, 0, 0.0, 0.0
 
-            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
-                self._validate_and_track()
-            if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
-                self.save()
-                barrier(info)
+                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
+                    self._validate_and_track()
+                saved = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end
+                if saved:
+                    self.save()
+                    barrier(info)
+                if broadcast_flag(stop.signal is not None, info):  # every rank stops at the same step
+                    stopped_by = stop.signal or "signal"
+                    if not saved:
+                        self.save()
+                        barrier(info)
+                    log.info("stopped by %s at step %d: %s", stopped_by, self.step, self.last_ckpt or "checkpoint written")
+                    break
 
         self._sync_buffers()
         weights = ema_weights = None
@@ -466,7 +522,8 @@ class Trainer:
             self.tb.close()
         self._emit(TrainEvent("done", self.step, cfg.iters, path=str(self.last_ckpt) if self.last_ckpt else None,
                               values=dict(self.best or {})))
-        return TrainResult(self.step, self.out, self.last_ckpt, weights, ema_weights, self.best, losses, self.model)
+        return TrainResult(self.step, self.out, self.last_ckpt, weights, ema_weights, self.best, losses, self.model,
+                           stopped_by)
 
     def _ema_update(self) -> None:
         d = self.cfg.ema_decay
