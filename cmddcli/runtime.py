@@ -256,15 +256,20 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if `flag` is True on any rank."""
+def max_over_ranks(value: float, info: DistInfo) -> float:
+    """The largest of every rank's ``value``, on every rank (``value`` in a single process)."""
     if not info.distributed:
-        return flag
+        return value
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    t = torch.tensor([float(value)], device=info.device)  # float32: exact for integers below 2**24
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return float(t.item())
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if `flag` is True on any rank."""
+    return max_over_ranks(1.0 if flag else 0.0, info) > 0
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list:

@@ -279,5 +279,6 @@ def test_gray_prediction_against_colour_target_warns(tmp_path, caplog):
         assert r.rows[0].scores["psnr"] == float("inf") or r.rows[0].scores["psnr"] > 99
         assert "grayscale" not in caplog.text
         r = E.evaluate_predictions(E.items_from_predictions(tmp_path / "gray.png", tmp_path / "t.png"))
-    assert "gray.png is grayscale but its target" in caplog.text and "t.png is in colour" in caplog.text
+    assert "1 prediction(s) are grayscale while their targets are in colour (" in caplog.text
+    assert "gray.png): scored as three equal channels" in caplog.text
     assert np.isfinite(r.rows[0].scores["psnr"])  # still scored, as three equal channels

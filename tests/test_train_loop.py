@@ -350,8 +350,59 @@ def test_signal_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch):
     assert not (out / "checkpoints" / "step_00000007.pt").exists()
 
 
-def test_ctrl_c_to_the_process_group_with_data_workers(tmp_path):
-    """A terminal's Ctrl-C reaches the loader workers too: they must not die before the checkpoint."""
+def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cmddcli.train import loop as L
+
+    plain = L.Trainer.iteration
+
+    def iteration(self, x, y, it):
+        out = plain(self, x, y, it)
+        if it == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(L.Trainer, "iteration", iteration)
+    res = train(tiny_cfg(tmp_path / "run", "iters=4", "val_every=0", "ckpt_every=0"))
+    assert res.step == 4 and res.stopped_by is None and res.weights is not None
+
+
+def test_off_period_checkpoints_do_not_push_periodic_ones_out(tmp_path):
+    from cmddcli.train.checkpoint import CheckpointManager
+
+    mgr = CheckpointManager(tmp_path, keep_last=2, period=5)
+    for step in (5, 7, 10, 12, 15):  # 7 and 12: stops by signal or --stop-at between periodic checkpoints
+        mgr.save(step, {"step": step})
+        names = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+        if step == 7:
+            assert names == ["step_00000005.pt", "step_00000007.pt"]  # the newest is kept: the resume point
+    assert names == ["step_00000010.pt", "step_00000015.pt"]
+    plain = CheckpointManager(tmp_path / "p", keep_last=2)
+    (tmp_path / "p").mkdir()
+    for step in (5, 7, 10):
+        plain.save(step, {"step": step})
+    assert sorted(p.name for p in (tmp_path / "p").glob("step_*.pt")) == ["step_00000007.pt", "step_00000010.pt"]
+
+
+def test_resuming_a_checkpoint_made_before_new_config_keys_warns_of_nothing(tmp_path, caplog):
+    """A key added to TrainConfig later (e.g. halo_weight) takes its default on resume: not a change."""
+    cfg = tiny_cfg(tmp_path / "run", "iters=2", "val_every=0")
+    res = train(cfg, stop_at=1)
+    ck = torch.load(res.last_checkpoint, weights_only=False)
+    for key in ("halo_weight", "halo_window"):
+        del ck["train_config"][key]
+    torch.save(ck, res.last_checkpoint)
+    with caplog.at_level("WARNING"):
+        train(cfg, resume=res.last_checkpoint)
+    assert "changed settings" not in caplog.text
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stop_signal_to_the_process_group_with_data_workers(tmp_path, sig):
+    """A terminal's Ctrl-C, or a SIGTERM to the job's process group, reaches the loader workers too:
+    they must not die of it before the main process has written its checkpoint."""
     import os
     import signal
     import subprocess
@@ -372,13 +423,13 @@ def test_ctrl_c_to_the_process_group_with_data_workers(tmp_path):
         while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
             time.sleep(0.2)
         assert log.exists(), p.stderr.read() if p.poll() is not None else "no training log"
-        os.killpg(p.pid, signal.SIGINT)
+        os.killpg(p.pid, getattr(signal, sig))
         stdout, stderr = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, stderr
+    assert p.returncode == 128 + getattr(signal, sig), stderr
     summary = json.loads(stdout)
-    assert summary["stopped_by"] == "SIGINT" and summary["step"] >= 2
+    assert summary["stopped_by"] == sig and summary["step"] >= 2
     assert load_checkpoint(summary["last_checkpoint"])["step"] == summary["step"]
     assert "Traceback" not in stderr

@@ -132,4 +132,4 @@ def register(app: typer.Typer) -> None:
             if result.stopped_by:
                 err_console.print(f"continue with: cmdd train --resume {escape(str(result.out))}", highlight=False)
         if result.stopped_by:  # the shell's convention for a process ended by a signal: 128 + its number
-            raise typer.Exit(128 + int(getattr(signal, result.stopped_by, signal.SIGINT)))
+            raise typer.Exit(128 + int(signal.Signals[result.stopped_by]))

@@ -196,7 +196,7 @@ def _glob_root(pattern: str) -> Path:
 
 
 def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
-             exclude: Optional[Path] = None) -> list[tuple[Path, Path]]:
+             exclude: Optional[Path] = None, warn: bool = True) -> list[tuple[Path, Path]]:
     """(file, root) pairs for the inputs, sorted by file path, duplicates removed.
 
     ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
@@ -205,6 +205,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     any file ``exclude`` holds a resume record for (an output of an earlier run, unchanged since)
     is left out wherever it was found, so an output folder that is also the input folder can be
     deblurred into again. A missing path is returned as is (it fails later with "file not found").
+    With several inputs and ``warn``, a folder or glob that holds no image is named in a warning.
     """
     out_dirs = (Path(exclude).absolute(), Path(exclude).resolve()) if exclude is not None else ()
     exclude = Path(exclude).resolve() if exclude is not None else None
@@ -232,7 +233,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                 if skip_out and _within(f.resolve(), exclude):
                     continue
                 pairs.append((f, root))
-        if len(pairs) == before and len(inputs) > 1:  # with one input, run_batch's error says it
+        if warn and len(pairs) == before and len(inputs) > 1:  # one input: run_batch's error says it
             hint = " (use --recursive for sub-folders)" if is_dir and not recursive and \
                 _has_subfolders(p, Path(exclude) if exclude is not None else p) else ""
             log.warning("%s: no images found; skipped%s", s, hint)
@@ -587,7 +588,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     every output exists). ``settings`` is recorded in the report next to the RAW development.
     """
     info = dist_info or DistInfo()
-    pairs = discover(inputs, opts.recursive, exclude=opts.out_dir)
+    pairs = discover(inputs, opts.recursive, exclude=opts.out_dir, warn=info.is_main)
     if info.world_size > 1:  # every rank shards rank 0's list (records written meanwhile change discovery)
         pairs = gather_objects(pairs, info)[0]
     if not pairs:

@@ -432,15 +432,17 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
     if not items:
         raise CmddError("nothing to evaluate")
     mask = _load_mask(settings.mask)
-    rows = []
+    rows, gray = [], []
     for it in _each(items, "pred", "no prediction to score", progress):
         pred = np.clip(load_for_eval(it.pred, settings.bits), 0.0, 1.0)
         target = load_for_eval(it.target, settings.bits)
         if _is_gray(pred) and not _is_gray(target):
-            log.warning("%s is grayscale but its target %s is in colour: scored as three equal channels",
-                        it.pred, it.target)
+            gray.append(it.pred)
         scores = _score(pred, target, it, settings, mask)
         rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores))
+    if gray:
+        log.warning("%d prediction(s) are grayscale while their targets are in colour (%s%s): scored as three "
+                    "equal channels", len(gray), gray[0], ", ..." if len(gray) > 1 else "")
     return _report(rows, settings, {"mode": "predictions"})
 
 

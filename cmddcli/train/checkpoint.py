@@ -204,11 +204,16 @@ class ResumePoint:
 
 
 class CheckpointManager:
-    """Periodic checkpoints in one folder, keeping the newest `keep_last` plus ``best.pt``."""
+    """Periodic checkpoints in one folder, keeping the newest `keep_last` plus ``best.pt``.
 
-    def __init__(self, folder: str | Path, keep_last: int = 3):
+    With ``period`` (the run's ``ckpt_every``), a checkpoint off the period (a stop by signal or
+    ``--stop-at``) is kept only while it is the newest: it is a resume point, and must not push the
+    periodic ones out of ``keep_last``."""
+
+    def __init__(self, folder: str | Path, keep_last: int = 3, period: int = 0):
         self.folder = Path(folder)
         self.keep_last = keep_last
+        self.period = period
 
     @staticmethod
     def list_steps(folder: Path) -> List[tuple]:
@@ -236,10 +241,14 @@ class CheckpointManager:
         return save_checkpoint(self.best_path, state)
 
     def prune(self) -> None:
-        if self.keep_last <= 0:
-            return
         steps = self.list_steps(self.folder)
-        for _, f in steps[: -self.keep_last]:
+        drop = []
+        if self.period > 0 and steps:
+            drop = [f for step, f in steps[:-1] if step % self.period]
+            steps = [(step, f) for step, f in steps[:-1] if step % self.period == 0] + steps[-1:]
+        if self.keep_last > 0:
+            drop += [f for _, f in steps[: -self.keep_last]]
+        for f in drop:
             try:
                 f.unlink()
             except FileNotFoundError:

@@ -17,12 +17,9 @@ same weights (DDP averages gradients and broadcasts BatchNorm buffers from rank 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +31,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CmddError
-from ..runtime import DistInfo, all_reduce_sum, barrier, broadcast_flag, init_distributed, shutdown_distributed
+from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from .checkpoint import (
     CheckpointManager,
     capture_rng,
@@ -48,6 +45,7 @@ from .logs import CsvLog, tensorboard_writer
 from .losses import make_loss
 from .sampling import SampleStream, SeededDataset
 from .schedule import LRSchedule, Stage, stage_at, stages_of
+from .stopping import agreed_stop, loader_worker_init, signals_blocked, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -100,48 +98,7 @@ class TrainResult:
     best: Optional[dict]
     losses: List[float]  # per iteration run in this call (rank-mean), for tests and plots
     model: nn.Module  # the trained network (raw weights, unwrapped), on the training device
-    stopped_by: Optional[str] = None  # "SIGINT" / "SIGTERM" when a signal ended the run early
-
-
-class StopRequest:
-    """Set by :func:`stop_on_signals` when SIGINT or SIGTERM arrives: ``signal`` is its name."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[str] = None
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGINT / SIGTERM (a terminal's Ctrl-C reaches the whole process group):
-    the main process decides when to stop, after writing a checkpoint, and then ends them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """Within the block, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's, CI's or ``kill``'s stop)
-    only sets the yielded :class:`StopRequest`, so the training loop can finish its step and write a
-    checkpoint; a second one stops at once (KeyboardInterrupt). Outside the main thread (no signal
-    handlers there) nothing is installed. The previous handlers are restored on exit."""
-    req = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield req
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        if req.signal is not None:
-            raise KeyboardInterrupt
-        req.signal = signal.Signals(signum).name
-        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", req.signal)
-
-    try:
-        for s in old:
-            signal.signal(s, handler)
-        yield req
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    stopped_by: Optional[str] = None  # "SIGINT" / "SIGTERM" when a signal ended the run early (see .stopping)
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -200,7 +157,7 @@ class Trainer:
             data = data_source(cfg)
         self.data = data
         self.out = Path(cfg.out)
-        self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last)
+        self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last, period=cfg.ckpt_every)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
         self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window)
@@ -277,7 +234,7 @@ class Trainer:
         theirs = ModelConfig.from_dict(ck["model_config"])
         if theirs != mine:
             raise CmddError(f"{path}: checkpoint is for another model configuration ({theirs} vs {mine})")
-        changed = _diff(ck["train_config"], self.cfg.to_dict())
+        changed = _diff(point.config().to_dict(), self.cfg.to_dict())  # keys added since: their defaults
         if changed:
             log.warning("resuming with changed settings (%s): the run is no longer a straight continuation",
                         ", ".join(changed))
@@ -351,7 +308,7 @@ class Trainer:
         return DataLoader(SeededDataset(ds, in_worker=workers > 0), batch_sampler=stream, num_workers=workers,
                           collate_fn=collate_pairs, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-                          worker_init_fn=_ignore_stop_signals if workers > 0 else None)
+                          worker_init_fn=loader_worker_init if workers > 0 else None)
 
     # ---- validation
 
@@ -463,7 +420,8 @@ class Trainer:
                 it = self.step + 1
                 stage = stage_at(cfg, it)
                 if stage.index != cur_stage:
-                    loader_iter = iter(self._loader(stage))
+                    with signals_blocked():  # no stop signal may reach a worker before it leaves the group
+                        loader_iter = iter(self._loader(stage))
                     cur_stage = stage.index
                     log.info("stage %d: %dx%d patches, batch %d, iterations %d..%d", stage.index + 1, stage.patch,
                              stage.patch, stage.batch, stage.start + 1, stage.end)
@@ -472,6 +430,8 @@ class Trainer:
                 lv, gn, lr = self.iteration(x, y, it)
                 self.step = it
                 losses.append(lv)
+                if self.step < end:  # a signal during the last step changes nothing: the run ends anyway
+                    stopped_by = agreed_stop(stop, info)
 
                 # ---- bookkeeping
                 n_window += 1
@@ -484,7 +444,7 @@ class Trainer:
                 if self.callback is not None and info.is_main:
                     self._emit(TrainEvent("step", self.step, cfg.iters, stage.index, stage.patch, stage.batch,
                                           lv, lr, rate, (end - self.step) / rate))
-                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end or stopped_by):
                     window_rate = n_window / max(now - t_window, 1e-9)
                     row = {"step": self.step, "stage": stage.index + 1, "patch": stage.patch, "batch": stage.batch,
                            "loss": loss_window / n_window, "lr": lr, "grad_norm": gn_window / n_window,
@@ -497,19 +457,17 @@ class Trainer:
                     log.debug("step %d loss %.5f lr %.3g %.2f it/s", self.step, row["loss"], lr, window_rate)
                     t_window, n_window, loss_window, gn_window = now, 0, 0.0, 0.0
 
-                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
-                    self._validate_and_track()
-                saved = (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end
-                if saved:
+                if stopped_by:  # no validation now: a scheduler's grace period before SIGKILL is short
                     self.save()
                     barrier(info)
-                if broadcast_flag(stop.signal is not None, info):  # every rank stops at the same step
-                    stopped_by = stop.signal or "signal"
-                    if not saved:
-                        self.save()
-                        barrier(info)
-                    log.info("stopped by %s at step %d: %s", stopped_by, self.step, self.last_ckpt or "checkpoint written")
+                    log.info("stopped by %s at step %d: %s", stopped_by, self.step,
+                             self.last_ckpt or "checkpoint written")
                     break
+                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
+                    self._validate_and_track()
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
+                    self.save()
+                    barrier(info)
 
         self._sync_buffers()
         weights = ema_weights = None

@@ -49,11 +49,10 @@ def local_range(*images: torch.Tensor, window: int = 9) -> tuple[torch.Tensor, t
     """
     if window < 1 or window % 2 == 0:
         raise CmddError(f"the halo window must be odd and >= 1, got {window}")
-    stacked_max = torch.stack(images).amax(0)
-    stacked_min = torch.stack(images).amin(0)
+    stacked = torch.stack(images)
     pad = window // 2
-    hi = F.max_pool2d(stacked_max, window, stride=1, padding=pad)  # pads with -inf: a cut window
-    lo = -F.max_pool2d(-stacked_min, window, stride=1, padding=pad)
+    hi = F.max_pool2d(stacked.amax(0), window, stride=1, padding=pad)  # pads with -inf: a cut window
+    lo = -F.max_pool2d(-stacked.amin(0), window, stride=1, padding=pad)
     return lo, hi
 
 

@@ -1,0 +1,113 @@
+"""Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's, CI's or ``kill``'s stop).
+
+The first signal only sets a :class:`StopRequest`; the loop finishes its step, every rank agrees on
+the stop (:func:`agreed_stop`), a checkpoint of that step is written and the run returns with
+``stopped_by`` set (the CLI exits 128 + the signal's number). A second SIGINT raises
+KeyboardInterrupt at once; a second SIGTERM ends the process by SIGTERM. Under DDP without torchrun a
+second signal on one rank can leave the others waiting in a collective until the process group's
+timeout.
+
+Data-loader workers must not die of a signal meant for the run: a terminal sends Ctrl-C, and
+``kill -- -PGID`` or a scheduler SIGTERM, to the whole process group, and a worker killed that way
+makes the main process fail before it can write the checkpoint. Workers therefore leave the process
+group first thing (:func:`loader_worker_init`), and the main process blocks both signals while it
+starts them (:func:`signals_blocked`), so none lands in between; torch still ends its workers itself
+(SIGTERM from the parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Optional
+
+from ..runtime import DistInfo, max_over_ranks
+
+__all__ = ["StopRequest", "stop_on_signals", "agreed_stop", "signals_blocked", "loader_worker_init"]
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Set by :func:`stop_on_signals`: ``signum`` is the first stop signal's number (0: none yet)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, the first SIGINT or SIGTERM only sets the yielded :class:`StopRequest`.
+
+    Installed only in the main thread (the only one Python delivers signals to), and not over a
+    signal that is ignored (e.g. SIGINT of a job started in the background by a script) or handled
+    outside Python; the previous handlers are restored on exit.
+    """
+    req = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+    old = {}
+    for s in STOP_SIGNALS:
+        h = signal.getsignal(s)
+        if h is not signal.SIG_IGN and h is not None:
+            old[s] = h
+
+    def handler(signum, frame):
+        if req.signum:
+            if signum == signal.SIGTERM:  # stop at once, as SIGTERM would have without us
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        req.signum = signum
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    try:
+        for s in old:
+            signal.signal(s, handler)
+        yield req
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def agreed_stop(req: StopRequest, info: DistInfo) -> Optional[str]:
+    """The stop signal's name if any rank received one (the same on every rank), else None.
+    Collective under DDP: every rank calls it once per step."""
+    signum = int(max_over_ranks(float(req.signum), info))
+    return signal.Signals(signum).name if signum else None
+
+
+@contextlib.contextmanager
+def signals_blocked():
+    """Hold SIGINT / SIGTERM back in this thread while data-loader workers are forked (they inherit
+    the mask and clear it in :func:`loader_worker_init`); a signal that arrives meanwhile is delivered
+    when the block ends. A no-op where the platform has no ``pthread_sigmask``."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of the training data loaders: leave the run's process group (signals sent
+    to it are for the main process, which stops the workers itself), ignore SIGINT, drop a stop signal
+    sent to the group while the worker was starting, then unblock them."""
+    if hasattr(os, "setpgid"):
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigtimedwait"):
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:  # pending from before setpgid: not ours
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
