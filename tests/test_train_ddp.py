@@ -18,10 +18,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """What torchrun sets up for a rank: one thread, the rendezvous variables."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
+
+
+def _spawn(worker, tmp_path) -> tuple:
+    """Run ``worker(rank, 2, port, out)`` on two ranks; returns (out, rank 0's and rank 1's saved dicts)."""
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    mp.spawn(worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    return out, torch.load(f"{out}/rank0.pt", weights_only=True), torch.load(f"{out}/rank1.pt", weights_only=True)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    _join(rank, world, port)
     from cmddcli.train.loop import train
 
     cfg = apply_overrides(train_preset("tiny"), [
@@ -33,11 +46,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_two_ranks_hold_identical_weights(tmp_path):
-    out = str(tmp_path / "run")
-    os.makedirs(out)
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    r0 = torch.load(f"{out}/rank0.pt", weights_only=True)
-    r1 = torch.load(f"{out}/rank1.pt", weights_only=True)
+    out, r0, r1 = _spawn(_worker, tmp_path)
     assert r0["losses"] == r1["losses"]  # the logged loss is the mean over ranks
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k
@@ -50,9 +59,7 @@ def test_two_ranks_hold_identical_weights(tmp_path):
 def _signalled_worker(rank: int, world: int, port: int, out: str) -> None:
     import signal
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    _join(rank, world, port)
     from cmddcli.train import loop as L
 
     plain = L.Trainer.iteration
@@ -74,10 +81,6 @@ def _signalled_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    out = str(tmp_path / "run")
-    os.makedirs(out)
-    mp.spawn(_signalled_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    r0 = torch.load(f"{out}/rank0.pt", weights_only=True)
-    r1 = torch.load(f"{out}/rank1.pt", weights_only=True)
+    out, r0, r1 = _spawn(_signalled_worker, tmp_path)
     assert r0["step"] == r1["step"] == 2 and r0["stopped_by"] == r1["stopped_by"] == "SIGTERM"
     assert r0["ckpt"].endswith("step_00000002.pt") and os.path.isfile(r0["ckpt"])
