@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,18 +373,66 @@ def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, monkeypatch
 def test_off_period_checkpoints_do_not_push_periodic_ones_out(tmp_path):
     from cmddcli.train.checkpoint import CheckpointManager
 
+    def names(folder):
+        return sorted(p.name for p in folder.glob("step_*.pt"))
+
     mgr = CheckpointManager(tmp_path, keep_last=2, period=5)
-    for step in (5, 7, 10, 12, 15):  # 7 and 12: stops by signal or --stop-at between periodic checkpoints
+    for step in (5, 7, 10, 12):  # 7 and 12: stops by signal or --stop-at between periodic checkpoints
         mgr.save(step, {"step": step})
-        names = sorted(p.name for p in tmp_path.glob("step_*.pt"))
         if step == 7:
-            assert names == ["step_00000005.pt", "step_00000007.pt"]  # the newest is kept: the resume point
-    assert names == ["step_00000010.pt", "step_00000015.pt"]
+            assert names(tmp_path) == ["step_00000005.pt", "step_00000007.pt"]  # the newest: the resume point
+    assert names(tmp_path) == ["step_00000005.pt", "step_00000010.pt", "step_00000012.pt"]
+    (tmp_path / ".cmdd-abc.pt.tmp").write_bytes(b"x")  # a write killed half-way
+    mgr.save(15, {"step": 15})
+    assert names(tmp_path) == ["step_00000010.pt", "step_00000015.pt"] and not list(tmp_path.glob("*.tmp"))
     plain = CheckpointManager(tmp_path / "p", keep_last=2)
     (tmp_path / "p").mkdir()
     for step in (5, 7, 10):
         plain.save(step, {"step": step})
-    assert sorted(p.name for p in (tmp_path / "p").glob("step_*.pt")) == ["step_00000007.pt", "step_00000010.pt"]
+    assert names(tmp_path / "p") == ["step_00000007.pt", "step_00000010.pt"]
+
+
+def test_resume_continues_in_the_folder_that_holds_the_checkpoint(tmp_path, monkeypatch):
+    """A copied run folder, or a relative --out resumed from another directory, continues where the
+    checkpoint lies; the original run is left alone."""
+    import shutil
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--preset", "tiny", "--iters", "6", "--out", "rel", "--set", "stages.patch=[16]",
+            "--set", "stages.batch=[1]", "--set", "stages.ratio=[1]", "--set", "val_every=0",
+            "--set", "ckpt_every=2"]
+    res = runner.invoke(app, args + ["--stop-at", "2"])
+    assert res.exit_code == 0, res.output
+    assert "continue with: cmdd train --resume rel" in " ".join(res.output.split())
+    shutil.copytree(tmp_path / "rel", tmp_path / "copy")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    res = runner.invoke(app, ["train", "--resume", "../copy", "--stop-at", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["last_checkpoint"] == str(Path("../copy/checkpoints/step_00000004.pt"))
+    assert "changed settings" not in res.output  # out is where the files go, not a training setting
+    assert not (tmp_path / "sub" / "rel").exists() and not (tmp_path / "sub" / "copy").exists()
+    assert sorted(p.name for p in (tmp_path / "rel" / "checkpoints").glob("step_*")) == ["step_00000002.pt"]
+    rows = list(csv.DictReader(open(tmp_path / "copy" / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == sorted({int(r["step"]) for r in rows}) and rows[-1]["step"] == "4"
+
+
+def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path / "run", "iters=8", "val_every=0", "ckpt_every=2", "keep_last=0")
+    train(cfg, stop_at=6)
+    ck = tmp_path / "run" / "checkpoints"
+    with caplog.at_level("WARNING"):
+        res = train(cfg, resume=ck / "step_00000002.pt", stop_at=3)
+    assert "step_00000004.pt, step_00000006.pt" in caplog.text and "replaced_after_00000002" in caplog.text
+    assert res.last_checkpoint == ck / "step_00000003.pt" and res.last_checkpoint.is_file()
+    assert sorted(p.name for p in ck.glob("step_*")) == ["step_00000002.pt", "step_00000003.pt"]
+    assert sorted(p.name for p in (ck / "replaced_after_00000002").iterdir()) == ["step_00000004.pt",
+                                                                                  "step_00000006.pt"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        res = train(cfg, resume=tmp_path / "run", stop_at=2)
+    assert res.step == 3 and "--stop-at 2 is not past the checkpoint's step 3" in caplog.text
 
 
 def test_resuming_a_checkpoint_made_before_new_config_keys_warns_of_nothing(tmp_path, caplog):

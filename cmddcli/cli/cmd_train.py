@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
             if result.stopped_by:
                 done += f" by {result.stopped_by}"
             err_console.print(f"[green]{done}[/]: {escape(str(summary['weights'] or summary['last_checkpoint']))}")
-            if result.stopped_by:
+            if result.step < cfg.iters:
                 err_console.print(f"continue with: cmdd train --resume {escape(str(result.out))}", highlight=False)
         if result.stopped_by:  # the shell's convention for a process ended by a signal: 128 + its number
             raise typer.Exit(128 + int(signal.Signals[result.stopped_by]))

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_path
 from ..errors import CmddError
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,32 @@ class CheckpointManager:
         return save_checkpoint(self.best_path, state)
 
     def prune(self) -> None:
+        """Keep the newest ``keep_last`` periodic checkpoints and, if the newest of all is off the
+        period, that one too; remove the rest and any temporary file a killed write left behind."""
         steps = self.list_steps(self.folder)
-        drop = []
         if self.period > 0 and steps:
-            drop = [f for step, f in steps[:-1] if step % self.period]
-            steps = [(step, f) for step, f in steps[:-1] if step % self.period == 0] + steps[-1:]
-        if self.keep_last > 0:
-            drop += [f for _, f in steps[: -self.keep_last]]
+            periodic = [(step, f) for step, f in steps if step % self.period == 0]
+            keep = periodic[-self.keep_last:] if self.keep_last > 0 else periodic
+            keep = set(f for _, f in keep) | {steps[-1][1]}
+        else:
+            keep = set(f for _, f in (steps[-self.keep_last:] if self.keep_last > 0 else steps))
+        drop = [f for _, f in steps if f not in keep] + list(self.folder.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
         for f in drop:
             try:
                 f.unlink()
             except FileNotFoundError:
                 pass
+
+    def set_aside_newer(self, step: int) -> List[Path]:
+        """Move checkpoints past ``step`` (left by a history that a resume from an older checkpoint
+        replaces) to ``replaced_after_<step>/``, so that they are neither the newest nor lost.
+        Returns their new paths."""
+        newer = [f for s, f in self.list_steps(self.folder) if s > step] if self.folder.is_dir() else []
+        if not newer:
+            return []
+        dest = self.folder / f"replaced_after_{step:08d}"
+        dest.mkdir(exist_ok=True)
+        return [f.rename(dest / f.name) for f in newer]
 
     def latest(self) -> Optional[Path]:
         if not self.folder.is_dir():

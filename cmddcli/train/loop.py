@@ -234,7 +234,10 @@ class Trainer:
         theirs = ModelConfig.from_dict(ck["model_config"])
         if theirs != mine:
             raise CmddError(f"{path}: checkpoint is for another model configuration ({theirs} vs {mine})")
-        changed = _diff(point.config().to_dict(), self.cfg.to_dict())  # keys added since: their defaults
+        # keys added since the checkpoint take their defaults; where the files go and how many loader
+        # processes fetch the (per-sample seeded) data change nothing in the numbers
+        changed = [c for c in _diff(point.config().to_dict(), self.cfg.to_dict())
+                   if not c.startswith(("out:", "data.workers:"))]
         if changed:
             log.warning("resuming with changed settings (%s): the run is no longer a straight continuation",
                         ", ".join(changed))
@@ -253,6 +256,11 @@ class Trainer:
                 self.ema.load_state_dict(ck["ema"], strict=True)
         self.step = int(ck["step"])
         self.best = ck.get("best")
+        if self.info.is_main:
+            moved = self.ckpts.set_aside_newer(self.step)
+            if moved:
+                log.warning("%s holds checkpoints past step %d (%s) from the history this run replaces: moved to %s",
+                            self.ckpts.folder, self.step, ", ".join(p.name for p in moved), moved[0].parent)
         rngs = ck["rng"]
         if ck["data"].get("world_size", 1) != self.info.world_size:
             log.warning("resuming with %d processes (checkpoint: %d): the data order changes",
@@ -391,6 +399,11 @@ class Trainer:
         if resume:
             self.load(resume)
         end = cfg.iters if stop_at is None else max(self.step, min(int(stop_at), cfg.iters))
+        if self.step >= cfg.iters:
+            log.warning("the run already reached its %d iterations: nothing to train (raise --iters to extend it)",
+                        cfg.iters)
+        elif stop_at is not None and int(stop_at) <= self.step:
+            log.warning("--stop-at %d is not past the checkpoint's step %d: nothing to train", int(stop_at), self.step)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not resume and self.ckpts.latest() is not None:

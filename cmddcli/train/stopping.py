@@ -12,7 +12,8 @@ Data-loader workers must not die of a signal meant for the run: a terminal sends
 makes the main process fail before it can write the checkpoint. Workers therefore leave the process
 group first thing (:func:`loader_worker_init`), and the main process blocks both signals while it
 starts them (:func:`signals_blocked`), so none lands in between; torch still ends its workers itself
-(SIGTERM from the parent).
+(SIGTERM from the parent). After a second SIGTERM ("stop at once") the workers, outside the group,
+end by themselves within seconds, when they find their parent gone (torch's worker watchdog).
 """
 
 from __future__ import annotations
