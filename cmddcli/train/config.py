@@ -37,8 +37,9 @@ path = "data/dpdd/manifest.json"
 # sharp photographs, synth = "v2", val_synth = "heldout", val_sharp = "...", sharp_tiles = 256
 ```
 
-Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``loss = "l1_halo"`` (+ ``halo_weight``, ``halo_window``), ``optim.decoupled = true`` (AdamW),
-``schedule.kind = "cosine"`` (one cosine decay to ``schedule.eta_mins[-1]``).
+Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``loss = "l1_halo"`` (+ ``halo_weight``,
+``halo_window``), ``optim.decoupled = true`` (AdamW), ``schedule.kind = "cosine"`` (one cosine decay
+to ``schedule.eta_mins[-1]``).
 """
 
 from __future__ import annotations
