@@ -416,6 +416,14 @@ def test_resume_continues_in_the_folder_that_holds_the_checkpoint(tmp_path, monk
     assert sorted(p.name for p in (tmp_path / "rel" / "checkpoints").glob("step_*")) == ["step_00000002.pt"]
     rows = list(csv.DictReader(open(tmp_path / "copy" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == sorted({int(r["step"]) for r in rows}) and rows[-1]["step"] == "4"
+    # a checkpoint file kept outside a run's checkpoints/ (like training/default_v2/checkpoint.pt) goes on
+    # in the run folder stored in it, not beside the file
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tmp_path / "rel" / "checkpoints" / "step_00000002.pt", tmp_path / "sub" / "loose.pt")
+    res = runner.invoke(app, ["train", "--resume", "sub/loose.pt", "--stop-at", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["last_checkpoint"] == str(Path("rel/checkpoints/step_00000003.pt"))
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["loose.pt"]
 
 
 def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, caplog):

@@ -34,6 +34,8 @@ from ..errors import CmddError
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"  # <run folder>/checkpoints/step_N.pt
+
 FORMAT = "cmdd-train-checkpoint"
 VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -174,7 +176,7 @@ def find_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    for d in (p / "checkpoints", p):
+    for d in (p / CHECKPOINT_DIR, p):
         if d.is_dir():
             steps = CheckpointManager.list_steps(d)
             if steps:
@@ -188,6 +190,12 @@ class ResumePoint:
 
     path: Path
     state: Dict[str, Any]
+
+    @property
+    def run_folder(self) -> Optional[Path]:
+        """The run folder holding the checkpoint (``RUN/checkpoints/step_N.pt`` -> ``RUN``), or None
+        for a checkpoint file kept elsewhere (e.g. a slimmed copy committed beside other files)."""
+        return self.path.parent.parent if self.path.parent.name == CHECKPOINT_DIR else None
 
     @classmethod
     def find(cls, path: str | Path) -> "ResumePoint":

@@ -244,7 +244,8 @@ def build_config(*, config: Optional[Path] = None, preset: Optional[str] = None,
         preset: a training preset name (default ``paper`` when neither file nor resume is given).
         resume: a :class:`~cmddcli.train.checkpoint.ResumePoint`: start from its stored config
             (``config`` / ``preset`` are then an error), with ``out`` = the run folder that holds
-            the checkpoint (``RUN/checkpoints/step_N.pt`` -> ``RUN``).
+            the checkpoint (``RUN/checkpoints/step_N.pt`` -> ``RUN``; a checkpoint file kept
+            elsewhere keeps its stored ``out``).
         overrides: ``key=value`` texts (``--set``), applied last.
         flags: typed values by config key (``"iters"``, ``"data.path"``, ...); ``None`` values are
             skipped. ``"data"`` takes a ``--data`` argument (manifest / folder / ``synth[:DIR]``) and
@@ -258,10 +259,10 @@ def build_config(*, config: Optional[Path] = None, preset: Optional[str] = None,
         if config is not None or preset is not None:
             raise CmddError("--resume takes the run's configuration from its checkpoint; change it with --set")
         cfg = resume.config()
-        # the run continues where its checkpoint lies (a copied or moved run folder, a relative --out
-        # resumed from elsewhere), not in the folder it was started in; --out still overrides
-        ck = Path(resume.path)
-        cfg.out = str(ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent)
+        # a run continues in the run folder that holds its checkpoint (a copied or moved run, a
+        # relative --out resumed from elsewhere), not where it was started; --out still overrides
+        if resume.run_folder is not None:
+            cfg.out = str(resume.run_folder)
     elif config is not None:
         cfg = load_config(config, base=train_preset(preset) if preset else None)
     else:
