@@ -10,7 +10,7 @@ One home for the process-level choices every command makes:
 * :func:`init_distributed` / :func:`join_group` / :func:`shutdown_distributed` -- the process
   group (NCCL on CUDA, gloo on CPU or when only Python objects are gathered), and the collectives
   the training loop and the file runner need (:func:`all_reduce_sum`, :func:`barrier`,
-  :func:`broadcast_flag`, :func:`gather_objects`), each a no-op in a single process.
+  :func:`max_over_ranks`, :func:`gather_objects`), each a no-op in a single process.
 * :func:`available_cores` and :func:`tune_cpu_allocator` (below).
 
 :func:`tune_cpu_allocator` -- why it exists: glibc's ``malloc`` serves every block above its mmap
@@ -265,11 +265,6 @@ def max_over_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([float(value)], device=info.device)  # float32: exact for integers below 2**24
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
-
-
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if `flag` is True on any rank."""
-    return max_over_ranks(1.0 if flag else 0.0, info) > 0
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list:

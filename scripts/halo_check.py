@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cmddcli.engine import Deblurrer  # noqa: E402
 from cmddcli.errors import CmddError  # noqa: E402
 from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
-from cmddcli.train.losses import range_excursion  # noqa: E402
+from cmddcli.train.losses import check_window, range_excursion  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
 
@@ -56,8 +56,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=9, help="neighbourhood side in px (odd, default 9)")
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
     args = ap.parse_args()
-    if args.window < 1 or args.window % 2 == 0:
-        raise CmddError(f"--window must be odd and >= 1, got {args.window}")
+    check_window(args.window, "--window")
     sets = [(d, gather_items(data=[d])) for d in args.data]
     lines = [f"Window {args.window} px; 8-bit luma levels beyond the local range of input and target; fp32, "
              "whole images.", "",

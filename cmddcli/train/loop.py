@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import CmddError
 from ..runtime import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from .checkpoint import (
+    CHECKPOINT_DIR,
     CheckpointManager,
     capture_rng,
     ResumePoint,
@@ -121,13 +122,16 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
-    """Dotted keys whose values differ between two config dicts."""
+def _diff(old: dict, new: dict, prefix: str = "", ignore: tuple = ()) -> List[str]:
+    """Dotted keys whose values differ between two config dicts ("key: old -> new"), except the
+    dotted keys in ``ignore``."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
+        if f"{prefix}{k}" in ignore:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
+            out += _diff(a, b, f"{prefix}{k}.", ignore)
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
@@ -157,7 +161,7 @@ class Trainer:
             data = data_source(cfg)
         self.data = data
         self.out = Path(cfg.out)
-        self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last, period=cfg.ckpt_every)
+        self.ckpts = CheckpointManager(self.out / CHECKPOINT_DIR, cfg.keep_last, period=cfg.ckpt_every)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
         self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window)
@@ -236,8 +240,7 @@ class Trainer:
             raise CmddError(f"{path}: checkpoint is for another model configuration ({theirs} vs {mine})")
         # keys added since the checkpoint take their defaults; where the files go and how many loader
         # processes fetch the (per-sample seeded) data change nothing in the numbers
-        changed = [c for c in _diff(point.config().to_dict(), self.cfg.to_dict())
-                   if not c.startswith(("out:", "data.workers:"))]
+        changed = _diff(point.config().to_dict(), self.cfg.to_dict(), ignore=("out", "data.workers"))
         if changed:
             log.warning("resuming with changed settings (%s): the run is no longer a straight continuation",
                         ", ".join(changed))
@@ -470,17 +473,16 @@ class Trainer:
                     log.debug("step %d loss %.5f lr %.3g %.2f it/s", self.step, row["loss"], lr, window_rate)
                     t_window, n_window, loss_window, gn_window = now, 0, 0.0, 0.0
 
-                if stopped_by:  # no validation now: a scheduler's grace period before SIGKILL is short
+                # on a stop, no validation: a scheduler's grace period before SIGKILL is short
+                if not stopped_by and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
+                    self._validate_and_track()
+                if stopped_by or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
                     self.save()
                     barrier(info)
+                if stopped_by:
                     log.info("stopped by %s at step %d: %s", stopped_by, self.step,
                              self.last_ckpt or "checkpoint written")
                     break
-                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.iters):
-                    self._validate_and_track()
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
-                    self.save()
-                    barrier(info)
 
         self._sync_buffers()
         weights = ema_weights = None

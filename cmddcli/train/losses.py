@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import CmddError
 
-__all__ = ["fft_amplitude_l1", "local_range", "range_excursion", "make_loss", "LOSSES"]
+__all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES"]
 
 LOSSES = ("l1", "l1_fft", "l1_halo")
 
@@ -40,6 +40,12 @@ def fft_amplitude_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(a, b)
 
 
+def check_window(window: int, name: str = "the halo window") -> None:
+    """Raise CmddError, naming ``name``, unless ``window`` (pixels) is odd and >= 1."""
+    if window < 1 or window % 2 == 0:
+        raise CmddError(f"{name} must be odd and >= 1, got {window}")
+
+
 def local_range(*images: torch.Tensor, window: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel (min, max) over a ``window`` x ``window`` square of all ``images`` together.
 
@@ -47,8 +53,7 @@ def local_range(*images: torch.Tensor, window: int = 9) -> tuple[torch.Tensor, t
     is cut to the image (as scipy's min/max filters with ``mode="nearest"``).
     Returns: two (B, C, H, W) tensors. Raises CmddError for an even or non-positive window.
     """
-    if window < 1 or window % 2 == 0:
-        raise CmddError(f"the halo window must be odd and >= 1, got {window}")
+    check_window(window)
     stacked = torch.stack(images)
     pad = window // 2
     hi = F.max_pool2d(stacked.amax(0), window, stride=1, padding=pad)  # pads with -inf: a cut window
@@ -85,7 +90,7 @@ def make_loss(kind: str = "l1", fft_weight: float = 0.1, halo_weight: float = 1.
 
         return l1_fft
     if kind == "l1_halo":
-        local_range(torch.zeros(1, 1, 1, 1), window=halo_window)  # check the window now, not at step 1
+        check_window(halo_window)  # now, not at step 1
 
         def l1_halo(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
             if inp is None:

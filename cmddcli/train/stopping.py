@@ -108,7 +108,8 @@ def loader_worker_init(worker_id: int) -> None:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "sigtimedwait"):
+    if hasattr(signal, "sigtimedwait"):  # not on macOS
         while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:  # pending from before setpgid: not ours
             pass
+    if hasattr(signal, "pthread_sigmask"):  # blocked by signals_blocked() in the parent
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
