@@ -117,3 +117,27 @@ def test_more_threads_than_cores_is_a_warning(tmp_path):
     res = CliRunner().invoke(app, ["deblur", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o"),
                                    "--threads", str(available_cores() + 1)])
     assert "is more than the" in res.output and "Traceback" not in res.output
+
+
+def _params_by_long_name(command_path):
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    for name in command_path:
+        cmd = cmd.commands[name]
+    return {o: p for p in cmd.params for o in p.opts if o.startswith("--")}
+
+
+@pytest.mark.parametrize("command_path", [("deblur",), ("eval",), ("prepare", "synth")], ids=" ".join)
+def test_bit_depth_has_both_spellings(command_path):
+    """deblur said --bit-depth, eval and prepare --bits: every command now takes both for one option."""
+    params = _params_by_long_name(command_path)
+    assert params["--bits"] is params["--bit-depth"]
+
+
+def test_overlap_units_are_named():
+    """deblur's --overlap is in pixels, prepare's a fraction of the window: the help says which."""
+    assert _params_by_long_name(("deblur",))["--overlap"].metavar == "PX"
+    assert _params_by_long_name(("prepare", "dpdd"))["--overlap"].metavar == "FRACTION"
+    res = CliRunner().invoke(app, ["deblur", "x.png", "--overlap", "0.5"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "--overlap" in res.output  # a fraction is refused, not truncated

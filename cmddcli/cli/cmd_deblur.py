@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
             None, "--ext", help="Output format: png, tif, jpg or webp (default: the input's; RAW -> 16-bit tif)."),
         suffix: str = typer.Option("", "--suffix", help="Appended to output file stems, e.g. _sharp."),
         bit_depth: Optional[int] = typer.Option(
-            None, "--bit-depth", help="8 or 16 bits per sample (default: the input's; JPEG/WebP are 8)."),
+            None, "--bit-depth", "--bits", help="8 or 16 bits per sample (default: the input's; JPEG/WebP are 8)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose output exists (default: skip)."),
         raw_linear: bool = typer.Option(False, "--raw-linear", help="Develop RAW with linear gamma (1, 1)."),
         raw_half_size: bool = typer.Option(
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         save_blur_map: bool = typer.Option(
             False, "--save-blur-map",
             help="Also write NAME_blurmap.png (estimated defocus; white = 16 px CoC radius or more) and, "
-                 "with --focus auto or --mask, NAME_restoremask.png next to each output."),
+                 "with --mask (or --focus auto when not everything was restored), NAME_restoremask.png next to each output."),
         html_report: bool = typer.Option(
             False, "--report", help="Write OUT/index.html: before/after slider per photo (static, opens offline)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done."),

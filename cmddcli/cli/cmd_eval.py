@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         metrics: str = typer.Option("psnr,ssim,mae", "--metrics", "-m", help="Comma list: psnr, ssim, mae, lpips."),
         ssim_window: str = typer.Option(
             "uniform", "--ssim", help="SSIM window: uniform (7x7, the published numbers) or gaussian (11x11, s=1.5)."),
-        bits: int = typer.Option(8, "--bits", help="8 (published protocol: 16-bit files read as 8-bit) or 16."),
+        bits: int = typer.Option(8, "--bits", "--bit-depth", help="8 (published protocol: 16-bit files read as 8-bit) or 16."),
         tile: int = tile_option(0, "Tile size for the network (0 = whole image, the protocol)."),
         device: str = device_option(),
         precision: str = precision_option("fp32", "fp32 (protocol), bf16, fp16 or auto."),

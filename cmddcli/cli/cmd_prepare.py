@@ -27,7 +27,8 @@ WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Worker processes (d
 JSON = json_option("Print the result as JSON on stdout (progress and logs stay on stderr).")
 QUIET = quiet_option("No progress bar, warnings only.")
 WINDOW = typer.Option(512, "--window", min=1, help="Crop window size in pixels (paper: 512).")
-OVERLAP = typer.Option(0.6, "--overlap", min=0.0, max=0.99, help="Window overlap fraction (paper: 0.6, stride 204).")
+OVERLAP = typer.Option(0.6, "--overlap", min=0.0, max=0.99, metavar="FRACTION",
+                       help="Window overlap as a fraction of the window (paper: 0.6, stride 204; cmdd deblur's --overlap is in px).")
 STRIDE = typer.Option(None, "--stride", min=1, help="Window stride in pixels (overrides --overlap).")
 FLIPS = typer.Option("hv", "--flips", help="Flipped copies saved for the train split: hv, h, v or none.")
 DROP = typer.Option(0.0, "--drop-blurry", min=0.0, max=0.99,
@@ -182,7 +183,7 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed and inputs give the same bytes."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9,
                                        help="Share of photographs (and pairs) kept for validation."),
-    bits: int = typer.Option(8, "--bits", help="PNG bit depth of the pairs: 8 or 16 (depth maps are 16)."),
+    bits: int = typer.Option(8, "--bits", "--bit-depth", help="PNG bit depth of the pairs: 8 or 16 (depth maps are 16)."),
     max_coc: str = typer.Option("2,16", "--max-coc", help="Largest CoC radius per image in px, LO,HI."),
     depth: str = typer.Option("mixed", "--depth", help="Depth maps: layers, planes, blobs, segments (layer outlines follow image segments) or mixed."),
     soft_edge: float = typer.Option(0.0, "--soft-edge", min=0.0, help="Extra softness of the disk rim in px."),

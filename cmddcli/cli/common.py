@@ -97,7 +97,7 @@ def weights_option(help: str = "Weights: a .safetensors file or a packaged name 
 
 
 def tile_option(default: Optional[int] = None,
-                help: str = "Tile size in pixels (default: from free memory; 0 = whole image)."):
+                help: str = "Tile size in pixels (default: automatic, ~512 px on CPU, from free memory on CUDA; 0 = whole image)."):
     """``--tile`` in pixels."""
     return typer.Option(default, "--tile", help=help)
 
@@ -130,7 +130,8 @@ def threads_option():
 
 def overlap_option():
     """``--overlap`` between tiles in pixels, default :data:`cmddcli.engine.options.DEFAULT_OVERLAP`."""
-    return typer.Option(DEFAULT_OVERLAP, "--overlap", help="Overlap between tiles in pixels.")
+    return typer.Option(DEFAULT_OVERLAP, "--overlap", metavar="PX",
+                        help="Overlap between neighbouring tiles in pixels (cmdd prepare's --overlap is a fraction).")
 
 
 def json_option(help: str = "Print the JSON summary on stdout (nothing else)."):
