@@ -299,6 +299,22 @@ def test_v1_jpeg_is_v1_noisy_with_more_jpeg():
     assert jpeg.params["jpeg_quality"] == 50
 
 
+def test_v1_jpeg_wide_is_v1_jpeg_with_larger_blur():
+    """v1_jpeg_wide changes only the range of the largest CoC radius, and the v1 (legacy) render path
+    stays in use; the training crop (256²) keeps the whole 24 px range."""
+    import dataclasses
+
+    from cmddcli.train.data import synth_config_for
+
+    jp, wide = synth_preset("v1_jpeg"), synth_preset("v1_jpeg_wide")
+    assert wide.max_coc == (2.0, 24.0) and dataclasses.replace(wide, max_coc=jp.max_coc) == jp
+    assert wide.legacy and synth_config_for(256, "v1_jpeg_wide").max_coc == (2.0, 24.0)
+    img = _texture(96, 96)
+    small = synthesize(img, 5, synth_preset("v1_jpeg", noise_prob=0.0, jpeg_prob=0.0), max_coc=16.0)
+    large = synthesize(img, 5, synth_preset("v1_jpeg_wide", noise_prob=0.0, jpeg_prob=0.0), max_coc=24.0)
+    assert large.coc.max() == pytest.approx(24.0, abs=0.5) and small.coc.max() <= 16.0 + 0.5
+
+
 def test_heldout_psf_family_differs_from_v2():
     """v2's shapes are all point-symmetric with a bright or flat centre; the held-out ones are odd-sided
     polygons (not point-symmetric) or rings (dark centre)."""

@@ -753,6 +753,11 @@ SYNTH_PRESETS: dict[str, tuple[SynthConfig, str]] = {
                             jpeg_prob=0.4, jpeg_quality=(50, 95)),
                 "v1_noisy with JPEG on 40 % of pairs at quality 50-95 (web photos): teaches the network not to "
                 "sharpen compression artefacts"),
+    "v1_jpeg_wide": (SynthConfig(max_coc=(2.0, 24.0), **{k: _V2[k] for k in ("noise_prob", "photons", "read_noise")},
+                                 jpeg_prob=0.4, jpeg_quality=(50, 95)),
+                     "v1_jpeg with larger blur: max CoC radius uniform 2-24 px; a disk-fit per tile "
+                     "(scripts/blur_size_fit.py) finds 29 % of tiles at >= 10 px (v1_jpeg 15 %, the DPDD "
+                     "validation pairs 36 %)"),
     "v2": (SynthConfig(**_V2),
            "disk / bright-rim / apodized / Gaussian-like / soft PSFs with cat's eye and per-channel radii, "
            "segment-following depth, heavy-tailed max CoC 0.5-20 px, mild noise, rare JPEG, sharp target"),
