@@ -22,3 +22,20 @@ class WeightsError(CmddError):
 
 class BackendUnavailable(CmddError):
     """A requested selective-scan backend cannot run here; the message says how to get it."""
+
+
+def run_script(main) -> None:
+    """Run a ``scripts/*.py`` ``main() -> int`` and exit with its code; a :class:`CmddError` (or an
+    ``OSError``, e.g. a disk failing mid-run) becomes one ``error: ...`` line on stderr and exit 1,
+    as in the CLI. Never returns."""
+    import sys
+
+    try:
+        code = main()
+    except CmddError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except OSError as e:
+        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

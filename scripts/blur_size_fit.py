@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmddcli.data.synth import disk_kernel, srgb_to_linear  # noqa: E402
-from cmddcli.errors import CmddError  # noqa: E402
+from cmddcli.errors import CmddError, run_script  # noqa: E402
 
 RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0)
 TEXTURE_PERCENTILE = 30
@@ -143,8 +143,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CmddError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)  # CmddError / OSError: one line, exit 1

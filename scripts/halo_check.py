@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.errors import CmddError  # noqa: E402
+from cmddcli.errors import run_script  # noqa: E402
 from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
 from cmddcli.train.losses import check_window, range_excursion  # noqa: E402
 
@@ -83,8 +83,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CmddError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)  # CmddError / OSError: one line, exit 1

@@ -48,7 +48,7 @@ from package_default_weights import STORAGE_DTYPES, portable  # noqa: E402  (scr
 from cmddcli.atomic import atomic_path, check_writable  # noqa: E402
 from cmddcli.data.manifest import sha256_file  # noqa: E402
 from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.errors import CmddError  # noqa: E402
+from cmddcli.errors import CmddError, run_script  # noqa: E402
 from cmddcli.model import PRESETS  # noqa: E402
 from cmddcli.model.prune import prune_states  # noqa: E402
 from cmddcli.model.weights import load_weights, resolve_weights, save_weights  # noqa: E402
@@ -191,11 +191,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CmddError as e:  # weights not found or unreadable, bad --states, unwritable OUT, ...
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:  # a disk that fails mid-run
-        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
+    run_script(main)  # CmddError / OSError: one line, exit 1
