@@ -456,12 +456,9 @@ def test_resuming_a_checkpoint_made_before_new_config_keys_warns_of_nothing(tmp_
     assert "changed settings" not in caplog.text
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_stop_signal_to_the_process_group_with_data_workers(tmp_path, sig):
-    """A terminal's Ctrl-C, or a SIGTERM to the job's process group, reaches the loader workers too:
-    they must not die of it before the main process has written its checkpoint."""
+def _start_run_with_a_worker(tmp_path):
+    """A `cmdd train` subprocess (own session) with one data-loader worker, once it has logged 2 steps."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -474,19 +471,102 @@ def test_stop_signal_to_the_process_group_with_data_workers(tmp_path, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
+    log = out / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    if not log.exists():
+        p.kill()
+        raise AssertionError(p.stderr.read() if p.poll() is not None else "no training log")
+    return p
+
+
+def _children(pid):
+    from pathlib import Path
+
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid):
+    import os
+
     try:
-        log = out / "train_log.csv"
-        deadline = time.time() + 120
-        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-            time.sleep(0.2)
-        assert log.exists(), p.stderr.read() if p.poll() is not None else "no training log"
-        os.killpg(p.pid, getattr(signal, sig))
-        stdout, stderr = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited: it only waits to be reaped
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _assert_clean_stop(p, sig, stdout, stderr):
+    import signal
+
     assert p.returncode == 128 + getattr(signal, sig), stderr
     summary = json.loads(stdout)
     assert summary["stopped_by"] == sig and summary["step"] >= 2
     assert load_checkpoint(summary["last_checkpoint"])["step"] == summary["step"]
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stop_signal_to_the_process_group_with_data_workers(tmp_path, sig):
+    """A terminal's Ctrl-C, or a SIGTERM to the job's process group, reaches the loader workers too:
+    they must not die of it before the main process has written its checkpoint."""
+    import os
+    import signal
+
+    p = _start_run_with_a_worker(tmp_path)
+    try:
+        os.killpg(p.pid, getattr(signal, sig))
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    _assert_clean_stop(p, sig, stdout, stderr)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_stop_signal_sent_to_each_process_by_name(tmp_path, sig):
+    """`pkill -f "cmdd train"` signals every process with the run's command line, the loader worker
+    (outside the process group) first among them: the run must still stop cleanly with its checkpoint
+    (before, the worker died of the SIGTERM and the run failed with a traceback), and the worker must
+    not outlive it."""
+    import os
+    import signal
+
+    p = _start_run_with_a_worker(tmp_path)
+    workers = _children(p.pid)
+    try:
+        assert workers, "no data-loader worker"
+        for pid in workers + [p.pid]:
+            os.kill(pid, getattr(signal, sig))
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    _assert_clean_stop(p, sig, stdout, stderr)
+    assert not [w for w in workers if _alive(w)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc (Linux)")
+def test_a_loader_worker_dies_with_its_parent():
+    """Workers ignore SIGTERM, so torch's terminate() of a hung worker no longer ends it: the kernel
+    kills it when the run exits (PR_SET_PDEATHSIG). Here a child that ignores SIGTERM and sleeps must
+    be gone right after its parent exits."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, signal, time\n"
+            "from cmddcli.train.stopping import _die_with_parent\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_IGN); _die_with_parent(); time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(0.5); os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    deadline = time.time() + 3.0
+    while time.time() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)

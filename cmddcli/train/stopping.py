@@ -11,9 +11,12 @@ Data-loader workers must not die of a signal meant for the run: a terminal sends
 ``kill -- -PGID`` or a scheduler SIGTERM, to the whole process group, and a worker killed that way
 makes the main process fail before it can write the checkpoint. Workers therefore leave the process
 group first thing (:func:`loader_worker_init`), and the main process blocks both signals while it
-starts them (:func:`signals_blocked`), so none lands in between; torch still ends its workers itself
-(SIGTERM from the parent). After a second SIGTERM ("stop at once") the workers, outside the group,
-end by themselves within seconds, when they find their parent gone (torch's worker watchdog).
+starts them (:func:`signals_blocked`), so none lands in between. Signals sent to each process by
+name reach the workers too (``pkill -f "cmdd train"``, ``killall``: a worker has the run's command
+line), so workers ignore SIGINT and SIGTERM altogether; torch ends them itself (a stop message; its
+SIGTERM fallback for a hung worker is then ignored, see below). On Linux a worker is killed with its
+parent (``PR_SET_PDEATHSIG``), so none outlives the run, not even after a second SIGTERM ("stop at
+once") or a SIGKILL; elsewhere torch's worker watchdog ends them within seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -32,6 +36,7 @@ __all__ = ["StopRequest", "stop_on_signals", "agreed_stop", "signals_blocked", "
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class StopRequest:
@@ -100,14 +105,35 @@ def signals_blocked():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent exits (``prctl(PR_SET_PDEATHSIG)``,
+    man 2 prctl); exit now if the parent is already gone. Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no libc prctl (e.g. a static or unusual runtime)
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
 def loader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of the training data loaders: leave the run's process group (signals sent
-    to it are for the main process, which stops the workers itself), ignore SIGINT, drop a stop signal
-    sent to the group while the worker was starting, then unblock them."""
+    to it are for the main process, which stops the workers itself), ignore SIGINT and SIGTERM (also
+    when sent by name, e.g. ``pkill -f``), die with the parent (Linux), drop a stop signal sent while
+    the worker was starting, then unblock them."""
     if hasattr(os, "setpgid"):
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
     if hasattr(signal, "sigtimedwait"):  # not on macOS
         while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:  # pending from before setpgid: not ours
             pass
