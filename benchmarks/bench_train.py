@@ -38,7 +38,8 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     cfg = apply_overrides(train_preset("paper"), [
         f'model.preset="{spec["preset"]}"', f'precision="{spec["precision"]}"', f'device="{spec["device"]}"',
-        f"compile={'true' if spec['compile'] else 'false'}", "out=\"/nonexistent\""])
+        f"compile={'true' if spec['compile'] else 'false'}", "out=\"/nonexistent\"",
+        'data.kind="synth"'])  # the batches are made here; synth needs no data path (Trainer checks)
     device = resolve_device(spec["device"])
     trainer = Trainer(cfg, DistInfo(device=device))
     params = sum(p.numel() for p in trainer.model.parameters())
