@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmddcli.data.synth import linear_to_srgb, srgb_to_linear
+from cmddcli.data.synth import linear_to_srgb, srgb_to_linear, synth_preset, synthesize
 
 _spec = importlib.util.spec_from_file_location(
     "blur_size_fit", Path(__file__).resolve().parents[1] / "scripts" / "blur_size_fit.py")
@@ -22,8 +22,11 @@ def _texture(h, w, seed=0):
 
 @pytest.mark.parametrize("radius", [0.0, 3.0, 8.0])
 def test_a_uniform_disk_blur_is_found(radius):
+    """A pair from the training synthesiser itself (flat depth: every pixel has CoC radius ``radius``),
+    not from the estimator's own blur."""
     sharp = _texture(192, 240)
-    blurred = linear_to_srgb(fit.disk_blur(srgb_to_linear(sharp), radius))
+    flat = np.zeros(sharp.shape[:2], np.float32)
+    blurred = synthesize(sharp, 0, synth_preset("v1"), disparity=flat, focus=1.0, max_coc=radius).blurred
     r, detail = fit.fit_radii(blurred, sharp, tile=48)
     assert r.shape == detail.shape == (4 * 5,)
     assert np.mean(r == radius) >= 0.9, r
