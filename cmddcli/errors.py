@@ -36,6 +36,7 @@ def run_script(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         code = 1
     except OSError as e:
-        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}", file=sys.stderr)
+        where = getattr(e, "filename", None)
+        print(f"error: {where}: {e.strerror or e}" if where else f"error: {e.strerror or e}", file=sys.stderr)
         code = 1
     sys.exit(code)

@@ -349,3 +349,40 @@ def test_heavy_tailed_blur_sizes():
     r = np.array([_sample_max_coc(rng, cfg) for _ in range(4000)])
     assert r.min() >= cfg.max_coc[0] and r.max() <= cfg.max_coc[1]
     assert 4.5 < np.median(r) < 7.5 and (r > 12).mean() > 0.05 and (r > 16).mean() > 0.01
+
+
+def test_palette_roundtrip_limits_colours_and_stays_close():
+    """A palette round trip leaves at most ``colors`` distinct colours, stays near the input (a smooth
+    texture with 64 colours: PSNR > 25 dB), and dithering changes how pixels are mapped."""
+    from cmddcli.data.synth import palette_roundtrip
+
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    img = np.stack([0.5 + 0.4 * np.sin(6 * x + c) * np.cos(4 * y - c) for c in (0.0, 1.0, 2.0)], -1).astype(np.float32)
+    for dither in (False, True):
+        out = palette_roundtrip(img, 64, dither)
+        assert out.dtype == np.float32 and out.shape == img.shape
+        assert len(np.unique(out.reshape(-1, 3), axis=0)) <= 64
+        assert 10 * np.log10(1.0 / np.mean((out - img) ** 2)) > 25
+    assert palette_roundtrip(img, 16, True).tobytes() != palette_roundtrip(img, 16, False).tobytes()
+    with pytest.raises(ValueError, match="palette_colors"):
+        SynthConfig(palette_colors=(1, 300))
+
+
+def test_v1_jpeg_gif_is_v1_jpeg_with_palette():
+    """v1_jpeg_gif changes only the palette fields of v1_jpeg; with the palette off it gives v1_jpeg's
+    bytes; with it on, the blurred image has at most the drawn number of colours and the target is the
+    same."""
+    import dataclasses
+
+    jp, gif = synth_preset("v1_jpeg"), synth_preset("v1_jpeg_gif")
+    assert gif.palette_prob > 0 and dataclasses.replace(gif, palette_prob=0.0) == jp
+    img = _texture(96, 96)
+    quiet = dict(noise_prob=0.0, jpeg_prob=0.0)
+    plain = synthesize(img, 3, synth_preset("v1_jpeg", **quiet))
+    off = synthesize(img, 3, synth_preset("v1_jpeg_gif", palette_prob=0.0, **quiet))
+    on = synthesize(img, 3, synth_preset("v1_jpeg_gif", palette_prob=1.0, **quiet))
+    assert off.blurred.tobytes() == plain.blurred.tobytes()
+    assert on.sharp.tobytes() == plain.sharp.tobytes() and on.blurred.tobytes() != plain.blurred.tobytes()
+    n = on.params["palette_colors"]
+    assert 32 <= n <= 256 and isinstance(on.params["palette_dither"], bool)
+    assert len(np.unique(on.blurred.reshape(-1, 3), axis=0)) <= n

@@ -43,3 +43,24 @@ def test_single_process_is_rank_zero_of_one():
     assert gather_objects({"a": 1}, info) == [{"a": 1}]
     with pytest.raises(CmddError):
         DistInfo.from_env({"WORLD_SIZE": "two"})
+
+
+@pytest.mark.parametrize("exc, line", [
+    (CmddError("bad.png: not an image"), "error: bad.png: not an image"),
+    (FileNotFoundError(2, "No such file or directory", "w.safetensors"), "error: w.safetensors: No such file or directory"),
+    (OSError(28, "No space left on device"), "error: No space left on device"),
+])
+def test_run_script_prints_one_error_line_and_exits_1(exc, line, capsys):
+    """scripts/*.py exit through run_script: one ``error:`` line (a file name only when the error has
+    one: no empty ``: `` prefix) and exit code 1; a normal return passes its code on."""
+    from cmddcli.errors import run_script
+
+    def main():
+        raise exc
+
+    with pytest.raises(SystemExit) as stop:
+        run_script(main)
+    assert stop.value.code == 1 and capsys.readouterr().err.strip() == line
+    with pytest.raises(SystemExit) as stop:
+        run_script(lambda: 3)
+    assert stop.value.code == 3

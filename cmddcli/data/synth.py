@@ -15,7 +15,8 @@ Pipeline for one sharp sRGB image (float32 HxWx3 in [0, 1]):
    convolution), then laid "over" what is behind it, and the sum is normalised by the accumulated
    alpha. A sharp foreground is therefore never covered by blurred background, a blurred background
    never picks up foreground colour, and a blurred foreground spreads over what is behind it;
-4. optionally Poisson–Gaussian sensor noise (in linear light) and a JPEG round trip.
+4. optionally Poisson–Gaussian sensor noise (in linear light), a JPEG round trip and a palette
+   (GIF) round trip.
 
 Everything random comes from one ``numpy.random.Generator``: the same seed gives the same bytes.
 
@@ -72,6 +73,12 @@ class SynthConfig:
         read_noise: standard deviation of the Gaussian part, in linear units.
         jpeg_prob: probability of a JPEG round trip of the blurred image.
         jpeg_quality: JPEG quality range.
+        palette_prob: probability of a palette round trip of the blurred image (GIF's at most 256
+            colours, after the JPEG step): median-cut palette of the patch, then the patch mapped onto it.
+        palette_colors: range of the palette size, sampled log-uniformly. A 256² patch needs about half
+            the colours of a 1024-px photo for the same error (measured on the sharp sources: 128
+            colours on a patch ≈ 256 on the whole photo), hence 32-256.
+        palette_dither: probability of Floyd–Steinberg error diffusion onto the palette (else nearest colour).
         linear_light: blur in linear light (sRGB decode/encode around the blur).
         max_coc_dist: "uniform" in ``max_coc``, or "lognormal" (median ``max_coc_median``, log-sd
             ``max_coc_sigma``) truncated to ``max_coc``: mostly small blur with a heavy tail.
@@ -103,6 +110,9 @@ class SynthConfig:
     read_noise: tuple[float, float] = (0.0005, 0.004)
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (75, 95)
+    palette_prob: float = 0.0
+    palette_colors: tuple[int, int] = (32, 256)
+    palette_dither: float = 0.5
     linear_light: bool = True
     max_coc_dist: str = "uniform"
     max_coc_median: float = 6.0
@@ -126,6 +136,10 @@ class SynthConfig:
                              f"positive total, got {self.psf_family}")
         if self.max_coc_dist not in ("uniform", "lognormal"):
             raise ValueError(f"max_coc_dist must be uniform or lognormal, got {self.max_coc_dist!r}")
+        lo, hi = self.palette_colors
+        if not 2 <= lo <= hi <= 256 or not 0 <= self.palette_prob <= 1 or not 0 <= self.palette_dither <= 1:
+            raise ValueError(f"palette_colors must satisfy 2 <= lo <= hi <= 256 and palette_prob, palette_dither "
+                             f"lie in [0, 1], got {self.palette_colors}, {self.palette_prob}, {self.palette_dither}")
         if self.supersample < 1 or self.target_residual < 0 or self.diffraction < 0 or self.catseye < 0:
             raise ValueError("supersample must be >= 1; target_residual, diffraction and catseye >= 0")
         if self.depth not in DEPTH_MODES:
@@ -616,6 +630,24 @@ def jpeg_roundtrip(srgb: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0
 
 
+def palette_roundtrip(srgb: np.ndarray, colors: int, dither: bool) -> np.ndarray:
+    """Map an image onto a palette of at most ``colors`` colours, as a GIF stores it, and back to RGB.
+
+    Args:
+        srgb: (H, W, 3) float sRGB in [0, 1].
+        colors: palette size, 2..256 (GIF's limit).
+        dither: Floyd–Steinberg error diffusion onto the palette (else each pixel takes the nearest colour).
+    Returns: (H, W, 3) float32 sRGB in [0, 1], 8-bit levels. The palette is Pillow's median cut of the
+    image itself (``Image.quantize``), as GIF encoders build one per frame.
+    """
+    from PIL import Image
+
+    im = Image.fromarray(np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8))
+    palette = im.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT)
+    mapped = im.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG if dither else Image.Dither.NONE)
+    return np.asarray(mapped.convert("RGB")).astype(np.float32) / 255.0
+
+
 # --------------------------------------------------------------------------------------------------
 # one pair
 
@@ -704,6 +736,12 @@ def synthesize(sharp: np.ndarray, rng: np.random.Generator | int, config: SynthC
         q = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         out = jpeg_roundtrip(out, q)
         params["jpeg_quality"] = q
+    if config.palette_prob > 0 and rng.uniform() < config.palette_prob:
+        lo, hi = config.palette_colors
+        n = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+        dither = bool(rng.uniform() < config.palette_dither)
+        out = palette_roundtrip(out, n, dither)
+        params.update(palette_colors=n, palette_dither=dither)
     return SynthSample(blurred=np.ascontiguousarray(out), sharp=np.ascontiguousarray(sharp),
                        disparity=np.ascontiguousarray(disparity, dtype=np.float32), coc=np.ascontiguousarray(coc),
                        params=params, target=None if target is None else np.ascontiguousarray(target))
@@ -758,6 +796,10 @@ SYNTH_PRESETS: dict[str, tuple[SynthConfig, str]] = {
                      "v1_jpeg with larger blur: max CoC radius uniform 2-24 px; a disk-fit per tile "
                      "(scripts/blur_size_fit.py) finds 29 % of tiles at >= 10 px (v1_jpeg 15 %, the DPDD "
                      "validation pairs 36 %)"),
+    "v1_jpeg_gif": (SynthConfig(max_coc=(1.0, 16.0), **{k: _V2[k] for k in ("noise_prob", "photons", "read_noise")},
+                                jpeg_prob=0.4, jpeg_quality=(50, 95), palette_prob=0.3),
+                    "v1_jpeg with a palette (GIF) round trip on 30 % of pairs (32-256 colours, half of them "
+                    "dithered): teaches the network not to sharpen colour quantisation (banding, dither)"),
     "v2": (SynthConfig(**_V2),
            "disk / bright-rim / apodized / Gaussian-like / soft PSFs with cat's eye and per-channel radii, "
            "segment-following depth, heavy-tailed max CoC 0.5-20 px, mild noise, rare JPEG, sharp target"),

@@ -136,7 +136,7 @@ class DataConfig:
     own images are used: set val_path then), or, for synth, a fixed set of 8 synthetic pairs.
     val_images: validate on at most this many images (0 = all); val_crop: centre crop (0 = full image).
     synth: the synthesiser preset for ``kind = "synth"`` (``cmddcli.data.synth.SYNTH_PRESETS``: v1, v1_noisy,
-    v1_jpeg, v1_jpeg_wide, v2, v2_dpdd, heldout); v1's largest blur is capped at patch/8 as before.
+    v1_jpeg, v1_jpeg_wide, v1_jpeg_gif, v2, v2_dpdd, heldout); v1's largest blur is capped at patch/8 as before.
     val_synth: preset of the synthetic validation pairs ("" = ``synth``; "heldout" validates on PSF
     shapes never trained on, to see over-fitting to the synthesiser).
     val_sharp: a folder of sharp photographs for the synthetic validation (``val_images`` pairs of
