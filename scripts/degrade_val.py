@@ -6,22 +6,26 @@
 DATA is a folder of pairs as ``cmdd eval --data`` reads them (``source/``+``target/``, ``blur/``+``sharp/``
 ...); OUT gets ``source/`` and ``target/`` with the same file stems, ready for ``cmdd eval --data OUT``.
 
-- ``--jpeg Q``: each input written as an 8-bit JPEG (Pillow, quality Q, 4:2:0), the target copied
-  as 8-bit PNG. A proxy for web photos (issue 11, sessions 8-11: "JPEG-60 validation").
+- ``--jpeg Q``: each input written as an 8-bit JPEG file (Pillow, quality Q, 4:2:0: the settings of
+  the synthesiser's ``jpeg_roundtrip``, so it decodes to the same pixels), the target copied as 8-bit
+  PNG. A proxy for web photos (issue 11, sessions 8-11: "JPEG-60 validation").
 - ``--gif N``: input *and* target each mapped onto a palette of N colours (Pillow's median cut of the
-  image itself, as a GIF encoder builds one per frame; ``--dither``: Floyd-Steinberg error diffusion)
-  and written as 8-bit PNG (same pixels as the GIF, lossless). A proxy for the DPDD pairs published
-  as GIF animations (``dpdd_gif_pairs``, whose inputs and targets both went through a palette).
+  image itself, one per image; ``--dither``: Floyd-Steinberg error diffusion, else about the nearest
+  colour) with the synthesiser's ``palette_roundtrip``, and written as 8-bit PNG (lossless). A proxy
+  for the DPDD pairs published as GIF animations (``dpdd_gif_pairs``: inputs and targets both went
+  through a palette; their encoder is not known).
 
-The degradations are the training synthesiser's own (``cmddcli.data.synth.jpeg_roundtrip`` /
-``palette_roundtrip``). Use validation pairs only (../shared/samples/defocus/dpdd_1024); the test pairs
-and blurred_only/ are test-only. Raises (one ``error:`` line, exit 1): OUT inside DATA or holding
-files already, DATA with no pairs, an unreadable image.
+Use validation pairs only (../shared/samples/defocus/dpdd_1024, or the ``val`` split of a DPDD tree or
+manifest: ``--split``, default ``val``; ``test`` is refused); the test pairs and blurred_only/ are
+test-only. OUT is written whole or not at all (a temporary folder beside it, renamed at the end).
+Raises (one ``error:`` line, exit 1): bad options, OUT inside DATA or holding files already, DATA with
+no pairs, two pairs with the same file stem, an unreadable image.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,33 +42,49 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = False) -> int:
+def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = False, split: str = "val") -> int:
     """Write the degraded copy of ``data`` to ``out`` (see the module docstring); returns the number of pairs."""
+    import shutil
+
     from PIL import Image
 
-    if (jpeg > 0) == (gif > 0):
+    if (jpeg != 0) == (gif != 0):
         raise CmddError("give exactly one of --jpeg Q (1-100) or --gif N (2-256)")
     if jpeg and not 1 <= jpeg <= 100 or gif and not 2 <= gif <= 256:
         raise CmddError(f"--jpeg must be 1-100 and --gif 2-256, got {jpeg or gif}")
+    if dither and not gif:
+        raise CmddError("--dither applies to --gif only")
+    if split == "test":
+        raise CmddError("the test split is test-only: degrade validation pairs (--split val)")
     if out.resolve().is_relative_to(data.resolve()):
         raise CmddError(f"{out}: is inside the data folder {data}; choose an output folder elsewhere")
-    if out.exists() and any(out.iterdir()):
-        raise CmddError(f"{out}: exists and is not empty; refusing to mix degraded copies")
-    items = gather_items(data=[str(data)])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CmddError(f"{out}: exists and is not an empty folder; refusing to mix degraded copies")
+    items = gather_items(data=[str(data)], split=split)
     if not items:
         raise CmddError(f"{data}: no pairs found")
-    for sub in ("source", "target"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for it in items:
-        src, tgt = load_for_eval(it.source), load_for_eval(it.target)
-        stem = Path(it.source).stem
-        if jpeg:
-            Image.fromarray(_to_uint8(src)).save(out / "source" / f"{stem}.jpg", format="JPEG", quality=jpeg)
-        else:
-            src = palette_roundtrip(src, gif, dither)
-            tgt = palette_roundtrip(tgt, gif, dither)
-            Image.fromarray(_to_uint8(src)).save(out / "source" / f"{stem}.png")
-        Image.fromarray(_to_uint8(tgt)).save(out / "target" / f"{stem}.png")
+    stems = [Path(it.source).stem for it in items]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise CmddError(f"{data}: several pairs named {', '.join(clash)}; the copies would overwrite each other")
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        for sub in ("source", "target"):
+            (tmp / sub).mkdir(parents=True)
+        for it, stem in zip(items, stems):
+            src, tgt = load_for_eval(it.source), load_for_eval(it.target)
+            if jpeg:
+                Image.fromarray(_to_uint8(src)).save(tmp / "source" / f"{stem}.jpg", format="JPEG", quality=jpeg)
+            else:
+                src = palette_roundtrip(src, gif, dither)
+                tgt = palette_roundtrip(tgt, gif, dither)
+                Image.fromarray(_to_uint8(src)).save(tmp / "source" / f"{stem}.png")
+            Image.fromarray(_to_uint8(tgt)).save(tmp / "target" / f"{stem}.png")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return len(items)
 
 
@@ -75,8 +95,9 @@ def main() -> int:
     ap.add_argument("--jpeg", type=int, default=0, metavar="Q", help="inputs as JPEG of this quality")
     ap.add_argument("--gif", type=int, default=0, metavar="N", help="inputs and targets on an N-colour palette")
     ap.add_argument("--dither", action="store_true", help="Floyd-Steinberg dither onto the palette (--gif)")
+    ap.add_argument("--split", default="val", help="split of a DPDD tree or manifest (default val; test is refused)")
     args = ap.parse_args()
-    n = degrade(args.data, args.out, args.jpeg, args.gif, args.dither)
+    n = degrade(args.data, args.out, args.jpeg, args.gif, args.dither, args.split)
     print(f"{n} pairs -> {args.out}")
     return 0
 

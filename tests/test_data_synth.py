@@ -386,3 +386,18 @@ def test_v1_jpeg_gif_is_v1_jpeg_with_palette():
     n = on.params["palette_colors"]
     assert 32 <= n <= 256 and isinstance(on.params["palette_dither"], bool)
     assert len(np.unique(on.blurred.reshape(-1, 3), axis=0)) <= n
+    # with noise and JPEG on, the palette step comes last and draws nothing before them: same choices
+    loud = dict(noise_prob=1.0, jpeg_prob=1.0)
+    ref = synthesize(img, 4, synth_preset("v1_jpeg", **loud))
+    pal = synthesize(img, 4, synth_preset("v1_jpeg_gif", palette_prob=1.0, **loud))
+    assert {k: v for k, v in pal.params.items() if not k.startswith("palette_")} == ref.params
+
+
+def test_palette_roundtrip_refuses_other_arrays():
+    from cmddcli.data.synth import palette_roundtrip
+
+    for bad in (np.zeros((8, 8), np.float32), np.zeros((8, 8, 4), np.float32), np.zeros((8, 8, 3), np.uint16)):
+        with pytest.raises(ValueError, match="float \\(H, W, 3\\)"):
+            palette_roundtrip(bad, 16, False)
+    with pytest.raises(ValueError, match="2..256"):
+        palette_roundtrip(np.zeros((8, 8, 3), np.float32), 300, False)

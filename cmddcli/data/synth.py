@@ -76,8 +76,9 @@ class SynthConfig:
         palette_prob: probability of a palette round trip of the blurred image (GIF's at most 256
             colours, after the JPEG step): median-cut palette of the patch, then the patch mapped onto it.
         palette_colors: range of the palette size, sampled log-uniformly. A 256² patch needs about half
-            the colours of a 1024-px photo for the same error (measured on the sharp sources: 128
-            colours on a patch ≈ 256 on the whole photo), hence 32-256.
+            the colours of a 1024-px photo for the same error (session 12, ten of the sharp sources:
+            a 256² crop on 128 colours is within ~1 dB of the 1024-px photo on 256; training/ablation.md,
+            "Colour quantisation"), hence 32-256.
         palette_dither: probability of Floyd–Steinberg error diffusion onto the palette (else nearest colour).
         linear_light: blur in linear light (sRGB decode/encode around the blur).
         max_coc_dist: "uniform" in ``max_coc``, or "lognormal" (median ``max_coc_median``, log-sd
@@ -636,12 +637,19 @@ def palette_roundtrip(srgb: np.ndarray, colors: int, dither: bool) -> np.ndarray
     Args:
         srgb: (H, W, 3) float sRGB in [0, 1].
         colors: palette size, 2..256 (GIF's limit).
-        dither: Floyd–Steinberg error diffusion onto the palette (else each pixel takes the nearest colour).
+        dither: Floyd–Steinberg error diffusion onto the palette (else each pixel takes about the nearest
+            colour: Pillow matches through a cache of 6 bits per channel).
     Returns: (H, W, 3) float32 sRGB in [0, 1], 8-bit levels. The palette is Pillow's median cut of the
-    image itself (``Image.quantize``), as GIF encoders build one per frame.
+    image itself (``Image.quantize``): one palette per image, as a GIF frame with its own colour table
+    has (how DPDD's GIFs were encoded is not known).
+    Raises: ValueError for an array that is not (H, W, 3) float or a palette size outside 2..256.
     """
     from PIL import Image
 
+    if srgb.ndim != 3 or srgb.shape[2] != 3 or not np.issubdtype(srgb.dtype, np.floating):
+        raise ValueError(f"palette_roundtrip needs a float (H, W, 3) image in [0, 1], got {srgb.dtype} {srgb.shape}")
+    if not 2 <= int(colors) <= 256:
+        raise ValueError(f"palette size must be 2..256, got {colors}")
     im = Image.fromarray(np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8))
     palette = im.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT)
     mapped = im.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG if dither else Image.Dither.NONE)
