@@ -6,8 +6,8 @@
 DATA is a folder of pairs as ``cmdd eval --data`` reads them (``source/``+``target/``, ``blur/``+``sharp/``
 ...); OUT gets ``source/`` and ``target/`` with the same file stems, ready for ``cmdd eval --data OUT``.
 
-- ``--jpeg Q``: each input written as an 8-bit JPEG file (Pillow, quality Q, 4:2:0: the settings of
-  the synthesiser's ``jpeg_roundtrip``, so it decodes to the same pixels), the target copied as 8-bit
+- ``--jpeg Q``: each input written as an 8-bit JPEG file by the synthesiser's ``encode_jpeg`` (Pillow,
+  quality Q, 4:2:0; what ``jpeg_roundtrip`` decodes), the target copied as 8-bit
   PNG. A proxy for web photos (issue 11, sessions 8-11: "JPEG-60 validation").
 - ``--gif N``: input *and* target each mapped onto a palette of N colours (Pillow's median cut of the
   image itself, one per image; ``--dither``: Floyd-Steinberg error diffusion, else about the nearest
@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.data.synth import palette_roundtrip  # noqa: E402
+from cmddcli.data.synth import encode_jpeg, palette_roundtrip  # noqa: E402
 from cmddcli.errors import CmddError, run_script  # noqa: E402
 from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
 
@@ -74,7 +74,7 @@ def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = F
         for it, stem in zip(items, stems):
             src, tgt = load_for_eval(it.source), load_for_eval(it.target)
             if jpeg:
-                Image.fromarray(_to_uint8(src)).save(tmp / "source" / f"{stem}.jpg", format="JPEG", quality=jpeg)
+                (tmp / "source" / f"{stem}.jpg").write_bytes(encode_jpeg(src, jpeg))
             else:
                 src = palette_roundtrip(src, gif, dither)
                 tgt = palette_roundtrip(tgt, gif, dither)

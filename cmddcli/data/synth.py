@@ -79,7 +79,8 @@ class SynthConfig:
             the colours of a 1024-px photo for the same error (session 12, ten of the sharp sources:
             a 256² crop on 128 colours is within ~1 dB of the 1024-px photo on 256; training/ablation.md,
             "Colour quantisation"), hence 32-256.
-        palette_dither: probability of Floyd–Steinberg error diffusion onto the palette (else nearest colour).
+        palette_dither: probability of Floyd–Steinberg error diffusion onto the palette (else about the
+            nearest colour, :func:`palette_roundtrip`).
         linear_light: blur in linear light (sRGB decode/encode around the blur).
         max_coc_dist: "uniform" in ``max_coc``, or "lognormal" (median ``max_coc_median``, log-sd
             ``max_coc_sigma``) truncated to ``max_coc``: mostly small blur with a heavy tail.
@@ -620,14 +621,20 @@ def add_sensor_noise(linear: np.ndarray, rng: np.random.Generator, photons: floa
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def jpeg_roundtrip(srgb: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as 8-bit JPEG (4:2:0) and decode; float32 sRGB in, float32 sRGB out."""
+def encode_jpeg(srgb: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) float sRGB in [0, 1] -> 8-bit JPEG bytes (Pillow, ``quality``, 4:2:0)."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8)).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
+    return buf.getvalue()
+
+
+def jpeg_roundtrip(srgb: np.ndarray, quality: int) -> np.ndarray:
+    """Encode as 8-bit JPEG (:func:`encode_jpeg`) and decode; float32 sRGB in, float32 sRGB out."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encode_jpeg(srgb, quality))) as im:
         return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0
 
 
