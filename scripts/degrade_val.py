@@ -36,10 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cmddcli.data.synth import encode_jpeg, palette_roundtrip  # noqa: E402
 from cmddcli.errors import CmddError, run_script  # noqa: E402
 from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+from cmddcli.photo.samples import from_float  # noqa: E402
 
 
 def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = False, split: str = "val") -> int:
@@ -78,8 +75,8 @@ def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = F
             else:
                 src = palette_roundtrip(src, gif, dither)
                 tgt = palette_roundtrip(tgt, gif, dither)
-                Image.fromarray(_to_uint8(src)).save(tmp / "source" / f"{stem}.png")
-            Image.fromarray(_to_uint8(tgt)).save(tmp / "target" / f"{stem}.png")
+                Image.fromarray(from_float(src)).save(tmp / "source" / f"{stem}.png")
+            Image.fromarray(from_float(tgt)).save(tmp / "target" / f"{stem}.png")
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..photo.samples import from_float, to_float
 from ..photo.samples import linear_to_srgb, srgb_to_linear  # noqa: F401 - also part of this module's API
 
 DEPTH_MODES = ("layers", "planes", "blobs", "mixed", "segments")
@@ -626,7 +627,7 @@ def encode_jpeg(srgb: np.ndarray, quality: int) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8)).save(buf, format="JPEG", quality=int(quality))
+    Image.fromarray(from_float(srgb)).save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
 
 
@@ -635,7 +636,7 @@ def jpeg_roundtrip(srgb: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(encode_jpeg(srgb, quality))) as im:
-        return np.asarray(im.convert("RGB")).astype(np.float32) / 255.0
+        return to_float(np.asarray(im.convert("RGB")))
 
 
 def palette_roundtrip(srgb: np.ndarray, colors: int, dither: bool) -> np.ndarray:
@@ -657,10 +658,10 @@ def palette_roundtrip(srgb: np.ndarray, colors: int, dither: bool) -> np.ndarray
         raise ValueError(f"palette_roundtrip needs a float (H, W, 3) image in [0, 1], got {srgb.dtype} {srgb.shape}")
     if not 2 <= int(colors) <= 256:
         raise ValueError(f"palette size must be 2..256, got {colors}")
-    im = Image.fromarray(np.round(np.clip(srgb, 0, 1) * 255).astype(np.uint8))
+    im = Image.fromarray(from_float(srgb))
     palette = im.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT)
     mapped = im.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG if dither else Image.Dither.NONE)
-    return np.asarray(mapped.convert("RGB")).astype(np.float32) / 255.0
+    return to_float(np.asarray(mapped.convert("RGB")))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..photo.samples import from_float
 from .blend import feather
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def estimate_blur_map(image: np.ndarray, work_size: int = WORK_SIZE) -> np.ndarr
 
 def blur_map_image(blur_map: np.ndarray, full_scale_px: float = 16.0) -> np.ndarray:
     """(H, W) uint8 picture of a map for checking: 0 (black) = sharp, 255 = ``full_scale_px`` or more."""
-    return np.rint(np.clip(blur_map / full_scale_px, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return from_float(blur_map / full_scale_px)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -346,6 +347,6 @@ def save_map_images(output: str | Path, blur_map: np.ndarray, weight: np.ndarray
     written.append(map_path)
     if weight is not None:
         with atomic_path(mask_path) as tmp:
-            Image.fromarray(np.rint(np.clip(weight, 0, 1) * 255).astype(np.uint8)).save(tmp, format="PNG")
+            Image.fromarray(from_float(weight)).save(tmp, format="PNG")
         written.append(mask_path)
     return written

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import CmddError
 from ..atomic import atomic_path, atomic_write_bytes
+from ..photo.samples import from_float
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def preview_paths(out_dir: Path, output: str | os.PathLike) -> tuple[Path, Path]
 def _save_preview(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
-    im = Image.fromarray(np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
+    im = Image.fromarray(from_float(rgb))
     if max(im.size) > PREVIEW_SIZE:
         s = PREVIEW_SIZE / max(im.size)
         im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
