@@ -137,12 +137,14 @@ def test_failures_are_reported_and_batch_goes_on(tmp_path, tiny_weights):
     out = tmp_path / "out"
     r = run([src, "-o", out], tiny_weights)
     assert r.exit_code == 1
-    assert "empty file" in r.stderr and "not an image" in r.stderr and "all-black" in r.stderr
+    assert "empty file" in r.stderr and "not an image" in r.stderr
+    assert "black.png" not in r.stderr  # an all-black photo is a photo (only a RAW that develops to black fails)
     assert (out / "good.png").is_file()
-    assert sorted(p.name for p in out.iterdir()) == [".cmdd", "good.png"]  # no partial files
+    assert (out / "black.png").is_file()  # (random test weights: its pixels are not checked)
+    assert sorted(p.name for p in out.iterdir()) == [".cmdd", "black.png", "good.png"]  # no partial files
     r = run([src, "-o", out, "--json"], tiny_weights)
     payload = json.loads(r.stdout)
-    assert r.exit_code == 1 and payload["counts"] == {"done": 0, "skipped": 1, "failed": 3, "planned": 0}
+    assert r.exit_code == 1 and payload["counts"] == {"done": 0, "skipped": 2, "failed": 2, "planned": 0}
     assert all(f["reason"] and "\n" not in f["reason"] for f in payload["files"] if f["status"] == "failed")
 
 
@@ -314,7 +316,87 @@ def test_output_collisions_fail_the_second(tmp_path, tiny_weights):
     r = run([src, "-o", tmp_path / "out", "--ext", "png", "--json"], tiny_weights)
     payload = json.loads(r.stdout)
     assert r.exit_code == 1 and payload["counts"]["done"] == 1 and payload["counts"]["failed"] == 1
-    assert "already written for" in [f for f in payload["files"] if f["status"] == "failed"][0]["reason"]
+    assert "would also be the output of" in [f for f in payload["files"] if f["status"] == "failed"][0]["reason"]
+
+
+def test_side_outputs_never_replace_inputs_or_foreign_files(tmp_path, tiny_weights):
+    """--save-blur-map's files are claimed like outputs: an input of that name, another input's
+    output, or a file that exists without its output is not replaced (data loss seen in a review)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    Image.fromarray(img(seed=1)).save(src / "a_s_blurmap.png")
+    before = (src / "a_s_blurmap.png").read_bytes()
+    r = run([src, "-o", src, "--suffix", "_s", "--save-blur-map", "--json"], tiny_weights)
+    files = {Path(f["input"]).name: f for f in json.loads(r.stdout)["files"]}
+    assert r.exit_code == 1 and files["a.png"]["status"] == "failed"
+    assert "is an input file" in files["a.png"]["reason"]
+    assert (src / "a_s_blurmap.png").read_bytes() == before
+    # a file of that name in -o, without the output it belongs to: refused, then replaced with --overwrite
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_blurmap.png").write_bytes(b"mine")
+    r = run([src / "a.png", "-o", out, "--save-blur-map", "--json"], tiny_weights)
+    assert r.exit_code == 1 and "exists and is not from this output" in json.loads(r.stdout)["files"][0]["reason"]
+    assert (out / "a_blurmap.png").read_bytes() == b"mine" and not (out / "a.png").exists()
+    r = run([src / "a.png", "-o", out, "--save-blur-map", "--overwrite"], tiny_weights)
+    assert r.exit_code == 0 and (out / "a_blurmap.png").read_bytes()[:4] == b"\x89PNG"
+    r = run([src / "a.png", "-o", out, "--save-blur-map", "--json"], tiny_weights)  # its own: resumed
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["skipped"] == 1
+
+
+def test_report_does_not_replace_a_foreign_index(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<html>my own page</html>")
+    r = run([src, "-o", out, "--report"], tiny_weights)
+    assert r.exit_code == 1 and "is not a cmdd report" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "index.html").read_text() == "<html>my own page</html>" and not (out / "a.png").exists()
+    (out / "index.html").unlink()
+    assert run([src, "-o", out, "--report"], tiny_weights).exit_code == 0
+    assert run([src, "-o", out, "--report"], tiny_weights).exit_code == 0  # its own report is replaced
+
+
+def test_resume_does_not_keep_an_output_changed_after_it_was_written(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "a.png")
+    out = tmp_path / "out"
+    assert run([src, "-o", out], tiny_weights).exit_code == 0
+    (out / "a.png").write_bytes(b"junk")
+    r = run([src, "-o", out, "--json"], tiny_weights)
+    assert r.exit_code == 1 and "was changed after cmdd wrote it" in json.loads(r.stdout)["files"][0]["reason"]
+
+
+def test_16_bit_request_for_a_jpeg_output_fails_the_file(tmp_path, tiny_weights):
+    Image.fromarray(img()).save(tmp_path / "a.jpg")
+    r = run([tmp_path / "a.jpg", "-o", tmp_path / "out", "--bits", "16", "--json"], tiny_weights)
+    f = json.loads(r.stdout)["files"][0]
+    assert r.exit_code == 1 and f["status"] == "failed" and "holds 8 bits" in f["reason"]
+
+
+def test_symlink_loop_fails_that_file_only(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(img()).save(src / "ok.png")
+    (src / "x.png").symlink_to("x.png")
+    r = run([src, "-o", tmp_path / "out", "--json"], tiny_weights)
+    files = {Path(f["input"]).name: f for f in json.loads(r.stdout)["files"]}
+    assert r.exit_code == 1 and files["ok.png"]["status"] == "done"
+    assert "leads nowhere" in files["x.png"]["reason"]
+
+
+def test_resume_record_of_a_long_output_name(tmp_path, tiny_weights):
+    name = "x" * 240 + ".png"  # its record name (+ "_sharp" + ".json") would pass 255 bytes
+    Image.fromarray(img()).save(tmp_path / name)
+    out = tmp_path / "out"
+    r = run([tmp_path / name, "-o", out, "--suffix", "_sharp"], tiny_weights)
+    assert r.exit_code == 0 and "not written" not in r.stderr
+    r = run([tmp_path / name, "-o", out, "--suffix", "_sharp", "--json"], tiny_weights)
+    assert r.exit_code == 0 and json.loads(r.stdout)["counts"]["skipped"] == 1
 
 
 def test_glob_dry_run_and_empty_input(tree, tmp_path):

@@ -361,8 +361,6 @@ def test_bad_files_fail_with_one_line(tmp_path):
     data = png.write_png(gradient(32, 32, 16, 3))
     (tmp_path / "trunc16.png").write_bytes(data[: len(data) // 2])
     cases["trunc16.png"] = "truncated"
-    Image.new("RGB", (8, 8)).save(tmp_path / "black.png")
-    cases["black.png"] = "all-black"
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
     cases["bad.tif"] = "TIFF"
     for name, why in cases.items():
@@ -372,6 +370,11 @@ def test_bad_files_fail_with_one_line(tmp_path):
         assert "\n" not in str(ei.value)
     with pytest.raises(InputError, match="not found"):
         read_photo(tmp_path / "missing.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "black.png")  # valid, if dark: only a RAW developing to black fails
+    assert read_photo(tmp_path / "black.png").rgb.max() == 0
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(InputError, match="leads nowhere"):
+        read_photo(tmp_path / "loop.png")
 
 
 # ------------------------------------------------------------------------------------ atomic writes

@@ -173,6 +173,12 @@ def register(app: typer.Typer) -> None:
                     "engine": engine_recipe},
             restore=restore, report=html_report and not dry_run,
         )
+        if opts.report and not overwrite:  # refused before any photo, not after the batch
+            from ..engine.report import foreign_report
+
+            if (page := foreign_report(Path(output))) is not None:
+                raise CmddError(f"{page} exists and is not a cmdd report; --report would replace it "
+                                "(remove it, use another -o, or --overwrite)")
         engine_settings: dict = {}
         if dry_run:  # what the real run refuses before any photo (the Deblurrer does it there)
             from ..model import ssm
@@ -203,7 +209,7 @@ def register(app: typer.Typer) -> None:
         if opts.report and info.rank == 0:
             from ..engine.report import write_report
 
-            page = write_report(report.to_dict(), output)
+            page = write_report(report.to_dict(), output, replace_foreign=overwrite)
             if not (quiet or json_out):
                 err_console.print(f"report: [bold]{escape(str(page))}[/]", highlight=False)
         if info.rank == 0:

@@ -158,8 +158,29 @@ def _card(row: dict, out_dir: Path) -> str:
             + (f'<ul class="warnings">{warn}</ul>' if warn else "") + "</article>")
 
 
-def write_report(summary: dict, out_dir: Path) -> Path:
+_GENERATOR = '<meta name="generator" content="cmdd">'
+_OLD_TITLE = "<title>cmdd deblur report</title>"  # reports written before the generator tag
+
+
+def foreign_report(out_dir: Path) -> Optional[Path]:
+    """``out_dir/index.html`` when it exists and is not a cmdd report (a page of the user's own,
+    which ``--report`` must not replace), else None."""
+    path = Path(out_dir) / REPORT_NAME
+    try:
+        if not (path.exists() or path.is_symlink()):
+            return None
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return path
+    return None if (_GENERATOR in head or _OLD_TITLE in head) else path
+
+
+def write_report(summary: dict, out_dir: Path, replace_foreign: bool = False) -> Path:
     """Write ``out_dir/index.html`` from a run summary (``BatchReport.to_dict()``).
+
+    An ``index.html`` there that cmdd did not write is replaced only with ``replace_foreign``
+    (``--overwrite``); otherwise CmddError.
 
     Photos processed in this run already have previews (:func:`write_previews`); for photos skipped
     because their output existed, previews are made from the files when missing. Returns the path.
@@ -186,13 +207,16 @@ def write_report(summary: dict, out_dir: Path) -> Path:
     ) if x)
     cards = "\n".join(_card(r, out_dir) for r in files)
     page = (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">{_GENERATOR}'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>cmdd deblur report</title><style>{_CSS}</style></head>\n<body>"
         f"<header><h1>cmdd deblur</h1><p>{_esc(line)}</p></header>\n<main>\n{cards}\n</main>\n"
         f"<script>{_JS}</script></body></html>\n"
     )
     path = out_dir / REPORT_NAME
+    if not replace_foreign and foreign_report(out_dir) is not None:
+        raise CmddError(f"{path} exists and is not a cmdd report; not replaced (remove it, use another -o, "
+                        "or --overwrite)")
     try:
         atomic_write_bytes(path, page.encode("utf-8"))
     except OSError as e:

@@ -151,6 +151,15 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, or its absolute path when it cannot be resolved (a symlink loop raises
+    RuntimeError before Python 3.13, OSError after): such a file then fails on its own when opened."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
 def _within(path: Path, folder: Path) -> bool:
     try:
         path.relative_to(folder)
@@ -177,7 +186,7 @@ def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
             continue
         walked.add((st.st_dev, st.st_ino))
         subdirs = sorted(d for d in dirnames
-                         if not _is_hidden(d) and not (exclude is not None and (here / d).resolve() == exclude))
+                         if not _is_hidden(d) and not (exclude is not None and _resolved(here / d) == exclude))
         if subdirs and not recursive:
             log.info("%s: %d sub-folder(s) not searched (use --recursive)", here, len(subdirs))
         dirnames[:] = subdirs if recursive else []
@@ -230,7 +239,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                 f = Path(m)
                 if not f.is_file() or not is_supported(f) or any(_is_hidden(x) for x in f.relative_to(root).parts):
                     continue
-                if skip_out and _within(f.resolve(), exclude):
+                if skip_out and _within(_resolved(f), exclude):
                     continue
                 pairs.append((f, root))
         if warn and len(pairs) == before and len(inputs) > 1:  # one input: run_batch's error says it
@@ -240,7 +249,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
     seen, unique = set(), []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
-        key = os.path.normcase(os.fspath(f.resolve()))
+        key = os.path.normcase(os.fspath(_resolved(f)))
         if key not in seen:
             seen.add(key)
             unique.append((f, root))
@@ -253,7 +262,7 @@ def _recorded_output(file: Path, out_dirs: Sequence[Path]) -> bool:
     same size and modification time as when it was written (a photo copied over it later is an
     input again)."""
     for base in out_dirs:
-        for f in (file.absolute(), file.resolve()):
+        for f in (file.absolute(), _resolved(file)):
             try:
                 rel = f.relative_to(base)
             except ValueError:
@@ -281,23 +290,50 @@ def output_path(file: Path, root: Path, opts: BatchOptions) -> Path:
     return Path(opts.out_dir) / rel.parent / f"{rel.stem}{opts.suffix}{ext}"
 
 
+def side_output_paths(output: Path, opts: BatchOptions) -> list[Path]:
+    """Files written next to ``output`` besides it: ``--save-blur-map``'s blur map and restore mask."""
+    if not opts.restore.save_blur_map:
+        return []
+    from .blurmap import map_image_paths
+
+    return list(map_image_paths(output))
+
+
+# Output formats that hold 8 bits per sample only (photo.io writes them 8-bit whatever is asked).
+_EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".webp")
+
+
 def plan(pairs: Sequence[tuple[Path, Path]], opts: BatchOptions) -> list[Job]:
     """Jobs for every input, in order. Pure: depends on paths only, not on which outputs exist, so
-    every rank of a distributed run computes the same list."""
-    inputs = {os.path.normcase(os.fspath(f.resolve())): f for f, _ in pairs}
-    claimed: dict[str, Path] = {}
+    every rank of a distributed run computes the same list.
+
+    An output (or a blur map / restore mask beside it) that is an input file, or that another input
+    already writes (two inputs of the same name, e.g. ``a.jpg`` and ``a.png`` with ``--ext png``),
+    fails that job; the first input in sorted order keeps the name."""
+    inputs = {os.path.normcase(os.fspath(_resolved(f))): f for f, _ in pairs}
+    claimed: dict[str, tuple[Path, str]] = {}
     jobs = []
     for f, root in pairs:
         out = output_path(f, root, opts)
-        key = os.path.normcase(os.fspath(out.resolve()))
-        if key in inputs:
-            jobs.append(Job(f, out, f"output {out} is an input file; refusing to overwrite it "
-                                    "(use --suffix or another -o)"))
-        elif key in claimed:
-            jobs.append(Job(f, out, f"output {out} is already written for {claimed[key]}"))
-        else:
-            claimed[key] = f
-            jobs.append(Job(f, out))
+        error = None
+        if opts.bit_depth == 16 and out.suffix.lower() in _EIGHT_BIT_ONLY:
+            error = (f"--bits 16: output {out.name} would be {out.suffix.lstrip('.').upper()}, which holds 8 bits "
+                     "per sample (use --ext png or --ext tif)")
+        targets = [(out, "output")] + [(side, "blur map / restore mask") for side in side_output_paths(out, opts)]
+        keys = [os.path.normcase(os.fspath(_resolved(t))) for t, _ in targets]
+        for (t, what), key in zip(targets, keys):
+            if error:
+                break
+            if key in inputs:
+                error = f"{what} {t} is an input file; refusing to overwrite it (use --suffix or another -o)"
+            elif key in claimed:
+                other, other_what = claimed[key]
+                error = (f"{what} {t} would also be the {other_what} of {other} (same name); "
+                         "deblur them in separate runs or to separate -o folders")
+        if error is None:
+            for (t, what), key in zip(targets, keys):
+                claimed[key] = (f, what)
+        jobs.append(Job(f, out, error))
     return jobs
 
 
@@ -403,9 +439,20 @@ def record_path(output: Path, opts: BatchOptions) -> Path:
     return _record_file(Path(opts.out_dir), rel)
 
 
+# Longest record file name (bytes): most file systems allow 255; an output name near that limit gets
+# a shortened record name with a digest of the full name.
+_MAX_RECORD_NAME = 255
+
+
 def _record_file(out_dir: Path, rel: Path) -> Path:
     """The resume record of the output at ``rel`` (relative to ``out_dir``)."""
-    return out_dir / STATE_DIR / RECORDS_DIR / rel.parent / (rel.name + ".json")
+    name = rel.name + ".json"
+    if len(os.fsencode(name)) > _MAX_RECORD_NAME:
+        import hashlib
+
+        digest = hashlib.sha256(os.fsencode(rel.name)).hexdigest()[:16]
+        name = os.fsdecode(os.fsencode(rel.name)[:180]) + f"~{digest}.json"
+    return out_dir / STATE_DIR / RECORDS_DIR / rel.parent / name
 
 
 def source_identity(path: Path) -> dict:
@@ -432,6 +479,15 @@ def resume_problem(job: Job, opts: BatchOptions) -> Optional[str]:
         return f"{job.output} exists but was made from {made_from.get('path')}; {hint}"
     if (made_from.get("size"), made_from.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
         return f"{job.output} was made from an earlier version of this file (size or time changed); {hint}"
+    made = rec.get("output_file")
+    if isinstance(made, dict):
+        try:
+            st = job.output.stat()
+            changed = (made.get("size"), made.get("mtime_ns")) != (st.st_size, st.st_mtime_ns)
+        except OSError:
+            changed = True
+        if changed:
+            return f"{job.output} was changed after cmdd wrote it (size or time differs from its record); {hint}"
     current = recipe(opts, job.input)
     if not is_raw(job.input):  # older records hold the RAW development for every file
         made_with = {k: v for k, v in made_with.items() if k != "raw_development"}
@@ -488,6 +544,23 @@ def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileRes
         res.warnings.append(msg)
 
 
+def _side_output_problem(job: Job, opts: BatchOptions, input_ids: set) -> Optional[str]:
+    """Why the blur map / restore mask beside ``job.output`` must not be written, or None. They are
+    replaced only with the output itself: when the output is kept (resumed) they are not touched, and
+    a file of that name that is an input, or that exists while the output does not, is not replaced
+    (unless ``--overwrite``; inputs never)."""
+    for side in side_output_paths(job.output, opts):
+        if _same_file_as_input(side, input_ids):
+            return f"{side} is an input file; refusing to overwrite it (use --suffix or another -o)"
+        try:
+            exists = side.exists() or side.is_symlink()
+        except OSError:
+            exists = True
+        if exists and not opts.overwrite and not job.output.exists():
+            return f"{side} exists and is not from this output; use --overwrite to replace it, or --suffix / another -o"
+    return None
+
+
 def _unusable_output(path: Path) -> Optional[str]:
     """Why ``path`` cannot be an output name at all (too long for the file system, ...), or None."""
     try:
@@ -524,6 +597,8 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
                                       f"output {job.output} is an input file; refusing to overwrite it", rank=rank))
         elif (unusable := _unusable_output(job.output)) is not None:
             results.append(FileResult(str(job.input), str(job.output), "failed", unusable, rank=rank))
+        elif (side := _side_output_problem(job, opts, input_ids)) is not None:
+            results.append(FileResult(str(job.input), str(job.output), "failed", side, rank=rank))
         elif job.output.exists() and not opts.overwrite:
             problem = resume_problem(job, opts)
             if problem is None:

@@ -211,7 +211,7 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     for p in (photo, *photo.pages):
         if not np.isfinite(p.rgb).all():
             p.rgb = np.nan_to_num(p.rgb, nan=0.0, posinf=1.0, neginf=0.0)
-    if float(photo.rgb.max(initial=0.0)) <= 0.0:
+    if photo.raw is not None and float(photo.rgb.max(initial=0.0)) <= 0.0:  # a RAW LibRaw could not develop
         raise InputError(path, "decodes to an all-black image (no image data)")
     return photo
 
@@ -222,6 +222,8 @@ def check_readable(path: Path) -> bytes:
     loads the network, so a folder of missing files fails at once (and ``--dry-run`` reports them)."""
     try:  # exists() and is_dir() raise too, for a name too long or a folder without permission
         if not path.exists():
+            if path.is_symlink():
+                raise InputError(path, "a symbolic link that leads nowhere (its target is missing, or a loop)")
             raise InputError(path, "file not found")
         if path.is_dir():
             raise InputError(path, "is a folder, not an image")
