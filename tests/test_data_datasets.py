@@ -211,3 +211,15 @@ def test_cli_prepare_synth_output_that_is_a_file(sharp_dir, tmp_path):
                                    "--size", "64"])
     assert res.exit_code == 1 and "-o must be a folder" in res.output and "Traceback" not in res.output
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2000), (2000, 1), (63, 400)])
+def test_sharp_tiles_of_strips_and_icons_are_none(shape):
+    """An image without one whole 32-px block at both scales has no sharp blocks (it used to end
+    `cmdd prepare synth` with a numpy error on a 1-px-wide photo)."""
+    from cmddcli.data.sources import block_sharpness, sharp_tiles
+
+    img = np.random.default_rng(0).random((*shape, 3)).astype(np.float32)
+    fine, ratio = block_sharpness(img)
+    assert fine.size == 0 and ratio.size == 0
+    assert sharp_tiles(img, 32) == []

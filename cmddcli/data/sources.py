@@ -111,6 +111,9 @@ def _laplacian_std_blocks(gray: np.ndarray, block: int) -> np.ndarray:
 def block_sharpness(img: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Per-block (fine Laplacian std, fine/coarse ratio) of an sRGB float image (H, W, 3)."""
     gray = (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]).astype(np.float32)
+    if min(gray.shape) < 2 * block:  # not one whole block at both scales (a strip, an icon): no blocks
+        empty = np.zeros((0, 0), np.float32)
+        return empty, empty
     fine = _laplacian_std_blocks(gray, block)
     h2, w2 = (gray.shape[0] // 2) * 2, (gray.shape[1] // 2) * 2
     half = gray[:h2, :w2].reshape(h2 // 2, 2, w2 // 2, 2).mean(axis=(1, 3))

@@ -128,7 +128,7 @@ def _read_pillow(path: Path) -> np.ndarray:
 def _as_rgb(a: np.ndarray, path: Path) -> np.ndarray:
     if a.dtype not in (np.uint8, np.uint16):
         if np.issubdtype(a.dtype, np.floating):
-            a = np.round(np.clip(a, 0.0, 1.0) * 65535).astype(np.uint16)
+            a = from_float(np.nan_to_num(a, nan=0.0), bits=16)  # NaN -> 0, as photo.io reads float TIFFs
         else:
             raise InputError(path, f"unsupported sample type {a.dtype}")
     if a.ndim == 2:
