@@ -356,3 +356,15 @@ def test_tile_overlap_rule_is_shared_by_engine_and_cli():
     check_tile(MIN_USER_TILE, 0)
     with pytest.raises(CmddError, match=f"--tile must be 0 \\(whole image\\) or at least {MIN_USER_TILE}"):
         check_tile(MIN_USER_TILE - 1, 0)
+
+
+def test_is_oom_knows_cpu_allocation_failures():
+    """CPU out-of-memory comes as torch's allocator RuntimeError or MemoryError: the engine halves its
+    tiles on it and `cmdd bench` reports it in one line (was a traceback for `bench --size 100000`)."""
+    from cmddcli.engine.deblurrer import is_oom
+
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 120000000000 bytes. Error code 12"))
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(MemoryError())
+    assert not is_oom(RuntimeError("shape mismatch")) and not is_oom(ValueError("out of memory"))

@@ -144,6 +144,38 @@ def test_bad_weights_files(tmp_path):
         load_weights(plain)
 
 
+@pytest.mark.parametrize("change, why", [
+    ({"width": 10**9}, "width must be an integer in 2..512"),      # would allocate ~100 GB
+    ({"pad_multiple": 0}, "pad_multiple must be an integer"),      # was a ZeroDivisionError
+    ({"expand": 0}, "expand must be an integer"),                  # was a torch ValueError
+    ({"width": "16"}, "width must be an integer"),                 # was a TypeError
+    ({"blocks": [1]}, "blocks must be 8 integer counts"),
+    ({"leaky_slope": "x"}, "leaky_slope must be a number"),
+])
+def test_weights_with_a_crafted_config_fail_in_one_line(tmp_path, change, why):
+    """A weights file whose metadata holds an out-of-range or ill-typed config is refused by name,
+    before any network is built (found by a break-it review)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    good = save_weights(CMDDNet(model_config("tiny")), tmp_path / "w.safetensors")
+    with safe_open(str(good), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["cmdd"])
+    meta["config"].update(change)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"cmdd": json.dumps(meta)})
+    with pytest.raises(WeightsError, match=why) as ei:
+        load_weights(bad)
+    assert "bad.safetensors" in str(ei.value) and "\n" not in str(ei.value)
+    del meta["config"]
+    save_file(tensors, str(bad), metadata={"cmdd": json.dumps(meta)})
+    with pytest.raises(WeightsError, match="without a model config"):
+        load_weights(bad)
+
+
 def test_packaged_weight_names_resolve(tmp_path, monkeypatch):
     """--weights NAME: a packaged name loads cmddcli/weights/cmddnet_NAME.safetensors; a file of that
     name in the working folder wins; a bare unknown word is an error listing the names."""

@@ -86,7 +86,15 @@ def register(app: typer.Typer) -> None:
             backends = check_scan_names(_items(backend), "--scan") or None
             rows = []
             for p in presets:
-                rows += bench_forward(p, sizes, device=device, backends=backends, repeats=repeats or 3)
+                try:
+                    rows += bench_forward(p, sizes, device=device, backends=backends, repeats=repeats or 3)
+                except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into a one-line error
+                    from ..engine.deblurrer import is_oom
+
+                    if not is_oom(e):
+                        raise
+                    raise CmddError(f"--preset {p} --size {','.join(f'{w}x{h}' for h, w in sizes)}: out of memory "
+                                    f"on {device} (a whole-image forward; try a smaller --size)") from None
             table = rows_to_markdown(rows)
         if json_out:
             print_json([dataclasses.asdict(r) for r in rows])

@@ -46,11 +46,13 @@ CUDA_MEMORY_FRACTION = 0.6  # share of the free device memory the auto tile size
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for a device out-of-memory error (``torch.OutOfMemoryError`` or its RuntimeError form)."""
+    """True for an out-of-memory error: ``torch.OutOfMemoryError``, its RuntimeError form, CPU
+    allocation failures (torch's ``DefaultCPUAllocator: can't allocate memory``) and MemoryError."""
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    if oom_type and isinstance(exc, oom_type):
+    if (oom_type and isinstance(exc, oom_type)) or isinstance(exc, MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def cpu_has_native_bf16() -> bool:

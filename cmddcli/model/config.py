@@ -50,11 +50,27 @@ class ModelConfig:
     pad_multiple: int = 8
 
     def __post_init__(self):
-        if self.width < 2 or self.width % 2:
+        # Bounds well past every preset, so that a config from a file (weights metadata, a TOML) cannot
+        # ask for a network that does not fit in memory or does not run (pad_multiple 0, expand 0).
+        for name, lo, hi in (("width", 2, 512), ("d_state", 1, 256), ("expand", 1, 16), ("d_conv", 1, 15),
+                             ("window", 1, 128), ("head_dim", 1, 512), ("pad_multiple", 8, 256)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise CmddError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        if self.width % 2:
             raise CmddError(f"width must be an even number >= 2, got {self.width}")
-        if len(self.blocks) != 8 or any(int(b) < 0 for b in self.blocks):
-            raise CmddError(f"blocks must be 8 non-negative counts, got {self.blocks}")
+        if self.pad_multiple % 8:
+            raise CmddError(f"pad_multiple must be a multiple of 8 (the network halves the image 3 times), "
+                            f"got {self.pad_multiple}")
+        if not isinstance(self.blocks, (tuple, list)) or len(self.blocks) != 8 or \
+                any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= 64 for b in self.blocks):
+            raise CmddError(f"blocks must be 8 integer counts in 0..64, got {self.blocks!r}")
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        if isinstance(self.leaky_slope, bool) or not isinstance(self.leaky_slope, (int, float)) \
+                or not 0.0 <= self.leaky_slope <= 1.0:
+            raise CmddError(f"leaky_slope must be a number in 0..1, got {self.leaky_slope!r}")
+        if not isinstance(self.branch_norm, bool):
+            raise CmddError(f"branch_norm must be true or false, got {self.branch_norm!r}")
         if self.mixer not in ("cnn_mamba", "cnn_only", "mamba_only", "window_attention"):
             raise CmddError(f"unknown mixer {self.mixer!r}")
         if self.combine not in ("add", "mul"):
@@ -67,12 +83,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise CmddError(f"a model config must be a table of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise CmddError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         d = dict(d)
-        if "blocks" in d:
+        if isinstance(d.get("blocks"), list):
             d["blocks"] = tuple(d["blocks"])
         return cls(**d)
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ..atomic import atomic_path
-from ..errors import WeightsError
+from ..errors import CmddError, WeightsError
 from .cmddnet import CMDDNet
 from .config import ModelConfig
 
@@ -165,10 +165,14 @@ def load_weights(path: Union[str, Path, None] = None, map_location: Union[str, t
             )
         raise WeightsError(f"{path}: no such weights file")
     meta = read_metadata(path)
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise WeightsError(f"{path}: cmdd metadata without a model config")
     try:
         cfg = ModelConfig.from_dict(meta["config"])
-    except Exception as e:
-        raise WeightsError(f"{path}: metadata has no usable model config ({e})") from e
+    except CmddError as e:
+        raise WeightsError(f"{path}: unusable model config in its metadata: {e}") from e
+    except Exception as e:  # a config of the wrong shape that from_dict did not foresee
+        raise WeightsError(f"{path}: unusable model config in its metadata ({type(e).__name__}: {e})") from e
     model = CMDDNet(cfg)
     load_state(model, path)
     model.to(map_location).eval()
