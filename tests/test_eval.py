@@ -282,3 +282,27 @@ def test_gray_prediction_against_colour_target_warns(tmp_path, caplog):
     assert "1 prediction(s) are grayscale while their targets are in colour (" in caplog.text
     assert "gray.png): scored as three equal channels" in caplog.text
     assert np.isfinite(r.rows[0].scores["psnr"])  # still scored, as three equal channels
+
+
+def test_every_bad_pair_is_listed_before_anything_is_scored(tmp_path):
+    """A size mismatch, an unreadable input and a pair smaller than the SSIM window are all named in
+    one error, with exit 1 and no report: a mean over a silent subset is never published (a break-it
+    review found eval stopping at the first bad pair, and an SSIM error that named no file)."""
+    rng = np.random.default_rng(0)
+    img = lambda h, w: (rng.random((h, w, 3)) * 255).astype(np.uint8)  # noqa: E731
+    for name, (s, t) in {"a": ((32, 32), (32, 32)), "c": ((32, 32), (40, 32)), "t": ((3, 3), (3, 3))}.items():
+        write_png(tmp_path / "source" / f"{name}.png", img(*s))
+        write_png(tmp_path / "target" / f"{name}.png", img(*t))
+    (tmp_path / "source" / "d.png").write_bytes(b"garbage" * 10)
+    write_png(tmp_path / "target" / "d.png", img(32, 32))
+    res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "source"), "--target", str(tmp_path / "target"),
+                                   "--out", str(tmp_path / "out")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "3 problem(s)" in text
+    assert "c.png: size 32x32 differs" in text and "d.png" in text and "t.png" in text and "SSIM window" in text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(E.CmddError, match="3 problem"):
+        E.check_pairs([E.EvalItem(n, tmp_path / "target" / f"{n}.png", pred=tmp_path / "source" / f"{n}.png")
+                       for n in "acdt"])
+    E.check_pairs([E.EvalItem("t", tmp_path / "target" / "t.png", pred=tmp_path / "source" / "t.png")],
+                  E.EvalSettings(metrics=("psnr",)))  # without SSIM a 3x3 pair is fine

@@ -40,7 +40,7 @@ from ..atomic import atomic_write_bytes
 from ..data.discovery import find_pairs, keyed_images, natural_key
 from ..data.manifest import sha256_file
 from ..errors import CmddError, InputError
-from ..photo.arrays import from_float, read_image, write_png
+from ..photo.arrays import from_float, image_size, read_image, write_png
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -371,6 +371,7 @@ def run_eval(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
     sha256, the cmdd version and the time."""
     from .. import __version__
 
+    check_pairs(items, settings)
     if items and all(it.pred is not None for it in items):
         report = evaluate_predictions(items, settings, progress=progress)
     else:
@@ -390,6 +391,35 @@ def run_eval(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
     report.extra.update({"sets": list(sets.values()), "cmdd_version": __version__,
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return report
+
+
+def check_pairs(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(), limit: int = 8) -> None:
+    """Before any image is restored or scored: every pair's files can be read (their headers), the
+    input (or prediction) has the target's size, ``crop_top`` leaves rows, and what is scored is at
+    least the SSIM window. All problems are listed in one InputError (the first ``limit``), so a
+    published mean is never taken over a silent subset and one bad pair does not hide the others."""
+    problems: List[str] = []
+    window = 11 if settings.ssim_window == "gaussian" else 7
+    for it in items:
+        first = it.pred if it.pred is not None else it.source
+        try:
+            tw, th = image_size(it.target)
+            if first is not None:
+                w, h = image_size(first)
+                if (w, h) != (tw, th):
+                    raise InputError(first, f"size {w}x{h} differs from the target's {tw}x{th}")
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        if it.crop_top >= th:
+            problems.append(f"{it.target}: crop-top {it.crop_top} removes the whole image ({th} rows)")
+        elif "ssim" in settings.metrics and min(th - it.crop_top, tw) < window:
+            problems.append(f"{it.target}: {tw}x{th - it.crop_top} scored is smaller than the "
+                            f"{window}x{window} SSIM window")
+    if problems:
+        shown = "; ".join(problems[:limit])
+        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        raise CmddError(f"{len(problems)} problem(s) in the pairs to score: {shown}{more}")
 
 
 def items_with_predictions(items: Sequence[EvalItem], pred: str | Path, pred_suffix: str = "") -> List[EvalItem]:
@@ -423,7 +453,10 @@ def _score(pred: np.ndarray, target: np.ndarray, item: EvalItem, settings: EvalS
             raise InputError(settings.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} but the scored image is "
                                             f"{target.shape[1]}x{target.shape[0]}")
         m = mask
-    return M.compute_metrics(pred, target, settings.metrics, ssim_window=settings.ssim_window, mask=m)
+    try:
+        return M.compute_metrics(pred, target, settings.metrics, ssim_window=settings.ssim_window, mask=m)
+    except CmddError as e:  # e.g. smaller than the SSIM window: say which image
+        raise InputError(item.target, str(e)) from e
 
 
 def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
