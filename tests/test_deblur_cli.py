@@ -571,3 +571,58 @@ def test_an_input_folder_without_images_is_named_among_others(tmp_path, tiny_wei
     assert "nested: no images found; skipped (use --recursive for sub-folders)" in err
     r = run([tmp_path / "a.png", tmp_path / "nested", "-o", tmp_path / "out", "--dry-run", "-r"], tiny_weights)
     assert r.exit_code == 0 and "no images found" not in r.stderr
+
+
+def test_interrupted_batch_keeps_finished_outputs_writes_a_summary_and_resumes(tmp_path):
+    """Ctrl-C (SIGTERM is turned into it by the CLI) in the second file: the first output is complete
+    and recorded, nothing of the second is left, the summary says what was finished, a rerun resumes."""
+    from cmddcli.engine import runner as batch
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(img(seed=i)).save(src / f"p{i}.png")
+
+    class Engine:
+        calls = 0
+
+        def restore(self, rgb, progress=None):
+            Engine.calls += 1
+            if Engine.calls == 2:
+                raise KeyboardInterrupt
+            return rgb
+
+    out = tmp_path / "out"
+    opts = batch.BatchOptions(out_dir=out)
+    with pytest.raises(batch.BatchInterrupted) as ei:
+        batch.run_batch([src], opts, Engine)
+    assert ei.value.left == 2 and [r.status for r in ei.value.results] == ["done"]
+    assert sorted(p.name for p in out.iterdir()) == [".cmdd", "p0.png"]
+    summary = json.loads((out / ".cmdd" / "summary.json").read_text())
+    assert summary["counts"]["done"] == 1 and summary["settings"]["interrupted"] == {"files_left": 2}
+    report = batch.run_batch([src], opts, Engine)
+    assert [r.status for r in report.results] == ["skipped", "done", "done"]
+
+
+def test_sigterm_ends_a_deblur_batch_with_a_message_and_exit_143(tmp_path, tiny_weights):
+    import signal
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(img(seed=i)).save(src / f"p{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cmddcli", "deblur", str(src), "-o", str(out), "--weights",
+                             str(tiny_weights)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.is_dir() and any(p.suffix == ".png" for p in out.iterdir())):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before the signal arrived")
+    assert proc.returncode == 143 and "interrupted" in err and "run the same command again" in err
+    assert "Traceback" not in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".cmdd"]  # no temp files

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -197,13 +199,31 @@ def register(app: typer.Typer) -> None:
         show = not (quiet or json_out) and info.rank == 0
         info = runtime.join_group(info, backend="gloo",
                                   timeout=datetime.timedelta(hours=runtime.GATHER_TIMEOUT_HOURS))
+        stopped_by = []
+
+        def on_sigterm(signum, frame):  # SIGTERM ends the batch as Ctrl-C does: finished outputs kept, a message
+            stopped_by.append(signum)
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True,
                           disable=not show) as bars:
                 report = batch.run_batch(inputs, opts, make_deblurrer, _RichProgress(bars), info,
                                          settings={"engine": engine_settings, "restore": restore.describe()})
+        except batch.BatchInterrupted as e:
+            if info.rank == 0:
+                done = sum(r.status == "done" for r in e.results)
+                err_console.print(f"[yellow]interrupted[/]: {done} file(s) finished in this run, {e.left} left "
+                                  "(the one in progress leaves nothing behind); run the same command again to "
+                                  "resume", highlight=False, soft_wrap=True)
+                if e.results and any(r.status == "failed" for r in e.results):
+                    print_failures((r.input, r.reason) for r in e.results if r.status == "failed")
+            raise typer.Exit(128 + (stopped_by[0] if stopped_by else signal.SIGINT))
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             runtime.shutdown_distributed(info)
 
         if opts.report and info.rank == 0:

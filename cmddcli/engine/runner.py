@@ -132,6 +132,16 @@ class BatchReport:
         return d
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) during a batch: the outputs finished so far
+    are complete and recorded, so rerunning the same command resumes. ``results``: every file's
+    result so far (the files not reached are absent); ``left``: how many were still to be made."""
+
+    def __init__(self, results: list, left: int):
+        super().__init__(f"interrupted with {left} file(s) left")
+        self.results, self.left = results, left
+
+
 class BatchProgress:
     """Progress hooks (no-ops here; the CLI draws rich bars from them)."""
 
@@ -613,17 +623,22 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
     if not todo:
         return _in_job_order(results, jobs)
     progress.start(len(todo))
-    deblurrer = make_deblurrer()
-    for job in todo:
-        progress.file_started(job)
-        source = _forget_record(job, opts)
-        res = process_job(job, deblurrer, opts, progress, rank)
-        if res.status == "done":
-            _remember(job, opts, source, res)
-        if res.status == "failed":  # the CLI lists failures at the end; logged for library callers
-            log.debug("failed: %s: %s", job.input, res.reason)
-        results.append(res)
-        progress.file_finished(res)
+    made = 0
+    try:
+        deblurrer = make_deblurrer()
+        for job in todo:
+            progress.file_started(job)
+            source = _forget_record(job, opts)
+            res = process_job(job, deblurrer, opts, progress, rank)
+            if res.status == "done":
+                _remember(job, opts, source, res)
+            if res.status == "failed":  # the CLI lists failures at the end; logged for library callers
+                log.debug("failed: %s: %s", job.input, res.reason)
+            results.append(res)
+            made += 1
+            progress.file_finished(res)
+    except KeyboardInterrupt as e:  # the file being made leaves nothing behind (atomic writes)
+        raise BatchInterrupted(_in_job_order(results, jobs), len(todo) - made) from e
     return _in_job_order(results, jobs)
 
 
@@ -681,7 +696,17 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
         except OSError:
             pass
     mine = shard(jobs, info.rank, info.world_size)
-    results = run_jobs(mine, make_deblurrer, opts, progress, info.rank, input_ids)
+    try:
+        results = run_jobs(mine, make_deblurrer, opts, progress, info.rank, input_ids)
+    except BatchInterrupted as e:  # one process: the summary says what this run finished, then stop
+        if info.world_size == 1 and any(r.status in ("done", "failed") for r in e.results):
+            try:
+                rep = BatchReport(e.results, dict(settings or {}), 1)
+                rep.settings["interrupted"] = {"files_left": e.left}
+                write_summary(rep, opts.out_dir)
+            except OSError:
+                pass
+        raise
     all_settings = {
         **(settings or {}),
         "output": {"dir": str(opts.out_dir), "ext": opts.ext or "same as input (RAW -> tif)",
