@@ -626,3 +626,11 @@ def test_sigterm_ends_a_deblur_batch_with_a_message_and_exit_143(tmp_path, tiny_
     assert proc.returncode == 143 and "interrupted" in err and "run the same command again" in err
     assert "Traceback" not in err
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".cmdd"]  # no temp files
+
+
+@pytest.mark.parametrize("opt", [["--precision", "fp8"], ["--device", "gpu"], ["--weights", "v3"]])
+def test_bad_engine_settings_fail_before_the_output_folder_is_made(tmp_path, opt):
+    Image.fromarray(img()).save(tmp_path / "a.png")
+    r = run([tmp_path / "a.png", "-o", tmp_path / "out", *opt])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
+    assert not (tmp_path / "out").exists()

@@ -157,6 +157,17 @@ def register(app: typer.Typer) -> None:
         if bit_depth == 16 and ext is not None and ext.lower().lstrip(".") not in ("png", "tif", "tiff"):
             raise CmddError(f"--bit-depth 16 needs --ext png or tif ({ext} is 8-bit only)")
         check_tile(tile, overlap)
+        # Settings the engine would refuse, checked before the output folder is made or a photo is read.
+        from ..engine.options import PRECISIONS
+        from ..model.weights import resolve_weights
+
+        if (precision or "auto").lower() not in PRECISIONS:
+            raise CmddError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        if dry_run:
+            runtime.check_device_name(device)
+        else:
+            runtime.resolve_device(device)
+        resolve_weights(weights)
         if max_megapixels < 0:
             raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
         restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
