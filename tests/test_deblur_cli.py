@@ -634,3 +634,18 @@ def test_bad_engine_settings_fail_before_the_output_folder_is_made(tmp_path, opt
     r = run([tmp_path / "a.png", "-o", tmp_path / "out", *opt])
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_of_an_earlier_run_inside_the_tree_are_not_inputs(tmp_path, tiny_weights):
+    """Two strength variants in sub-folders of the shoot: the second run does not deblur the first's
+    outputs again; a file named on its own still is an input."""
+    shoot = tmp_path / "shoot"
+    (shoot / "day").mkdir(parents=True)
+    Image.fromarray(img()).save(shoot / "a.png")
+    Image.fromarray(img(seed=1)).save(shoot / "day" / "b.png")
+    assert run([shoot, "-r", "-o", shoot / "v1"], tiny_weights).exit_code == 0
+    r = run([shoot, "-r", "-o", shoot / "v2", "--dry-run", "--json"], tiny_weights)
+    planned = sorted(Path(f["input"]).relative_to(shoot).as_posix() for f in json.loads(r.stdout)["files"])
+    assert planned == ["a.png", "day/b.png"]
+    r = run([shoot / "v1" / "a.png", "-o", tmp_path / "again", "--dry-run", "--json"], tiny_weights)
+    assert json.loads(r.stdout)["counts"]["planned"] == 1

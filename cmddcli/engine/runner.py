@@ -229,6 +229,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     out_dirs = (Path(exclude).absolute(), Path(exclude).resolve()) if exclude is not None else ()
     exclude = Path(exclude).resolve() if exclude is not None else None
     pairs: list[tuple[Path, Path]] = []
+    named: set = set()  # files named on their own: always inputs
     for arg in inputs:
         before = len(pairs)
         s = os.fspath(arg)
@@ -242,6 +243,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
             pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
         elif exists or not (_MAGIC & set(s)):
             pairs.append((p, p.parent))
+            named.add(p)
         else:
             root = _glob_root(s)
             skip_out = exclude is not None and exclude != root.resolve() and _within(exclude, root.resolve())
@@ -257,6 +259,8 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
                 _has_subfolders(p, Path(exclude) if exclude is not None else p) else ""
             log.warning("%s: no images found; skipped%s", s, hint)
     pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
+    has_records: dict = {}
+    pairs = [(f, root) for f, root in pairs if f in named or not _output_of_another_run(f, root, has_records)]
     seen, unique = set(), []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
         key = os.path.normcase(os.fspath(_resolved(f)))
@@ -266,7 +270,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
     return unique
 
 
-def _recorded_output(file: Path, out_dirs: Sequence[Path]) -> bool:
+def _recorded_output(file: Path, out_dirs: Sequence[Path], hint: str = "use another -o to deblur it again") -> bool:
     """Whether ``file`` is an output of an earlier run into the output folder (``out_dirs``: its
     absolute and its resolved path): it has a resume record there and, where the record says, the
     same size and modification time as when it was written (a photo copied over it later is an
@@ -285,7 +289,27 @@ def _recorded_output(file: Path, out_dirs: Sequence[Path]) -> bool:
                 continue
             if made is not None and (made.get("size"), made.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
                 continue
-            log.info("%s: left out, an output of an earlier run (%s); use another -o to deblur it again", file, rec)
+            log.info("%s: left out, an output of an earlier run (%s); %s", file, rec, hint)
+            return True
+    return False
+
+
+def _output_of_another_run(file: Path, root: Path, has_records: dict) -> bool:
+    """Whether ``file``, found by walking ``root`` (a folder or a glob's fixed part), is an output of
+    an earlier run into another output folder inside ``root`` (``cmdd deblur shoot -r -o shoot/v1``,
+    then ``-o shoot/v2``): some folder between the file and ``root`` holds a resume record of it.
+    ``has_records`` caches which folders have records."""
+    try:
+        rel_parts = file.absolute().relative_to(root.absolute()).parts
+    except ValueError:
+        return False
+    folder = root.absolute()
+    for part in rel_parts[:-1]:
+        folder = folder / part
+        if folder not in has_records:
+            has_records[folder] = (folder / STATE_DIR / RECORDS_DIR).is_dir()
+        if has_records[folder] and _recorded_output(file, (folder, _resolved(folder)),
+                                                    "name the file on its own to deblur it again"):
             return True
     return False
 
