@@ -422,3 +422,19 @@ def test_write_rejects_unknown_extension(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         write_photo(tmp_path / "x.jpg", Photo(rgb=np.zeros((2, 2, 3), np.float32), alpha=np.ones((2, 2), np.float32)))
     assert "alpha" in caplog.text
+
+
+def test_decoder_warnings_are_kept_with_the_file_name(tmp_path):
+    """Pillow's own warnings about a damaged EXIF block become the photo's warnings (logged with the
+    file's name) instead of raw UserWarnings on stderr."""
+    import struct
+    import warnings
+
+    exif = (b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+            + struct.pack("<HHII", 0x010E, 2, 100, 1000) + struct.pack("<I", 0))  # a tag pointing past the end
+    Image.new("RGB", (32, 32), (120, 60, 30)).save(tmp_path / "bad_exif.jpg", exif=exif)
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        photo = read_photo(tmp_path / "bad_exif.jpg")
+    assert not leaked
+    assert any(w.startswith("decoder: ") and "tag" in w.lower() for w in photo.warnings)

@@ -32,6 +32,9 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    # tifffile logs its repairs of damaged files without the file's name; cmdd's own line names the
+    # file and says whether it could be read.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 
 def print_json(payload: Any) -> None:

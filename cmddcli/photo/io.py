@@ -193,16 +193,22 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     head = check_readable(path)
 
     pending: list[str] = []  # warnings raised before the Photo exists
-    if is_raw(path):
-        photo = _read_raw(path, raw_settings, limit, pending)
-    elif head.startswith(png.SIGNATURE) and _png_bit_depth(head) == 16:
-        info = png.png_info(head)
-        limit.check(info.width, info.height)
-        photo = _read_png_full_depth(path)
-    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        photo = _read_tiff(path, limit, pending)
-    else:
-        photo = _read_pillow(path, limit, pending)
+    with _warnings.catch_warnings(record=True) as caught:  # decoders' own warnings: kept with the file's name
+        _warnings.simplefilter("always")
+        if is_raw(path):
+            photo = _read_raw(path, raw_settings, limit, pending)
+        elif head.startswith(png.SIGNATURE) and _png_bit_depth(head) == 16:
+            info = png.png_info(head)
+            limit.check(info.width, info.height)
+            photo = _read_png_full_depth(path)
+        elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            photo = _read_tiff(path, limit, pending)
+        else:
+            photo = _read_pillow(path, limit, pending)
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text and text not in pending:
+            pending.append(f"decoder: {text}")
     photo.source = path
     for page in photo.pages:
         page.source, page.warnings = path, photo.warnings
@@ -519,7 +525,8 @@ def _read_tiff(path: Path, limit: Optional[_SizeLimit] = None, pending: Optional
         except InputError as pe:
             if "too large" in pe.reason:
                 raise
-            raise InputError(path, f"corrupt or unsupported TIFF ({_one_line(e)})") from e
+            why = "no readable image page" if isinstance(e, (IndexError, KeyError)) else _one_line(e)
+            raise InputError(path, f"corrupt or unsupported TIFF ({why})") from e
     if skipped:
         log.info("%s: %d reduced-resolution / mask page(s) skipped", path, skipped)
     exif = None
