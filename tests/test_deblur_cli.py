@@ -649,3 +649,29 @@ def test_outputs_of_an_earlier_run_inside_the_tree_are_not_inputs(tmp_path, tiny
     assert planned == ["a.png", "day/b.png"]
     r = run([shoot / "v1" / "a.png", "-o", tmp_path / "again", "--dry-run", "--json"], tiny_weights)
     assert json.loads(r.stdout)["counts"]["planned"] == 1
+
+
+def test_folder_walk_names_unreadable_folders_and_other_image_kinds(tmp_path, monkeypatch, caplog):
+    """Nothing is left out silently: a sub-folder that cannot be listed is a warning, and image files
+    a folder walk does not pick up (GIF, BMP, ...) are counted in one info line."""
+    import logging
+
+    from cmddcli.engine import runner
+
+    (tmp_path / "locked").mkdir()
+    Image.fromarray(img()).save(tmp_path / "a.png")
+    Image.fromarray(img()).save(tmp_path / "b.gif")
+    Image.fromarray(img()).save(tmp_path / "locked" / "c.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.INFO, logger="cmddcli"):
+        found = runner._walk(tmp_path, recursive=True, exclude=None)
+    assert [f.name for f in found] == ["a.png"]
+    text = caplog.text
+    assert "locked: cannot be read (Permission denied); skipped" in text and "1 .gif not picked up" in text

@@ -183,7 +183,12 @@ def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
     walking each real folder once, so a symlink loop ends with a warning instead of never."""
     found = []
     walked: set = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    other: dict = {}  # extension -> count of image files of other kinds, named in one info line
+
+    def unreadable(e: OSError) -> None:  # a folder without permission: said, not skipped silently
+        log.warning("%s: cannot be read (%s); skipped", e.filename, e.strerror or e)
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
         here = Path(dirpath)
         try:
             st = os.stat(here)
@@ -200,8 +205,21 @@ def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
         if subdirs and not recursive:
             log.info("%s: %d sub-folder(s) not searched (use --recursive)", here, len(subdirs))
         dirnames[:] = subdirs if recursive else []
-        found += [here / f for f in sorted(filenames) if not _is_hidden(f) and is_supported(f)]
+        for f in sorted(filenames):
+            if _is_hidden(f):
+                continue
+            if is_supported(f):
+                found.append(here / f)
+            elif (ext := Path(f).suffix.lower()) in _OTHER_IMAGE_EXTENSIONS:
+                other[ext] = other.get(ext, 0) + 1
+    if other:
+        log.info("%s: %s not picked up from folders (name such a file on its own to deblur it)", folder,
+                 ", ".join(f"{n} {ext}" for ext, n in sorted(other.items())))
     return found
+
+
+# Image files a folder walk leaves out (GIF animations, BMP, HEIC, AVIF, ...): counted in one line.
+_OTHER_IMAGE_EXTENSIONS = frozenset({".gif", ".bmp", ".heic", ".heif", ".avif", ".jxl", ".psd", ".exr"})
 
 
 def _glob_root(pattern: str) -> Path:
