@@ -142,6 +142,11 @@ def test_bad_weights_files(tmp_path):
     save_file({"a": torch.zeros(2)}, str(plain))
     with pytest.raises(WeightsError, match="without cmdd metadata"):
         load_weights(plain)
+    pickle = tmp_path / "model.pt"
+    torch.save({"a": torch.zeros(2)}, pickle)
+    with pytest.raises(WeightsError, match="a PyTorch pickle, not a safetensors") as ei:
+        load_weights(pickle)
+    assert "export_checkpoint.py" in str(ei.value)
 
 
 @pytest.mark.parametrize("change, why", [

@@ -106,6 +106,10 @@ def read_metadata(path: Union[str, Path]) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
+        if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):  # a pickle: never unpickled here
+            raise WeightsError(f"{path}: a PyTorch pickle, not a safetensors weights file; cmdd loads only "
+                               "safetensors (a cmdd training checkpoint converts with "
+                               "scripts/export_checkpoint.py CKPT OUT.safetensors)") from e
         raise WeightsError(f"{path}: not a safetensors weights file ({e})") from e
     if "cmdd" not in meta:
         raise WeightsError(f"{path}: safetensors file without cmdd metadata (not made by cmdd save_weights)")
