@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
         bit_depth: Optional[int] = typer.Option(
             None, "--bit-depth", "--bits", help="8 or 16 bits per sample (default: the input's; JPEG/WebP are 8)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose output exists (default: skip)."),
-        raw_linear: bool = typer.Option(False, "--raw-linear", help="Develop RAW with linear gamma (1, 1)."),
+        raw_linear: bool = typer.Option(False, "--raw-linear", help="Develop RAW with linear gamma (1, 1): sRGB primaries, no tone curve and no ICC profile, so viewers "
+                 "show it dark; for further processing."),
         raw_half_size: bool = typer.Option(
             False, "--raw-half-size",
             help="Develop RAW at half size (faster; LibRaw ignores it for already demosaiced LinearRaw DNGs, "

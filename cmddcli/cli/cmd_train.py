@@ -101,8 +101,7 @@ def register(app: typer.Typer) -> None:
                            loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.3g}")
             elif ev.kind == "stage":
                 bar.update(task, completed=ev.step, stage=f"{ev.patch}²x{ev.batch}")
-            elif ev.kind == "val" and show:
-                bar.console.print(f"step {ev.step}: val PSNR {ev.values['psnr']:.3f} dB, SSIM {ev.values['ssim']:.4f}")
+            # validation results: the trainer's own log line (weights used, best so far) says them once
 
         try:
             result = train(cfg, resume=point, callback=on_event,
