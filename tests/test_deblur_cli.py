@@ -675,3 +675,14 @@ def test_folder_walk_names_unreadable_folders_and_other_image_kinds(tmp_path, mo
     assert [f.name for f in found] == ["a.png"]
     text = caplog.text
     assert "locked: cannot be read (Permission denied); skipped" in text and "1 .gif not picked up" in text
+
+
+def test_glob_extensions_match_in_any_case(tmp_path):
+    from cmddcli.engine.runner import discover
+
+    for name in ("a.DNG", "b.dng", "c.Dng", "d.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    for pattern in ("*.DNG", "*.dng"):
+        found = sorted(f.name for f, _ in discover([str(tmp_path / pattern)], warn=False))
+        assert found == ["a.DNG", "b.dng", "c.Dng"], pattern
+    assert [f.name for f, _ in discover([str(tmp_path / "[ab].*")], warn=False)] == ["a.DNG", "b.dng"]

@@ -222,6 +222,15 @@ def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
 _OTHER_IMAGE_EXTENSIONS = frozenset({".gif", ".bmp", ".heic", ".heif", ".avif", ".jxl", ".psd", ".exr"})
 
 
+def _any_case_extension(pattern: str) -> str:
+    """A glob whose literal file extension matches in any case (``shoot/*.NEF`` also finds ``a.nef``:
+    cameras write upper case, copies and converters often lower)."""
+    head, sep, ext = pattern.rpartition(".")
+    if not sep or not ext or not ext.isalnum() or "/" in ext or os.sep in ext:
+        return pattern
+    return head + "." + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext)
+
+
 def _glob_root(pattern: str) -> Path:
     parts = Path(pattern).parts
     root = []
@@ -265,7 +274,7 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
         else:
             root = _glob_root(s)
             skip_out = exclude is not None and exclude != root.resolve() and _within(exclude, root.resolve())
-            for m in sorted(glob.glob(s, recursive=recursive or "**" in s)):
+            for m in sorted(glob.glob(_any_case_extension(s), recursive=recursive or "**" in s)):
                 f = Path(m)
                 if not f.is_file() or not is_supported(f) or any(_is_hidden(x) for x in f.relative_to(root).parts):
                     continue
