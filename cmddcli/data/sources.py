@@ -111,7 +111,7 @@ def _laplacian_std_blocks(gray: np.ndarray, block: int) -> np.ndarray:
 def block_sharpness(img: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Per-block (fine Laplacian std, fine/coarse ratio) of an sRGB float image (H, W, 3)."""
     gray = (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]).astype(np.float32)
-    if min(gray.shape) < 2 * block:  # not one whole block at both scales (a strip, an icon): no blocks
+    if min(gray.shape) < block:  # not one whole block (a strip, an icon): no blocks (a 1-px side broke np.pad)
         empty = np.zeros((0, 0), np.float32)
         return empty, empty
     fine = _laplacian_std_blocks(gray, block)
