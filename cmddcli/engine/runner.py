@@ -377,9 +377,6 @@ def plan(pairs: Sequence[tuple[Path, Path]], opts: BatchOptions) -> list[Job]:
     for f, root in pairs:
         out = output_path(f, root, opts)
         error = None
-        if opts.bit_depth == 16 and out.suffix.lower() in _EIGHT_BIT_ONLY:
-            error = (f"--bits 16: output {out.name} would be {out.suffix.lstrip('.').upper()}, which holds 8 bits "
-                     "per sample (use --ext png or --ext tif)")
         targets = [(out, "output")] + [(side, "blur map / restore mask") for side in side_output_paths(out, opts)]
         keys = [os.path.normcase(os.fspath(_resolved(t))) for t, _ in targets]
         for (t, what), key in zip(targets, keys):
@@ -667,6 +664,11 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
                                           "output exists, made from this file with the same settings", rank=rank))
             else:
                 results.append(FileResult(str(job.input), str(job.output), "failed", problem, rank=rank))
+        elif opts.bit_depth == 16 and job.output.suffix.lower() in _EIGHT_BIT_ONLY:  # after resume: kept outputs skip
+            results.append(FileResult(str(job.input), str(job.output), "failed",
+                                      f"--bits 16: output {job.output.name} would be "
+                                      f"{job.output.suffix.lstrip('.').upper()}, which holds 8 bits per sample "
+                                      "(use --ext png or --ext tif)", rank=rank))
         elif opts.dry_run:
             results.append(FileResult(str(job.input), str(job.output), "planned", rank=rank))
         else:

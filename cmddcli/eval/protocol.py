@@ -404,13 +404,16 @@ def check_pairs(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings
         first = it.pred if it.pred is not None else it.source
         try:
             tw, th = image_size(it.target)
-            if first is not None:
+        except InputError:  # TIFFs Pillow cannot open, ...: loading them says why, if anything is wrong
+            continue
+        if first is not None and Path(first).suffix.lower() == ".png" and Path(it.target).suffix.lower() == ".png":
+            try:  # PNG headers have no orientation tag: their sizes are the decoded sizes
                 w, h = image_size(first)
                 if (w, h) != (tw, th):
                     raise InputError(first, f"size {w}x{h} differs from the target's {tw}x{th}")
-        except InputError as e:
-            problems.append(str(e))
-            continue
+            except InputError as e:
+                problems.append(str(e))
+                continue
         if it.crop_top >= th:
             problems.append(f"{it.target}: crop-top {it.crop_top} removes the whole image ({th} rows)")
         elif "ssim" in settings.metrics and min(th - it.crop_top, tw) < window:
