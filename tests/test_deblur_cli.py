@@ -656,7 +656,7 @@ def test_folder_walk_names_unreadable_folders_and_other_image_kinds(tmp_path, mo
     a folder walk does not pick up (GIF, BMP, ...) are counted in one info line."""
     import logging
 
-    from cmddcli.engine import runner
+    from cmddcli.engine import inputs
 
     (tmp_path / "locked").mkdir()
     Image.fromarray(img()).save(tmp_path / "a.png")
@@ -671,7 +671,7 @@ def test_folder_walk_names_unreadable_folders_and_other_image_kinds(tmp_path, mo
 
     monkeypatch.setattr(os, "scandir", scandir)
     with caplog.at_level(logging.INFO, logger="cmddcli"):
-        found = runner._walk(tmp_path, recursive=True, exclude=None)
+        found = inputs._walk(tmp_path, recursive=True, exclude=None)
     assert [f.name for f in found] == ["a.png"]
     text = caplog.text
     assert "locked: cannot be read (Permission denied); skipped" in text and "1 .gif not picked up" in text

@@ -184,7 +184,7 @@ def test_weights_with_a_crafted_config_fail_in_one_line(tmp_path, change, why):
 def test_packaged_weight_names_resolve(tmp_path, monkeypatch):
     """--weights NAME: a packaged name loads cmddcli/weights/cmddnet_NAME.safetensors; a file of that
     name in the working folder wins; a bare unknown word is an error listing the names."""
-    from cmddcli.engine.runner import weights_digest
+    from cmddcli.engine.resume import weights_digest
     from cmddcli.model.weights import default_weights_path, packaged_weights, resolve_weights
 
     names = packaged_weights()

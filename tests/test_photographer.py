@@ -13,7 +13,7 @@ from cmddcli.data.synth import synthesize
 from cmddcli.engine import Deblurrer
 from cmddcli.engine.blend import STRENGTH_MAX, blend, feather, linear_to_srgb, srgb_to_linear
 from cmddcli.engine.blurmap import estimate_blur_map, focus_mask, spearman
-from cmddcli.engine.selective import RestoreOptions, finish
+from cmddcli.engine.strength import RestoreOptions, finish
 from cmddcli.errors import CmddError
 
 TOL = 1 / 255

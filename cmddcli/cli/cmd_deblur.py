@@ -147,7 +147,8 @@ def register(app: typer.Typer) -> None:
         """
         from .. import runtime
         from ..engine import runner as batch
-        from ..engine.selective import RestoreOptions
+        from ..engine.resume import weights_digest
+        from ..engine.strength import RestoreOptions
         from ..photo import OUTPUT_FORMATS, RawSettings
 
         setup_logging(quiet=quiet or json_out)
@@ -182,7 +183,7 @@ def register(app: typer.Typer) -> None:
             out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
             overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
             dry_run=dry_run, max_pixels=int(max_megapixels * 1e6) or None,
-            recipe={"weights_sha256": batch.weights_digest(weights),
+            recipe={"weights_sha256": weights_digest(weights),
                     "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"},
                     "engine": engine_recipe},
             restore=restore, report=html_report and not dry_run,

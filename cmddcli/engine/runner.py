@@ -1,20 +1,13 @@
-"""The file-batch runner behind `cmdd deblur`: find inputs, plan outputs, deblur, report.
+"""The file batch behind `cmdd deblur`: plan outputs, deblur each file, merge the ranks' reports.
 
-* Inputs are files, folders (``recursive`` walks sub-folders) and glob patterns. Folders and globs
-  pick up files with a supported extension (hidden files and folders are skipped, and so is the
-  output folder when it lies inside an input folder); a file named explicitly is always tried.
-  Symlinked folders are followed, each real folder walked once (a loop is skipped with a warning).
+* Inputs come from :mod:`.inputs` (folders, globs, earlier runs' outputs left out); the options are
+  :class:`.batch_options.BatchOptions`.
 * Outputs mirror the input tree under ``out_dir``: a file found in folder ``F`` at ``F/a/b.jpg``
   goes to ``out_dir/a/b<suffix>.<ext>``; a file named on its own goes to ``out_dir/<name>``.
 * An output that would be an input file is refused; two inputs that map to one output fail the
-  second. Resume: each finished output gets a record, ``out_dir/.cmdd/records/<output>.json``, of
-  the source file (resolved path, size, mtime) and the settings that made it (:func:`recipe`:
-  weights digest, RAW development for RAW files, bit depth, precision, tile and overlap, ...). An
-  existing output is skipped only when its record matches the input and the settings; with no
-  record, or a record of another source, an older version of the source or other settings, the
-  file fails with a reason saying which, so nothing is kept silently. ``overwrite`` redoes every
-  output. Files with a record are outputs: a later walk of the same folder does not take them as
-  inputs.
+  second. Resume (:mod:`.resume`): an existing output is skipped only when its record matches the
+  input and the settings; otherwise the file fails with a reason saying which, so nothing is kept
+  silently. ``overwrite`` redoes every output.
 * Each output is written through a temp file and ``os.replace`` (see cmddcli.atomic).
 * A file that cannot be used fails with a one-line reason and the batch goes on.
 * Under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK), rank r takes files r, r + world, ... of the
@@ -26,7 +19,6 @@ A summary (``BatchReport.to_dict()``: settings, RAW development, one row per fil
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -35,19 +27,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .selective import RestoreOptions, finish_photo
-from ..errors import CmddError, InputError
-from ..runtime import DistInfo, gather_objects
-from ..photo import MAX_PIXELS, RawSettings, default_output_suffix, is_raw, is_supported, read_photo, write_photo
-from ..photo.io import check_readable
 from ..atomic import atomic_write_bytes, ensure_output_dir
+from ..errors import CmddError, InputError
+from ..photo import default_output_suffix, read_photo, write_photo
+from ..photo.io import check_readable
+from ..runtime import DistInfo, gather_objects
+from . import resume
+from .batch_options import BatchOptions
+from .inputs import discover, has_subfolders, resolved
+from .resume import STATE_DIR
+from .strength import finish_photo
+
+__all__ = ["BatchOptions", "BatchReport", "BatchInterrupted", "BatchProgress", "FileResult", "Job", "discover",
+           "merge_reports", "plan", "process_job", "run_batch", "run_jobs", "shard", "write_summary"]
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".cmdd"
 SUMMARY_NAME = "summary.json"
-RECORDS_DIR = "records"
-_MAGIC = set("*?[")
 
 
 # ---------------------------------------------------------------------------------------- types
@@ -76,30 +72,6 @@ class FileResult:
     warnings: list = field(default_factory=list)  # what could not be kept (pages, range, metadata...)
     restore: dict = field(default_factory=dict)  # strength, restored region and share (RestoreOptions)
     raw: Optional[dict] = None  # RAW inputs: the development as applied (settings + half_size_applied)
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """How the runner names, writes and resumes outputs (output folder, format, suffix, bit depth, RAW
-    development, size limit, restore options); one object for a whole run."""
-    out_dir: Path
-    recursive: bool = False
-    ext: Optional[str] = None  # "png" / "tif" / "jpg" / "webp"; None: same as the input (RAW -> tif)
-    suffix: str = ""
-    overwrite: bool = False
-    bit_depth: Optional[int] = None  # None: keep the input's
-    raw: RawSettings = RawSettings()
-    dry_run: bool = False
-    max_pixels: Optional[int] = MAX_PIXELS  # decompression-bomb limit per file (None: none)
-    recipe: dict = field(default_factory=dict)  # what else makes an output (e.g. the weights' digest)
-    restore: RestoreOptions = RestoreOptions()  # strength, focus auto / mask, --save-blur-map
-    report: bool = False  # write report previews (OUT/.cmdd/report) for cmddcli.engine.report
-
-    def __post_init__(self):
-        # The suffix is part of a file name: a path separator in it would put outputs (and, with "..",
-        # overwrite unrelated files) outside out_dir.
-        if any(c in self.suffix for c in ("/", "\\", "\0")):
-            raise CmddError(f"--suffix {self.suffix!r}: must not contain '/', '\\' or NUL (it is appended to file names)")
 
 
 @dataclass
@@ -154,191 +126,7 @@ class BatchProgress:
     def file_finished(self, result: FileResult) -> None: ...
 
 
-# ---------------------------------------------------------------------------------------- discovery
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _resolved(path: Path) -> Path:
-    """``path.resolve()``, or its absolute path when it cannot be resolved (a symlink loop raises
-    RuntimeError before Python 3.13, OSError after): such a file then fails on its own when opened."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
-
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def _walk(folder: Path, recursive: bool, exclude: Optional[Path]) -> list[Path]:
-    """Supported files in ``folder`` (and below when ``recursive``), following symlinked folders but
-    walking each real folder once, so a symlink loop ends with a warning instead of never."""
-    found = []
-    walked: set = set()
-    other: dict = {}  # extension -> count of image files of other kinds, named in one info line
-
-    def unreadable(e: OSError) -> None:  # a folder without permission: said, not skipped silently
-        log.warning("%s: cannot be read (%s); skipped", e.filename, e.strerror or e)
-
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
-        here = Path(dirpath)
-        try:
-            st = os.stat(here)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in walked:
-            log.warning("%s: skipped, that folder was already walked (a symlink loop or a second link to it)", here)
-            dirnames[:] = []
-            continue
-        walked.add((st.st_dev, st.st_ino))
-        subdirs = sorted(d for d in dirnames
-                         if not _is_hidden(d) and not (exclude is not None and _resolved(here / d) == exclude))
-        if subdirs and not recursive:
-            log.info("%s: %d sub-folder(s) not searched (use --recursive)", here, len(subdirs))
-        dirnames[:] = subdirs if recursive else []
-        for f in sorted(filenames):
-            if _is_hidden(f):
-                continue
-            if is_supported(f):
-                found.append(here / f)
-            elif (ext := Path(f).suffix.lower()) in _OTHER_IMAGE_EXTENSIONS:
-                other[ext] = other.get(ext, 0) + 1
-    if other:
-        log.info("%s: %s not picked up from folders (name such a file on its own to deblur it)", folder,
-                 ", ".join(f"{n} {ext}" for ext, n in sorted(other.items())))
-    return found
-
-
-# Image files a folder walk leaves out (GIF animations, BMP, HEIC, AVIF, ...): counted in one line.
-_OTHER_IMAGE_EXTENSIONS = frozenset({".gif", ".bmp", ".heic", ".heif", ".avif", ".jxl", ".psd", ".exr"})
-
-
-def _any_case_extension(pattern: str) -> str:
-    """A glob whose literal file extension matches in any case (``shoot/*.NEF`` also finds ``a.nef``:
-    cameras write upper case, copies and converters often lower)."""
-    head, sep, ext = pattern.rpartition(".")
-    if not sep or not ext or not ext.isalnum() or "/" in ext or os.sep in ext:
-        return pattern
-    return head + "." + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext)
-
-
-def _glob_root(pattern: str) -> Path:
-    parts = Path(pattern).parts
-    root = []
-    for p in parts:
-        if _MAGIC & set(p):
-            break
-        root.append(p)
-    return Path(*root) if root else Path(".")
-
-
-def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
-             exclude: Optional[Path] = None, warn: bool = True) -> list[tuple[Path, Path]]:
-    """(file, root) pairs for the inputs, sorted by file path, duplicates removed.
-
-    ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
-    or the file's own folder for a file named on its own. ``exclude`` is the output folder: when it
-    lies inside a walked folder or below a glob's fixed part, the files in it are left out; and
-    any file ``exclude`` holds a resume record for (an output of an earlier run, unchanged since)
-    is left out wherever it was found, so an output folder that is also the input folder can be
-    deblurred into again. A missing path is returned as is (it fails later with "file not found").
-    With several inputs and ``warn``, a folder or glob that holds no image is named in a warning.
-    """
-    out_dirs = (Path(exclude).absolute(), Path(exclude).resolve()) if exclude is not None else ()
-    exclude = Path(exclude).resolve() if exclude is not None else None
-    pairs: list[tuple[Path, Path]] = []
-    named: set = set()  # files named on their own: always inputs
-    for arg in inputs:
-        before = len(pairs)
-        s = os.fspath(arg)
-        p = Path(s).expanduser()
-        try:
-            is_dir, exists = p.is_dir(), p.exists()
-        except OSError:  # a name too long, a folder without permission: fails later, with the reason
-            is_dir, exists = False, True
-        if is_dir:
-            walk_exclude = exclude if exclude is not None and _within(exclude, p.resolve()) else None
-            pairs += [(f, p) for f in _walk(p, recursive, walk_exclude)]
-        elif exists or not (_MAGIC & set(s)):
-            pairs.append((p, p.parent))
-            named.add(p)
-        else:
-            root = _glob_root(s)
-            skip_out = exclude is not None and exclude != root.resolve() and _within(exclude, root.resolve())
-            for m in sorted(glob.glob(_any_case_extension(s), recursive=recursive or "**" in s)):
-                f = Path(m)
-                if not f.is_file() or not is_supported(f) or any(_is_hidden(x) for x in f.relative_to(root).parts):
-                    continue
-                if skip_out and _within(_resolved(f), exclude):
-                    continue
-                pairs.append((f, root))
-        if warn and len(pairs) == before and len(inputs) > 1:  # one input: run_batch's error says it
-            hint = " (use --recursive for sub-folders)" if is_dir and not recursive and \
-                _has_subfolders(p, Path(exclude) if exclude is not None else p) else ""
-            log.warning("%s: no images found; skipped%s", s, hint)
-    pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
-    has_records: dict = {}
-    pairs = [(f, root) for f, root in pairs if f in named or not _output_of_another_run(f, root, has_records)]
-    seen, unique = set(), []
-    for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
-        key = os.path.normcase(os.fspath(_resolved(f)))
-        if key not in seen:
-            seen.add(key)
-            unique.append((f, root))
-    return unique
-
-
-def _recorded_output(file: Path, out_dirs: Sequence[Path], hint: str = "use another -o to deblur it again") -> bool:
-    """Whether ``file`` is an output of an earlier run into the output folder (``out_dirs``: its
-    absolute and its resolved path): it has a resume record there and, where the record says, the
-    same size and modification time as when it was written (a photo copied over it later is an
-    input again)."""
-    for base in out_dirs:
-        for f in (file.absolute(), _resolved(file)):
-            try:
-                rel = f.relative_to(base)
-            except ValueError:
-                continue
-            rec = _record_file(base, rel)
-            try:
-                made = json.loads(rec.read_text()).get("output_file")
-                st = file.stat()
-            except (OSError, ValueError, AttributeError):
-                continue
-            if made is not None and (made.get("size"), made.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
-                continue
-            log.info("%s: left out, an output of an earlier run (%s); %s", file, rec, hint)
-            return True
-    return False
-
-
-def _output_of_another_run(file: Path, root: Path, has_records: dict) -> bool:
-    """Whether ``file``, found by walking ``root`` (a folder or a glob's fixed part), is an output of
-    an earlier run into another output folder inside ``root`` (``cmdd deblur shoot -r -o shoot/v1``,
-    then ``-o shoot/v2``): some folder between the file and ``root`` holds a resume record of it.
-    ``has_records`` caches which folders have records."""
-    try:
-        rel_parts = file.absolute().relative_to(root.absolute()).parts
-    except ValueError:
-        return False
-    folder = root.absolute()
-    for part in rel_parts[:-1]:
-        folder = folder / part
-        if folder not in has_records:
-            has_records[folder] = (folder / STATE_DIR / RECORDS_DIR).is_dir()
-        if has_records[folder] and _recorded_output(file, (folder, _resolved(folder)),
-                                                    "name the file on its own to deblur it again"):
-            return True
-    return False
+# ---------------------------------------------------------------------------------------- planning
 
 
 def output_path(file: Path, root: Path, opts: BatchOptions) -> Path:
@@ -371,14 +159,14 @@ def plan(pairs: Sequence[tuple[Path, Path]], opts: BatchOptions) -> list[Job]:
     An output (or a blur map / restore mask beside it) that is an input file, or that another input
     already writes (two inputs of the same name, e.g. ``a.jpg`` and ``a.png`` with ``--ext png``),
     fails that job; the first input in sorted order keeps the name."""
-    inputs = {os.path.normcase(os.fspath(_resolved(f))): f for f, _ in pairs}
+    inputs = {os.path.normcase(os.fspath(resolved(f))): f for f, _ in pairs}
     claimed: dict[str, tuple[Path, str]] = {}
     jobs = []
     for f, root in pairs:
         out = output_path(f, root, opts)
         error = None
         targets = [(out, "output")] + [(side, "blur map / restore mask") for side in side_output_paths(out, opts)]
-        keys = [os.path.normcase(os.fspath(_resolved(t))) for t, _ in targets]
+        keys = [os.path.normcase(os.fspath(resolved(t))) for t, _ in targets]
         for (t, what), key in zip(targets, keys):
             if error:
                 break
@@ -455,153 +243,6 @@ def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> None:
         write_previews(opts.out_dir, job.output, before, fin.rgb)
 
 
-# ---------------------------------------------------------------------------------------- resume records
-
-
-def weights_digest(weights: Optional[str | os.PathLike]) -> str:
-    """sha256 of the weights file (the shipped one when ``weights`` is None): part of what made an
-    output. ``unreadable:PATH`` when it cannot be read (the engine reports why when it loads it)."""
-    from ..data.manifest import sha256_file
-    from ..errors import WeightsError
-    from ..model.weights import resolve_weights
-
-    try:
-        path = resolve_weights(weights)
-    except WeightsError:
-        return f"unreadable:{weights}"
-    try:
-        return sha256_file(path)
-    except OSError:
-        return f"unreadable:{path}"
-
-
-# Recipe entries added after records were first written: a record without one is not failed for it.
-_LATER_RECIPE_KEYS = ("engine",)
-
-
-def recipe(opts: BatchOptions, source: Optional[Path] = None) -> dict:
-    """The settings that make an output what it is (compared on resume), as JSON values. The RAW
-    development is part of it only for a RAW ``source`` (or when no source is given)."""
-    d = {**opts.recipe, "bit_depth": opts.bit_depth}
-    if source is None or is_raw(source):
-        d["raw_development"] = opts.raw.postprocess_params()
-    return json.loads(json.dumps(d, default=str))
-
-
-def record_path(output: Path, opts: BatchOptions) -> Path:
-    """``out_dir/.cmdd/records/<output relative to out_dir>.json``."""
-    try:
-        rel = Path(output).relative_to(Path(opts.out_dir))
-    except ValueError:
-        rel = Path(Path(output).name)
-    return _record_file(Path(opts.out_dir), rel)
-
-
-# Longest record file name (bytes): most file systems allow 255; an output name near that limit gets
-# a shortened record name with a digest of the full name.
-_MAX_RECORD_NAME = 255
-
-
-def _record_file(out_dir: Path, rel: Path) -> Path:
-    """The resume record of the output at ``rel`` (relative to ``out_dir``)."""
-    name = rel.name + ".json"
-    if len(os.fsencode(name)) > _MAX_RECORD_NAME:
-        import hashlib
-
-        digest = hashlib.sha256(os.fsencode(rel.name)).hexdigest()[:16]
-        name = os.fsdecode(os.fsencode(rel.name)[:180]) + f"~{digest}.json"
-    return out_dir / STATE_DIR / RECORDS_DIR / rel.parent / name
-
-
-def source_identity(path: Path) -> dict:
-    """Path, size and modification time of an input: what a resume record compares."""
-    st = Path(path).stat()
-    return {"path": os.fspath(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def resume_problem(job: Job, opts: BatchOptions) -> Optional[str]:
-    """None when ``job.output`` exists and its record says it was made from this very input (same
-    path, size and mtime) with the same :func:`recipe`; otherwise the reason it must not be kept."""
-    hint = "use --overwrite to redo it, or --suffix / another -o to keep it"
-    try:
-        rec = json.loads(record_path(job.output, opts).read_text())
-        made_from, made_with = rec["source"], rec["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{job.output} exists but there is no record of what made it (another program, or an older " \
-               f"or interrupted run); {hint}"
-    try:
-        now = source_identity(job.input)
-    except OSError as e:
-        return f"cannot read {job.input} ({e.strerror or e})"
-    if made_from.get("path") != now["path"]:
-        return f"{job.output} exists but was made from {made_from.get('path')}; {hint}"
-    if (made_from.get("size"), made_from.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
-        return f"{job.output} was made from an earlier version of this file (size or time changed); {hint}"
-    made = rec.get("output_file")
-    if isinstance(made, dict):
-        try:
-            st = job.output.stat()
-            changed = (made.get("size"), made.get("mtime_ns")) != (st.st_size, st.st_mtime_ns)
-        except OSError:
-            changed = True
-        if changed:
-            return f"{job.output} was changed after cmdd wrote it (size or time differs from its record); {hint}"
-    current = recipe(opts, job.input)
-    if not is_raw(job.input):  # older records hold the RAW development for every file
-        made_with = {k: v for k, v in made_with.items() if k != "raw_development"}
-    for k in _LATER_RECIPE_KEYS:
-        if k not in made_with:
-            current.pop(k, None)
-    if made_with != current:
-        keys = []
-        for k in sorted(set(made_with) | set(current)):
-            a, b = made_with.get(k), current.get(k)
-            if isinstance(a, dict) and isinstance(b, dict):
-                keys += [f"{k}.{j}" for j in sorted(set(a) | set(b)) if a.get(j) != b.get(j)]
-            elif a != b:
-                keys.append(k)
-        return f"{job.output} was made with other settings ({', '.join(keys)}); {hint}"
-    return None
-
-
-def _forget_record(job: Job, opts: BatchOptions) -> Optional[dict]:
-    """Before (re)making an output: drop its old record (so a stale output never passes for new) and
-    return the source's identity as it is now (None if it cannot be read: the job fails anyway)."""
-    try:
-        record_path(job.output, opts).unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        log.warning("%s: cannot remove the old resume record (%s)", job.output, e.strerror or e)
-    try:
-        return source_identity(job.input)
-    except OSError:
-        return None
-
-
-def _remember(job: Job, opts: BatchOptions, source: Optional[dict], res: FileResult) -> None:
-    """After an output is written: its record (a failure is a warning; the next run then reports the
-    output as unrecorded instead of skipping it)."""
-    if source is None:
-        return
-    try:
-        st = Path(job.output).stat()
-        made = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}  # tells this output from a later copy
-    except OSError:
-        made = None
-    payload = {"output": os.fspath(job.output), "output_file": made, "source": source,
-               "settings": recipe(opts, job.input), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if res.raw is not None:  # what LibRaw did, which --raw-half-size does not always decide
-        payload["raw_development_applied"] = res.raw
-    try:
-        atomic_write_bytes(record_path(job.output, opts), (json.dumps(payload, indent=1) + "\n").encode(),
-                           fsync=False)
-    except OSError as e:
-        msg = f"resume record not written ({e.strerror or e}): a later run will not skip this output"
-        log.warning("%s: %s", job.output, msg)
-        res.warnings.append(msg)
-
-
 def _side_output_problem(job: Job, opts: BatchOptions, input_ids: set) -> Optional[str]:
     """Why the blur map / restore mask beside ``job.output`` must not be written, or None. They are
     replaced only with the output itself: when the output is kept (resumed) they are not touched, and
@@ -658,7 +299,7 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
         elif (side := _side_output_problem(job, opts, input_ids)) is not None:
             results.append(FileResult(str(job.input), str(job.output), "failed", side, rank=rank))
         elif job.output.exists() and not opts.overwrite:
-            problem = resume_problem(job, opts)
+            problem = resume.resume_problem(job.input, job.output, opts.out_dir, opts.recipe_for(job.input))
             if problem is None:
                 results.append(FileResult(str(job.input), str(job.output), "skipped",
                                           "output exists, made from this file with the same settings", rank=rank))
@@ -681,10 +322,12 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
         deblurrer = make_deblurrer()
         for job in todo:
             progress.file_started(job)
-            source = _forget_record(job, opts)
+            source = resume.forget_record(job.input, job.output, opts.out_dir)
             res = process_job(job, deblurrer, opts, progress, rank)
             if res.status == "done":
-                _remember(job, opts, source, res)
+                warning = resume.remember(job.output, opts.out_dir, source, opts.recipe_for(job.input), res.raw)
+                if warning:
+                    res.warnings.append(warning)
             if res.status == "failed":  # the CLI lists failures at the end; logged for library callers
                 log.debug("failed: %s: %s", job.input, res.reason)
             results.append(res)
@@ -735,7 +378,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     if info.world_size > 1:  # every rank shards rank 0's list (records written meanwhile change discovery)
         pairs = gather_objects(pairs, info)[0]
     if not pairs:
-        nested = not opts.recursive and any(_has_subfolders(Path(i), Path(opts.out_dir)) for i in inputs)
+        nested = not opts.recursive and any(has_subfolders(Path(i), Path(opts.out_dir)) for i in inputs)
         raise CmddError("no images found in " + ", ".join(os.fspath(i) for i in inputs)
                         + (" (use --recursive for sub-folders)" if nested else ""))
     if not opts.dry_run:
@@ -767,7 +410,7 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
                    "overwrite": opts.overwrite},
         "raw_development": opts.raw.describe(),
         "max_pixels": opts.max_pixels,
-        "recipe": recipe(opts),
+        "recipe": opts.recipe_for(),
     }
     local = BatchReport(results, all_settings, info.world_size).to_dict()
     report = merge_reports(gather_objects(local, info))
@@ -779,15 +422,6 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
                                     f"({e.strerror or e})")
             log.warning("%s", report.summary_error)
     return report
-
-
-def _has_subfolders(folder: Path, out_dir: Path) -> bool:
-    """Whether ``folder`` has a sub-folder that ``--recursive`` would walk (not hidden, not the output)."""
-    try:
-        return folder.is_dir() and any(d.is_dir() and not _is_hidden(d.name) and d.resolve() != out_dir.resolve()
-                                       for d in folder.iterdir())
-    except OSError:
-        return False
 
 
 def write_summary(report: BatchReport, out_dir: Path) -> Path:
