@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import signal
-import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,9 +13,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from ..errors import CmddError
 from .common import (
-    check_tile, device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_failures,
+    device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_failures,
     print_json, quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
 
 class _RichProgress:
@@ -147,58 +145,16 @@ def register(app: typer.Typer) -> None:
         """
         from .. import runtime
         from ..engine import runner as batch
-        from ..engine.resume import weights_digest
-        from ..engine.strength import RestoreOptions
-        from ..photo import OUTPUT_FORMATS, RawSettings
+        from ..signals import stop_on_signals
 
         setup_logging(quiet=quiet or json_out)
-        if ext is not None and ext.lower().lstrip(".") not in OUTPUT_FORMATS:
-            raise CmddError(f"--ext must be one of png, tif, jpg, webp (got {ext!r})")
-        if bit_depth not in (None, 8, 16):
-            raise CmddError(f"--bit-depth must be 8 or 16 (got {bit_depth})")
-        if bit_depth == 16 and ext is not None and ext.lower().lstrip(".") not in ("png", "tif", "tiff"):
-            raise CmddError(f"--bit-depth 16 needs --ext png or tif ({ext} is 8-bit only)")
-        check_tile(tile, overlap)
-        # Settings the engine would refuse, checked before the output folder is made or a photo is read.
-        from ..engine.options import PRECISIONS
-        from ..model.weights import resolve_weights
-
-        if (precision or "auto").lower() not in PRECISIONS:
-            raise CmddError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-        if dry_run:
-            runtime.check_device_name(device)
-        else:
-            runtime.resolve_device(device)
-        resolve_weights(weights)
-        if max_megapixels < 0:
-            raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
-        restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)
+        opts = batch.BatchOptions.for_deblur(
+            output, weights=weights, device=device, precision=precision, tile=tile, overlap=overlap,
+            recursive=recursive, ext=ext, suffix=suffix, overwrite=overwrite, bit_depth=bit_depth,
+            raw_linear=raw_linear, raw_half_size=raw_half_size, max_megapixels=max_megapixels, strength=strength,
+            focus=focus, mask=mask, save_blur_map=save_blur_map, report=html_report, dry_run=dry_run)
         info = runtime.DistInfo.from_env()
-        # The engine settings change an output by a few 8-bit levels at most, but they made it: part of
-        # the recipe, as given (precision "auto" stays "auto", so a resume on another machine matches).
-        engine_recipe = {"precision": (precision or "auto").lower(), "tile": "auto" if tile is None else tile}
-        if tile != 0:
-            engine_recipe["overlap"] = overlap  # whole-image inference has no overlap
-        opts = batch.BatchOptions(
-            out_dir=output, recursive=recursive, ext=ext.lower().lstrip(".") if ext else None, suffix=suffix,
-            overwrite=overwrite, bit_depth=bit_depth, raw=RawSettings(linear=raw_linear, half_size=raw_half_size),
-            dry_run=dry_run, max_pixels=int(max_megapixels * 1e6) or None,
-            recipe={"weights_sha256": weights_digest(weights),
-                    "restore": {k: v for k, v in restore.describe().items() if k != "save_blur_map"},
-                    "engine": engine_recipe},
-            restore=restore, report=html_report and not dry_run,
-        )
-        if opts.report and not overwrite:  # refused before any photo, not after the batch
-            from ..engine.report import foreign_report
-
-            if (page := foreign_report(Path(output))) is not None:
-                raise CmddError(f"{page} exists and is not a cmdd report; --report would replace it "
-                                "(remove it, use another -o, or --overwrite)")
         engine_settings: dict = {}
-        if dry_run:  # what the real run refuses before any photo (the Deblurrer does it there)
-            from ..model import ssm
-
-            ssm.choose_backend(runtime.resolve_device(device).type, needs_grad=False)
 
         def make_deblurrer():
             from ..engine import Deblurrer
@@ -212,19 +168,13 @@ def register(app: typer.Typer) -> None:
         show = not (quiet or json_out) and info.rank == 0
         info = runtime.join_group(info, backend="gloo",
                                   timeout=datetime.timedelta(hours=runtime.GATHER_TIMEOUT_HOURS))
-        stopped_by = []
-
-        def on_sigterm(signum, frame):  # SIGTERM ends the batch as Ctrl-C does: finished outputs kept, a message
-            stopped_by.append(signum)
-            raise KeyboardInterrupt
-
-        old_term = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True,
-                          disable=not show) as bars:
+            with stop_on_signals(at_once=True) as stop, \
+                    Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True,
+                             disable=not show) as bars:
                 report = batch.run_batch(inputs, opts, make_deblurrer, _RichProgress(bars), info,
-                                         settings={"engine": engine_settings, "restore": restore.describe()})
+                                         settings={"engine": engine_settings, "restore": opts.restore.describe()})
         except batch.BatchInterrupted as e:
             if info.rank == 0:
                 done = sum(r.status == "done" for r in e.results)
@@ -233,10 +183,8 @@ def register(app: typer.Typer) -> None:
                                   "resume", highlight=False, soft_wrap=True)
                 if e.results and any(r.status == "failed" for r in e.results):
                     print_failures((r.input, r.reason) for r in e.results if r.status == "failed")
-            raise typer.Exit(128 + (stopped_by[0] if stopped_by else signal.SIGINT))
+            raise typer.Exit(128 + (stop.signum or signal.SIGINT))
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
             runtime.shutdown_distributed(info)
 
         if opts.report and info.rank == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import List, Optional
@@ -62,7 +61,9 @@ def register(app: typer.Typer) -> None:
 
           cmdd train --resume runs/paper
         """
-        rank = int(os.environ.get("RANK", "0"))
+        from ..runtime import DistInfo
+
+        rank = DistInfo.from_env().rank
         setup_logging(quiet=json_out or rank != 0)
         from ..train.checkpoint import ResumePoint
         from ..train.overrides import build_config, parse_count, to_toml

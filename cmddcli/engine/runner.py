@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 from ..atomic import atomic_write_bytes, ensure_output_dir
 from ..errors import CmddError, InputError
-from ..photo import default_output_suffix, read_photo, write_photo
+from ..photo import default_output_suffix, holds_8_bits_only, read_photo, write_photo
 from ..photo.io import check_readable
 from ..runtime import DistInfo, gather_objects
 from . import resume
@@ -146,10 +146,6 @@ def side_output_paths(output: Path, opts: BatchOptions) -> list[Path]:
     from .blurmap import map_image_paths
 
     return list(map_image_paths(output))
-
-
-# Output formats that hold 8 bits per sample only (photo.io writes them 8-bit whatever is asked).
-_EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".webp")
 
 
 def plan(pairs: Sequence[tuple[Path, Path]], opts: BatchOptions) -> list[Job]:
@@ -305,7 +301,7 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
                                           "output exists, made from this file with the same settings", rank=rank))
             else:
                 results.append(FileResult(str(job.input), str(job.output), "failed", problem, rank=rank))
-        elif opts.bit_depth == 16 and job.output.suffix.lower() in _EIGHT_BIT_ONLY:  # after resume: kept outputs skip
+        elif opts.bit_depth == 16 and holds_8_bits_only(job.output):  # after resume: kept outputs skip
             results.append(FileResult(str(job.input), str(job.output), "failed",
                                       f"--bits 16: output {job.output.name} would be "
                                       f"{job.output.suffix.lstrip('.').upper()}, which holds 8 bits per sample "

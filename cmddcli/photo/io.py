@@ -77,6 +77,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", 
 SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS
 # output extension -> writer format
 OUTPUT_FORMATS = {"png": "png", "tif": "tiff", "tiff": "tiff", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+EIGHT_BIT_FORMATS = frozenset({"jpeg", "webp"})  # hold 8 bits per sample: written 8-bit whatever is asked
 JPEG_QUALITY = 95  # JPEG and WebP outputs: quality 95, JPEG without chroma subsampling (4:4:4)
 # Largest image decoded by default: above every camera sensor (151 MP is the largest), far below what
 # a crafted header can claim. One limit for every decoder, checked from the header before decoding.
@@ -604,6 +605,14 @@ def _one_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------- writing
 
 
+def holds_8_bits_only(name: str | Path) -> bool:
+    """Whether an output named ``name`` (a file name, ``.jpg`` or ``jpg``) holds 8 bits per sample
+    only (JPEG, WebP), so ``--bit-depth 16`` cannot be kept there."""
+    p = Path(name)
+    ext = p.suffix if "." in p.name[1:] else str(name)  # a path's extension, or the extension given alone
+    return OUTPUT_FORMATS.get(ext.lower().lstrip(".")) in EIGHT_BIT_FORMATS
+
+
 def output_format(path: str | Path) -> str:
     ext = Path(path).suffix.lower().lstrip(".")
     if ext not in OUTPUT_FORMATS:
@@ -654,7 +663,7 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
     path = Path(path)
     fmt = output_format(path)
     depth = bit_depth or photo.bit_depth
-    if fmt in ("jpeg", "webp"):
+    if fmt in EIGHT_BIT_FORMATS:
         depth = 8
     elif fmt == "png" and depth > 16:
         depth = 16

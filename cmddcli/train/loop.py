@@ -46,9 +46,11 @@ from .logs import CsvLog, tensorboard_writer
 from .losses import make_loss
 from .sampling import SampleStream, SeededDataset
 from .schedule import LRSchedule, Stage, stage_at, stages_of
-from .stopping import agreed_stop, loader_worker_init, signals_blocked, stop_on_signals
+from ..signals import stop_on_signals
+from .stopping import agreed_stop, loader_worker_init, signals_blocked
 
 log = logging.getLogger(__name__)
+STOP_MESSAGE = "stopping after this step with a checkpoint (send it again to stop at once)"  # first stop signal
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainEvent", "TrainingDiverged", "DataSource", "build_model"]
 
@@ -431,7 +433,7 @@ class Trainer:
         t_last, step_time = time.perf_counter(), None
 
         stopped_by: Optional[str] = None
-        with stop_on_signals() as stop:
+        with stop_on_signals(message=STOP_MESSAGE) as stop:
             while self.step < end:
                 it = self.step + 1
                 stage = stage_at(cfg, it)

@@ -1,7 +1,7 @@
 """Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's, CI's or ``kill``'s stop).
 
-The first signal only sets a :class:`StopRequest`; the loop finishes its step, every rank agrees on
-the stop (:func:`agreed_stop`), a checkpoint of that step is written and the run returns with
+The first signal only sets a :class:`~cmddcli.signals.StopRequest` (:func:`cmddcli.signals.stop_on_signals`);
+the loop finishes its step, every rank agrees on the stop (:func:`agreed_stop`), a checkpoint of that step is written and the run returns with
 ``stopped_by`` set (the CLI exits 128 + the signal's number). A second SIGINT raises
 KeyboardInterrupt at once; a second SIGTERM ends the process by SIGTERM. Under DDP without torchrun a
 second signal on one rank can leave the others waiting in a collective until the process group's
@@ -22,65 +22,17 @@ once") or a SIGKILL; elsewhere torch's worker watchdog ends them within seconds.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
-import threading
 from typing import Optional
 
 from ..runtime import DistInfo, max_over_ranks
+from ..signals import STOP_SIGNALS, StopRequest
 
-__all__ = ["StopRequest", "stop_on_signals", "agreed_stop", "signals_blocked", "loader_worker_init"]
+__all__ = ["agreed_stop", "signals_blocked", "loader_worker_init"]
 
-log = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-class StopRequest:
-    """Set by :func:`stop_on_signals`: ``signum`` is the first stop signal's number (0: none yet)."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """Within the block, the first SIGINT or SIGTERM only sets the yielded :class:`StopRequest`.
-
-    Installed only in the main thread (the only one Python delivers signals to), and not over a
-    signal that is ignored (e.g. SIGINT of a job started in the background by a script) or handled
-    outside Python; the previous handlers are restored on exit.
-    """
-    req = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield req
-        return
-    old = {}
-    for s in STOP_SIGNALS:
-        h = signal.getsignal(s)
-        if h is not signal.SIG_IGN and h is not None:
-            old[s] = h
-
-    def handler(signum, frame):
-        if req.signum:
-            if signum == signal.SIGTERM:  # stop at once, as SIGTERM would have without us
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
-            raise KeyboardInterrupt
-        req.signum = signum
-        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
-                    signal.Signals(signum).name)
-
-    try:
-        for s in old:
-            signal.signal(s, handler)
-        yield req
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def agreed_stop(req: StopRequest, info: DistInfo) -> Optional[str]:
