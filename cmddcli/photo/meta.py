@@ -1,4 +1,12 @@
-"""EXIF through exiv2 (the pyexiv2 package): camera metadata from RAW files, the Exif sub-IFD in TIFFs.
+"""Photo metadata: EXIF orientation and cleaning (Pillow), and EXIF through exiv2 for RAW and TIFF.
+
+* :func:`apply_orientation` / :func:`orientation_and_exif`: readers return pixels upright, with the
+  EXIF Orientation (tag 274) applied, and writers store Orientation = 1, so a viewer shows the output
+  as it showed the input whether or not the output format carries EXIF, and nothing rotates it twice.
+* :func:`clean_exif`: the EXIF safe to attach to a new file (descriptive IFD0 tags, the Exif sub-IFD
+  and GPS; no layout tags, MakerNote or thumbnail).
+
+exiv2 (the pyexiv2 package): camera metadata from RAW files, the Exif sub-IFD in TIFFs.
 
 Pillow reads and writes the EXIF of JPEG, PNG and WebP, but it cannot read a RAW file's tags and
 tifffile cannot write an Exif sub-IFD. exiv2 (also used by darktable and digiKam) does both, so:
@@ -30,6 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -197,8 +206,6 @@ def raw_exif(path: str | Path, libraw: Optional[dict] = None) -> tuple[Optional[
 
     ``libraw`` is :func:`libraw_tags` of the same file; its values fill tags exiv2 did not find.
     """
-    from .io import clean_exif
-
     warning = None
     tags = filter_tags(read_tags(path)) if exiv2() is not None else {}
     if exiv2() is None:
@@ -224,3 +231,81 @@ def write_exif_tags(path: str | Path, tags: dict) -> None:
         raise RuntimeError(unavailable_reason())
     with pyexiv2.Image(str(path)) as img:
         img.modify_exif(tags, encoding="utf-8")
+
+# ---------------------------------------------------------------------------------------- EXIF with Pillow
+
+
+ORIENTATION_TAG = 274
+
+
+def apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
+    """Return ``arr`` (H, W, ...) as it should be displayed for EXIF ``orientation`` 1-8.
+
+    Same transforms as ``PIL.ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip,
+    5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.
+    Unknown or missing values leave the array unchanged.
+    """
+    o = int(orientation or 1)
+    if o == 2:
+        arr = arr[:, ::-1]
+    elif o == 3:
+        arr = arr[::-1, ::-1]
+    elif o == 4:
+        arr = arr[::-1]
+    elif o == 5:
+        arr = arr.swapaxes(0, 1)
+    elif o == 6:
+        arr = np.rot90(arr, k=-1)
+    elif o == 7:
+        arr = arr.swapaxes(0, 1)[::-1, ::-1]
+    elif o == 8:
+        arr = np.rot90(arr, k=1)
+    return np.ascontiguousarray(arr)
+
+
+# IFD0 tags that describe the file layout, not the photo: never copied to another file.
+_LAYOUT_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325,
+     338, 339, 340, 341, 513, 514, 529, 530, 531, 532, 700, 33723, 34377, 34675, 0x8769, 0x8825, 0xA005}
+)
+_DROPPED_EXIF_IFD_TAGS = frozenset({0xA005, 0x927C, 40962, 40963})  # interop ptr, MakerNote, pixel dims
+
+
+def orientation_and_exif(exif: Optional[Image.Exif]) -> tuple[int, Optional[Image.Exif]]:
+    """The EXIF Orientation (1 when missing or unreadable) and the EXIF to keep (:func:`clean_exif`)."""
+    if exif is None:
+        return 1, None
+    try:
+        orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
+    except (TypeError, ValueError):
+        orientation = 1
+    return orientation, clean_exif(exif)
+
+
+def clean_exif(src: Image.Exif) -> Optional[Image.Exif]:
+    """EXIF safe to attach to a new file: descriptive IFD0 tags, the Exif sub-IFD and GPS, with
+    Orientation = 1 (pixels are upright). None when nothing is worth keeping."""
+    out = Image.Exif()
+    try:
+        for k, v in src.items():
+            if k not in _LAYOUT_TAGS and not (k == 270 and _is_layout_description(v)):
+                out[k] = v
+        exif_ifd = {k: v for k, v in src.get_ifd(0x8769).items() if k not in _DROPPED_EXIF_IFD_TAGS}
+        gps = dict(src.get_ifd(0x8825))
+    except Exception as e:  # noqa: BLE001 - a malformed EXIF block only costs the metadata
+        log.warning("ignoring unreadable EXIF (%s)", e)
+        return None
+    if exif_ifd:
+        out.get_ifd(0x8769).update(exif_ifd)
+    if gps:
+        out.get_ifd(0x8825).update(gps)
+    if not (set(out) - {ORIENTATION_TAG}) and not exif_ifd and not gps:
+        return None
+    out[ORIENTATION_TAG] = 1
+    return out
+
+
+def _is_layout_description(value) -> bool:
+    """An ImageDescription that describes the file's layout (tifffile's shape JSON, ImageJ, OME-XML),
+    not the photo: it would mislead a reader of another file."""
+    return isinstance(value, str) and value.lstrip().startswith(('{"shape"', "ImageJ=", "<?xml", "<OME"))

@@ -1,0 +1,131 @@
+"""TIFF through tifffile: reading every full-resolution page (8/16-bit, float, planar, alpha,
+associated alpha), writing every page, with the IFD0 text tags and, through exiv2, the Exif sub-IFD."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from . import meta
+from .core import MAX_PIXELS, Photo, SizeLimit, encode_samples, one_line, photo_from_samples, pillow_bomb_check_off
+from .pillow import read_pillow
+
+log = logging.getLogger(__name__)
+
+_TIFF_TEXT_TAGS = (270, 271, 272, 306, 315, 33432)  # description, make, model, datetime, artist, copyright
+
+
+def read_tiff(path: Path, limit: Optional[SizeLimit] = None, pending: Optional[list] = None) -> Photo:
+    """Every full-resolution page (reduced-resolution and mask pages are skipped); the first is the
+    Photo, the others go to ``Photo.pages``."""
+    import tifffile
+
+    limit = limit or SizeLimit(path, MAX_PIXELS)
+    pending = [] if pending is None else pending
+    decoded = []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [p for p in tif.pages if not (getattr(p, "is_reduced", False) or getattr(p, "is_mask", False))]
+            skipped = len(tif.pages) - len(pages)
+            if not pages:
+                pages = [tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]]
+            for page in pages:  # every header first: nothing is decoded past the limit
+                limit.check(int(page.imagewidth), int(page.imagelength))
+            for page in pages:
+                decoded.append(_tiff_page(page))
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types; fall back to Pillow
+        try:
+            return read_pillow(path, SizeLimit(path, limit.max_pixels), pending)
+        except InputError as pe:
+            if "too large" in pe.reason:
+                raise
+            why = "no readable image page" if isinstance(e, (IndexError, KeyError)) else one_line(e)
+            raise InputError(path, f"corrupt or unsupported TIFF ({why})") from e
+    if skipped:
+        log.info("%s: %d reduced-resolution / mask page(s) skipped", path, skipped)
+    exif = None
+    try:
+        with pillow_bomb_check_off(), Image.open(path) as im:
+            exif = im.getexif()
+    except Exception:  # noqa: BLE001 - Pillow cannot parse every TIFF; the pixels came from tifffile
+        exif = None
+    photos = []
+    for i, (arr, photometric, icc, premultiplied) in enumerate(decoded):
+        if arr is None:  # CMYK, YCbCr, CIELab...: let Pillow convert (first page only)
+            if i == 0:
+                try:
+                    return read_pillow(path, SizeLimit(path, limit.max_pixels), pending)
+                except InputError as e:
+                    raise InputError(path, f"unsupported TIFF photometric interpretation {photometric}") from e
+            pending.append(f"page {i + 1} (photometric {photometric}) cannot be decoded here and is dropped")
+            continue
+        photos.append(photo_from_samples(path, arr, exif if i == 0 else None, icc, "tiff", premultiplied))
+    photo = photos[0]
+    photo.pages = photos[1:]
+    return photo
+
+
+def _tiff_page(page) -> tuple:
+    """(samples or None when Pillow must convert them, photometric, ICC profile, premultiplied?)."""
+    photometric = int(page.photometric)
+    icc_tag = page.tags.get(34675)
+    icc = bytes(icc_tag.value) if icc_tag is not None else None
+    if photometric not in (0, 1, 2, 3):
+        return None, photometric, icc, False
+    arr = page.asarray()
+    if int(page.planarconfig) == 2 and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)  # (S, H, W) -> (H, W, S)
+    if photometric == 0 and arr.dtype in (np.uint8, np.uint16):  # min-is-white
+        arr = np.iinfo(arr.dtype).max - arr
+    elif photometric == 3 and page.colormap is not None:  # palette
+        arr = np.moveaxis(page.colormap[:, arr], 0, -1).astype(np.uint16)
+    extra = tuple(int(x) for x in (getattr(page, "extrasamples", None) or ()))
+    premultiplied = bool(extra) and extra[0] == 1  # ExtraSamples 1 = associated alpha
+    return arr, photometric, icc, premultiplied
+
+
+def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "") -> None:
+    """Every page into one TIFF (zlib), then the Exif sub-IFD and GPS added with exiv2."""
+    import tifffile
+
+    extratags = []
+    if photo.exif is not None:
+        for tag in _TIFF_TEXT_TAGS:
+            value = photo.exif.get(tag)
+            if isinstance(value, str) and value.strip() and value.isascii():
+                extratags.append((tag, "s", 0, value.strip("\x00"), True))
+    with tifffile.TiffWriter(tmp) as tw:
+        for i, page in enumerate([photo, *photo.pages]):
+            assoc = page.premultiplied and page.alpha is not None
+            samples = encode_samples(page, depth, True, premultiply=assoc, where=name)
+            ch = 1 if samples.ndim == 2 else samples.shape[-1]
+            tw.write(
+                samples,
+                photometric="minisblack" if ch in (1, 2) else "rgb",
+                extrasamples=(["assocalpha"] if assoc else ["unassalpha"]) if ch in (2, 4) else None,
+                compression="zlib",
+                predictor=samples.dtype != np.float32,
+                iccprofile=page.icc_profile or None,
+                metadata=None,
+                software="cmdd",
+                extratags=extratags if i == 0 else [],
+                subfiletype=2 if photo.pages else 0,  # 2: one page of a multi-page image
+            )
+    if photo.exif is None:
+        return
+    if meta.exiv2() is None:
+        photo.warn(f"{name}: Exif sub-IFD (exposure, ISO, lens, ...) and GPS not written: {meta.unavailable_reason()}")
+        return
+    try:
+        tags = meta.exif_to_tags(photo.exif)
+        if tags:
+            meta.write_exif_tags(tmp, tags)
+    except Exception as e:  # noqa: BLE001 - exiv2 failing costs the Exif sub-IFD, not the image
+        photo.warn(f"{name}: Exif sub-IFD not written (exiv2: {one_line(e)})")
