@@ -2,19 +2,15 @@
 
 Pipeline for one sharp sRGB image (float32 HxWx3 in [0, 1]):
 
-1. a random depth map, stored as disparity ``d = 1/z`` scaled to [0, 1] (1 = nearest, 0 = far):
-   a background (constant or a tilted plane) and a few occluding objects (ellipses, polygons,
-   smooth blobs; constant or tilted), painted far to near;
+1. a random depth map (:mod:`.depth`), stored as disparity ``d = 1/z`` scaled to [0, 1] (1 = nearest,
+   0 = far): a background and a few occluding objects, painted far to near;
 2. a thin-lens circle of confusion: radius ``r = K · |d − d_focus|`` pixels, i.e. proportional
    to ``|1/z − 1/z_focus|`` (the thin-lens CoC diameter ``A·f/(z_f − f) · |z − z_f| / z`` at a fixed
    focus distance). ``K`` is set so that the largest radius in the image equals a sampled
    ``max_coc``;
-3. rendering in linear light (sRGB decode → blur → encode) by depth slices composited back to front:
-   the disparity range is cut into slices whose radii differ by at most ``radius_step`` px; each
-   slice's premultiplied colour and its alpha mask are blurred with the slice's disk PSF (FFT
-   convolution), then laid "over" what is behind it, and the sum is normalised by the accumulated
-   alpha. A sharp foreground is therefore never covered by blurred background, a blurred background
-   never picks up foreground colour, and a blurred foreground spreads over what is behind it;
+3. rendering in linear light (sRGB decode → blur → encode) by depth slices composited back to front
+   (:mod:`.render`), each slice blurred with its PSF (:mod:`.psf`), so a sharp foreground is never
+   covered by blurred background and a blurred foreground spreads over what is behind it;
 4. optionally Poisson–Gaussian sensor noise (in linear light), a JPEG round trip and a palette
    (GIF) round trip.
 
@@ -47,11 +43,18 @@ import numpy as np
 import torch
 
 from ..photo.samples import from_float, to_float
-from ..photo.samples import linear_to_srgb, srgb_to_linear  # noqa: F401 - also part of this module's API
+from ..photo.samples import linear_to_srgb, srgb_to_linear
+from .depth import DEPTH_MODES, random_disparity, segment_image
+from .psf import AIRY_SIGMA_PER_DIAMETER, PSF_KINDS, PSFShape, disk_kernel, gaussian_kernel, psf_kernel, psf_kernels_rgb
+from .render import render_defocus, slice_disparity
 
-DEPTH_MODES = ("layers", "planes", "blobs", "mixed", "segments")
-PSF_KINDS = ("disk", "rim", "apodized", "gaussian", "soft", "polygon", "ring")
-AIRY_SIGMA_PER_DIAMETER = 0.42 / 2.44  # Gaussian fit of an Airy pattern: sigma = 0.42 lambda N, diameter 2.44 lambda N
+# Names of the synthesiser's parts, importable from here as from their own modules.
+__all__ = [
+    "AIRY_SIGMA_PER_DIAMETER", "DEPTH_MODES", "PSF_KINDS", "PSFShape", "SYNTH_PRESETS", "SynthConfig", "SynthSample",
+    "add_sensor_noise", "disk_kernel", "encode_jpeg", "gaussian_kernel", "jpeg_roundtrip", "linear_to_srgb",
+    "palette_roundtrip", "psf_kernel", "psf_kernels_rgb", "random_disparity", "render_defocus", "sample_psf_shape",
+    "segment_image", "slice_disparity", "srgb_to_linear", "synth_preset", "synthesize",
+]
 
 
 @dataclass(frozen=True)
@@ -183,128 +186,7 @@ class SynthSample:
 
 
 # --------------------------------------------------------------------------------------------------
-# the PSF and the layered renderer
-
-
-def disk_kernel(radius: float, soft_edge: float = 0.0, antialias: bool = True) -> np.ndarray:
-    """Normalised disk PSF of the given radius (px), shape (2R+1, 2R+1), R = ceil(radius + soft_edge).
-
-    Anti-aliased: weight = clip((radius − dist) / (1 + soft_edge) + 0.5, 0, 1), a one-pixel ramp
-    approximating pixel coverage (wider with ``soft_edge``). Radius < 0.5 gives a unit impulse.
-    """
-    if radius < 0.5 and soft_edge <= 0:
-        return np.ones((1, 1), np.float32)
-    half = int(math.ceil(radius + soft_edge + 0.5))
-    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
-    dist = np.sqrt(xx * xx + yy * yy, dtype=np.float64)
-    if antialias or soft_edge > 0:
-        k = np.clip((radius - dist) / (1.0 + soft_edge) + 0.5, 0.0, 1.0)
-    else:
-        k = (dist <= radius).astype(np.float64)
-    k /= k.sum()
-    return k.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class PSFShape:
-    """One lens's defocus PSF shape, scaled by the CoC radius ``R`` (see :func:`psf_kernel`).
-
-    Profile over ``rho = dist / R`` inside the aperture: disk 1; rim ``1 + rim · rho^rim_power``
-    (overcorrected spherical aberration, "soap bubble" bokeh); apodized ``max(1 − rim · rho², 0.05)``;
-    gaussian ``exp(−rho² / 2 sigma²)``; soft: a disk with a wide rim ramp; ring
-    ``exp(−((rho − 0.8) / 0.12)²)`` (mirror lenses); polygon: a ``blades``-sided aperture rotated by
-    ``rotation``. ``edge``: width of the rim ramp as a fraction of R. ``catseye``, ``cat_angle``: the
-    aperture is cut to the intersection of two disks of radius R centred at ``±catseye·R/2`` along
-    ``cat_angle`` (mechanical vignetting off axis; the shape stays centred). ``chroma``: R and B
-    radii ``R·(1 − chroma)``, ``R·(1 + chroma)``.
-    """
-
-    kind: str = "disk"
-    rim: float = 0.0
-    rim_power: float = 4.0
-    sigma: float = 0.5
-    edge: float = 0.0
-    blades: int = 6
-    rotation: float = 0.0
-    catseye: float = 0.0
-    cat_angle: float = 0.0
-    chroma: float = 0.0
-
-
-def _psf_weights(xx: np.ndarray, yy: np.ndarray, radius: float, shape: PSFShape, ramp: float) -> np.ndarray:
-    """The continuous PSF (unnormalised) at points (xx, yy) px from its centre."""
-    dist = np.hypot(xx, yy)
-    bound = np.full_like(dist, radius)
-    if shape.kind == "polygon":  # regular polygon with inradius-to-circumradius ratio cos(pi / n)
-        n = max(3, int(shape.blades))
-        seg = 2 * math.pi / n
-        theta = (np.arctan2(yy, xx) - shape.rotation) % seg - seg / 2
-        bound = radius * math.cos(math.pi / n) / np.cos(theta)
-    w = np.clip((bound - dist) / ramp + 0.5, 0.0, 1.0)
-    if shape.catseye > 0:
-        off = 0.5 * shape.catseye * radius
-        ox, oy = off * math.cos(shape.cat_angle), off * math.sin(shape.cat_angle)
-        for sgn in (1.0, -1.0):
-            w = w * np.clip((radius - np.hypot(xx - sgn * ox, yy - sgn * oy)) / ramp + 0.5, 0.0, 1.0)
-    rho = dist / radius
-    if shape.kind in ("rim", "polygon") and shape.rim:
-        w = w * (1.0 + shape.rim * np.minimum(rho, 1.0) ** shape.rim_power)
-    elif shape.kind == "apodized":
-        w = w * np.maximum(1.0 - shape.rim * rho ** 2, 0.05)
-    elif shape.kind == "gaussian":
-        w = w * np.exp(-rho ** 2 / (2 * shape.sigma ** 2))
-    elif shape.kind == "ring":
-        w = w * np.exp(-((rho - 0.8) / 0.12) ** 2)
-    return w
-
-
-def psf_kernel(radius: float, shape: PSFShape = PSFShape(), supersample: int = 4) -> np.ndarray:
-    """Normalised, non-negative PSF (2H+1, 2H+1) for CoC radius ``radius`` px and a :class:`PSFShape`.
-
-    The continuous PSF is sampled at ``supersample``² points per pixel and averaged (pixel
-    integration, as if rendered at a ``supersample``× larger size and downscaled with a box filter);
-    a hard edge gets a ramp of 1/supersample px between sub-samples. Radius < 0.5 gives a unit impulse.
-    """
-    if radius < 0.5:
-        return np.ones((1, 1), np.float32)
-    s = max(1, int(supersample))
-    edge = shape.edge * radius
-    ramp = max(edge, 1.0 / s)
-    half = int(math.ceil(radius + edge + 1.0))
-    n = 2 * half + 1
-    sub = (np.arange(s) + 0.5) / s - 0.5
-    coords = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()  # (n·s,)
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    k = _psf_weights(xx, yy, radius, shape, ramp).reshape(n, s, n, s).mean(axis=(1, 3))
-    total = k.sum()
-    if total <= 0:  # pragma: no cover - a positive radius always covers the centre
-        return np.ones((1, 1), np.float32)
-    return (k / total).astype(np.float32)
-
-
-def psf_kernels_rgb(radius: float, shape: PSFShape, supersample: int = 4) -> np.ndarray:
-    """Per-channel PSFs (3, k, k) with radii ``r·(1 − chroma)``, ``r``, ``r·(1 + chroma)``, padded alike."""
-    ks = [psf_kernel(radius * f, shape, supersample) for f in (1.0 - shape.chroma, 1.0, 1.0 + shape.chroma)]
-    n = max(k.shape[0] for k in ks)
-    out = np.zeros((3, n, n), np.float32)
-    for c, k in enumerate(ks):
-        o = (n - k.shape[0]) // 2
-        out[c, o:o + k.shape[0], o:o + k.shape[0]] = k
-    return out
-
-
-def gaussian_kernel(sigma: float, supersample: int = 4) -> np.ndarray:
-    """Normalised Gaussian PSF, integrated over sub-pixels; sigma <= 0 gives a unit impulse."""
-    if sigma <= 0:
-        return np.ones((1, 1), np.float32)
-    s = max(1, int(supersample))
-    half = max(1, int(math.ceil(3 * sigma)))
-    n = 2 * half + 1
-    sub = (np.arange(s) + 0.5) / s - 0.5
-    coords = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()
-    g = np.exp(-coords ** 2 / (2 * sigma ** 2))
-    k = np.outer(g, g).reshape(n, s, n, s).mean(axis=(1, 3))
-    return (k / k.sum()).astype(np.float32)
+# random PSF shapes
 
 
 def sample_psf_shape(rng: np.random.Generator, config: "SynthConfig") -> PSFShape:
@@ -333,282 +215,6 @@ def sample_psf_shape(rng: np.random.Generator, config: "SynthConfig") -> PSFShap
     if config.chroma_prob > 0 and rng.uniform() < config.chroma_prob:
         chroma = float(rng.uniform(-config.chroma_spread, config.chroma_spread))
     return PSFShape(kind, rim, power, sigma, edge, blades, rotation, cat, cat_angle, chroma)
-
-
-def _fast_len(n: int) -> int:
-    """Smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
-    m = n
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
-def _fft_blur(stack: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
-    """Convolve (C, H, W) with a centred (k, k) kernel, circularly (the caller pads)."""
-    _, h, w = stack.shape
-    kh, kw = kernel.shape
-    k = torch.zeros(h, w, dtype=stack.dtype)
-    k[:kh, :kw] = torch.from_numpy(kernel)
-    k = torch.roll(k, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))  # centre at (0, 0)
-    out = torch.fft.irfft2(torch.fft.rfft2(stack) * torch.fft.rfft2(k), s=(h, w))
-    return out
-
-
-def _slices(labels: np.ndarray, n: int, disparity: np.ndarray, coc_scale: float,
-            focus: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slice labels 0..n-1 -> (labels renumbered over the non-empty slices, each slice's mean
-    disparity, its CoC radius in px)."""
-    counts = np.bincount(labels.ravel(), minlength=n)
-    sums = np.bincount(labels.ravel(), weights=disparity.ravel().astype(np.float64), minlength=n)
-    present = np.nonzero(counts)[0]
-    remap = np.full(n, -1, np.int64)
-    remap[present] = np.arange(len(present))
-    d = sums[present] / counts[present]
-    return remap[labels], d, coc_scale * np.abs(d - focus)
-
-
-def slice_disparity(disparity: np.ndarray, coc_scale: float, focus: float, radius_step: float = 0.5,
-                    max_slices: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut the disparity range into slices whose CoC radii differ by <= ``radius_step`` px.
-
-    Returns (labels (H, W) int, slice disparities (S,), slice radii (S,)), slices ordered far to
-    near; a slice's disparity is the mean of its pixels (so a constant layer keeps its own value).
-    """
-    dmin, dmax = float(disparity.min()), float(disparity.max())
-    span = dmax - dmin
-    n = 1
-    if span > 0 and coc_scale > 0:
-        n = int(min(max_slices, max(1, math.ceil(span * coc_scale / radius_step))))
-    labels = np.zeros(disparity.shape, np.int64) if n == 1 else np.minimum(
-        ((disparity - dmin) / span * n).astype(np.int64), n - 1)
-    return _slices(labels, n, disparity, coc_scale, focus)
-
-
-def slice_disparity_rel(disparity: np.ndarray, coc_scale: float, focus: float, radius_step: float = 0.5,
-                        radius_step_rel: float = 0.15,
-                        max_slices: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Like :func:`slice_disparity`, but neighbouring slices may differ by ``max(radius_step,
-    radius_step_rel · r)`` px: uniform steps up to ``r0 = radius_step / radius_step_rel``, geometric
-    beyond. Fewer slices (FFT convolutions) for large blur, where half a pixel is invisible."""
-    r0 = radius_step / radius_step_rel
-    signed = (disparity.astype(np.float64) - focus) * coc_scale  # signed CoC radius, increasing with d
-    r = np.abs(signed)
-    g = np.where(r <= r0, r / radius_step,
-                 r0 / radius_step + np.log(np.maximum(r, r0) / r0) / math.log1p(radius_step_rel))
-    t = np.sign(signed) * g
-    t = t - t.min()
-    span = float(t.max())
-    scale = 1.0 if span < max_slices else (max_slices - 1e-6) / span
-    labels = np.floor(t * scale).astype(np.int64)
-    n = int(labels.max()) + 1
-    return _slices(labels, n, disparity, coc_scale, focus)
-
-
-def _fft_blur_rgb(stack: torch.Tensor, kernels: np.ndarray) -> torch.Tensor:
-    """Convolve (2·3, H, W) (premultiplied RGB, then RGB alpha) with per-channel kernels (3, k, k)."""
-    _, h, w = stack.shape
-    _, kh, kw = kernels.shape
-    k = torch.zeros(3, h, w, dtype=stack.dtype)
-    k[:, :kh, :kw] = torch.from_numpy(kernels)
-    k = torch.roll(k, shifts=(-(kh // 2), -(kw // 2)), dims=(1, 2))
-    kf = torch.fft.rfft2(k).repeat(2, 1, 1)  # (6, H, W/2+1)
-    return torch.fft.irfft2(torch.fft.rfft2(stack) * kf, s=(h, w))
-
-
-def render_defocus(linear: np.ndarray, disparity: np.ndarray, focus: float, coc_scale: float,
-                   soft_edge: float = 0.0, antialias: bool = True, radius_step: float = 0.5,
-                   max_slices: int = 40, kernel_fn=None, radius_step_rel: float = 0.0,
-                   margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Layered defocus of a linear-light image (H, W, 3) for a disparity map (H, W).
-
-    CoC radius = ``coc_scale · |disparity − focus|`` px. Returns (blurred (H, W, 3), coc (H, W)).
-    Pixels whose slice radius is < 0.5 px are copied exactly.
-
-    ``kernel_fn(radius)`` gives the PSF: (k, k), or (3, k, k) per channel (default: the disk of
-    :func:`disk_kernel`). ``radius_step_rel``: see :func:`slice_disparity_rel`. ``margin``: the
-    image already has this many pixels of real content around the part that matters, so reflect
-    padding is only added for kernels wider than that (the border of the output is then approximate).
-    """
-    h, w, _ = linear.shape
-    if radius_step_rel > 0:
-        labels, d, radii = slice_disparity_rel(disparity, coc_scale, focus, radius_step, radius_step_rel, max_slices)
-    else:
-        labels, d, radii = slice_disparity(disparity, coc_scale, focus, radius_step, max_slices)
-    if kernel_fn is None:
-        kernels = [disk_kernel(float(r), soft_edge, antialias) for r in radii]
-    else:
-        kernels = [kernel_fn(float(r)) for r in radii]
-    if kernel_fn is not None or margin > 0:
-        return _render_general(linear, labels, radii, kernels, margin)
-    pad = max(k.shape[0] // 2 for k in kernels) + 1
-    if pad > 1:
-        # reflect-pad by the largest kernel radius (no wrap-around reaches the kept centre), and a
-        # little more at the bottom/right to reach a fast FFT size
-        ph, pw = _fast_len(h + 2 * pad) - h - pad, _fast_len(w + 2 * pad) - w - pad
-        img_p = np.pad(linear, ((pad, ph), (pad, pw), (0, 0)), mode="reflect")
-        lab_p = np.pad(labels, ((pad, ph), (pad, pw)), mode="reflect")
-    else:
-        img_p, lab_p = linear, labels
-    img_t = torch.from_numpy(np.ascontiguousarray(img_p.transpose(2, 0, 1), dtype=np.float32))  # (3, Hp, Wp)
-    lab_t = torch.from_numpy(lab_p)
-    acc_c = torch.zeros_like(img_t)
-    acc_a = torch.zeros_like(img_t[:1])
-    for s in range(len(d)):  # far to near
-        mask = (lab_t == s).to(torch.float32)[None]  # (1, Hp, Wp)
-        layer = torch.cat([img_t * mask, mask])  # premultiplied colour + alpha, (4, Hp, Wp)
-        if kernels[s].shape[0] > 1:
-            layer = _fft_blur(layer, kernels[s]).clamp_(min=0.0)
-        alpha = layer[3:].clamp(max=1.0)
-        acc_c = acc_c * (1.0 - alpha) + layer[:3]
-        acc_a = acc_a * (1.0 - alpha) + alpha
-    out = acc_c / acc_a.clamp(min=1e-6)
-    out = out[:, pad:pad + h, pad:pad + w] if pad > 1 else out
-    coc = radii[labels].astype(np.float32)
-    return out.permute(1, 2, 0).numpy().astype(np.float32), coc
-
-
-def _render_general(linear: np.ndarray, labels: np.ndarray, radii: np.ndarray, kernels: list, margin: int = 0):
-    """render_defocus's loop for any kernels and a margin. With per-channel kernels (3, k, k) each
-    channel has its own alpha (6-channel FFTs); otherwise 4 channels as in the v1 path."""
-    h, w, _ = linear.shape
-    rgb = any(k.ndim == 3 for k in kernels)
-    if rgb:
-        kernels = [k if k.ndim == 3 else np.repeat(k[None], 3, 0) for k in kernels]
-    else:
-        kernels = [k[None] for k in kernels]
-    nc = 3 if rgb else 1
-    half = max(k.shape[1] // 2 for k in kernels)
-    pad = max(0, half + 1 - margin)
-    ph, pw = _fast_len(h + 2 * pad) - h - pad, _fast_len(w + 2 * pad) - w - pad
-    img_p = np.pad(linear, ((pad, ph), (pad, pw), (0, 0)), mode="reflect")
-    lab_p = np.pad(labels, ((pad, ph), (pad, pw)), mode="reflect")
-    img_t = torch.from_numpy(np.ascontiguousarray(img_p.transpose(2, 0, 1), dtype=np.float32))  # (3, Hp, Wp)
-    lab_t = torch.from_numpy(lab_p)
-    acc_c = torch.zeros_like(img_t)
-    acc_a = torch.zeros_like(img_t[:nc])
-    for s in range(len(radii)):  # far to near
-        mask = (lab_t == s).to(torch.float32)[None]  # (1, Hp, Wp)
-        layer = torch.cat([img_t * mask, mask.expand(nc, -1, -1)])  # (3 + nc, Hp, Wp)
-        if kernels[s].shape[1] > 1:
-            layer = (_fft_blur_rgb(layer, kernels[s]) if rgb else _fft_blur(layer, kernels[s][0])).clamp_(min=0.0)
-        alpha = layer[3:].clamp(max=1.0)  # (nc, Hp, Wp)
-        acc_c = acc_c * (1.0 - alpha) + layer[:3]
-        acc_a = acc_a * (1.0 - alpha) + alpha
-    out = (acc_c / acc_a.clamp(min=1e-6))[:, pad:pad + h, pad:pad + w]
-    coc = radii[labels].astype(np.float32)
-    return out.permute(1, 2, 0).numpy().astype(np.float32), coc
-
-
-# --------------------------------------------------------------------------------------------------
-# random depth
-
-
-def _smooth_noise(h: int, w: int, rng: np.random.Generator, cells: int) -> np.ndarray:
-    """Low-frequency noise in about [-1, 1]: a coarse random grid, bicubically upsampled."""
-    gh, gw = max(2, cells), max(2, int(round(cells * w / max(h, 1))))
-    grid = torch.from_numpy(rng.standard_normal((1, 1, gh, gw)).astype(np.float32))
-    up = torch.nn.functional.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True)
-    return up[0, 0].numpy()
-
-
-def _shape_mask(h: int, w: int, rng: np.random.Generator, kind: str) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-    size = rng.uniform(0.12, 0.45) * min(h, w)
-    if kind == "ellipse":
-        a, b = size, size * rng.uniform(0.4, 1.0)
-        t = rng.uniform(0, math.pi)
-        u = (xx - cx) * math.cos(t) + (yy - cy) * math.sin(t)
-        v = -(xx - cx) * math.sin(t) + (yy - cy) * math.cos(t)
-        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    if kind == "polygon":  # star-shaped polygon around the centre
-        n = int(rng.integers(3, 8))
-        ang = np.sort(rng.uniform(0, 2 * math.pi, n))
-        rad = size * rng.uniform(0.5, 1.0, n)
-        theta = np.arctan2(yy - cy, xx - cx) % (2 * math.pi)
-        r = np.hypot(xx - cx, yy - cy)
-        # boundary radius along each direction: interpolate the vertices' polar radii
-        a_ext = np.concatenate([ang - 2 * math.pi, ang, ang + 2 * math.pi])
-        r_ext = np.concatenate([rad, rad, rad])
-        return r <= np.interp(theta, a_ext, r_ext)
-    # smooth blob: thresholded low-frequency noise around a centre
-    noise = _smooth_noise(h, w, rng, cells=int(rng.integers(3, 7)))
-    falloff = np.hypot((xx - cx) / size, (yy - cy) / size)
-    return noise * 0.6 + 1.0 - falloff > 0.3
-
-
-def segment_image(image: np.ndarray, scale: float = 130.0, min_size: int = 80) -> np.ndarray:
-    """Felzenszwalb segments (H, W) int32 of an sRGB float image (scikit-image; larger scale, larger segments).
-
-    :class:`~cmddcli.data.datasets.SynthDataset` segments each photograph once with this and crops the
-    labels with the patch (segmentation is most of the cost of a v2 sample otherwise)."""
-    from skimage.segmentation import felzenszwalb
-
-    return felzenszwalb(image, scale=float(scale), sigma=0.8, min_size=int(min_size)).astype(np.int32)
-
-
-def image_segments(image: np.ndarray, rng: np.random.Generator,
-                   scale: tuple[float, float] = (60.0, 300.0)) -> np.ndarray:
-    """Felzenszwalb segments (H, W) of a crop, with a random ``scale`` (coarser or finer)."""
-    h, w = image.shape[:2]
-    sc = float(np.exp(rng.uniform(math.log(scale[0]), math.log(scale[1]))))
-    return segment_image(image, sc, max(20, h * w // 400))
-
-
-def _snap_to_segments(mask: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """The union of the segments (compact labels 0..n-1) that the mask covers by more than half."""
-    counts = np.bincount(segments.ravel())
-    inside = np.bincount(segments.ravel(), weights=mask.ravel().astype(np.float64), minlength=len(counts))
-    return (inside > 0.5 * np.maximum(counts, 1))[segments]
-
-
-def random_disparity(h: int, w: int, rng: np.random.Generator, mode: str = "mixed",
-                     n_objects: tuple[int, int] = (1, 5), image: np.ndarray | None = None,
-                     segment_scale: tuple[float, float] = (60.0, 300.0),
-                     segments: np.ndarray | None = None) -> np.ndarray:
-    """A random layered disparity map (H, W) float32 in [0, 1] (1 = nearest).
-
-    ``mode="segments"`` needs ``image`` (H, W, 3) or its ``segments`` (H, W) labels: the objects are
-    the shapes of "mixed" snapped to the image's segments (:func:`image_segments`), so depth edges
-    follow object edges.
-    """
-    if mode == "segments":
-        if segments is not None:
-            segments = np.unique(segments, return_inverse=True)[1].reshape(h, w)  # compact labels
-        elif image is not None:
-            segments = image_segments(image, rng, segment_scale)
-        else:
-            raise ValueError('depth mode "segments" needs the image or its segments')
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yn, xn = yy / max(h - 1, 1) - 0.5, xx / max(w - 1, 1) - 0.5
-
-    def plane(base: float, strength: float) -> np.ndarray:
-        t = rng.uniform(0, 2 * math.pi)
-        return base + strength * (math.cos(t) * xn + math.sin(t) * yn)
-
-    def pick(kinds: tuple[str, ...]) -> str:
-        return kinds[int(rng.integers(len(kinds)))]
-
-    # background: far; constant, or a tilted plane (a floor or a wall seen at an angle)
-    bg = float(rng.uniform(0.0, 0.35))
-    bg_kind = "layers" if mode == "layers" else ("planes" if mode == "planes" else pick(("layers", "planes")))
-    disp = np.full((h, w), bg, np.float32) if bg_kind == "layers" else plane(bg + 0.15, rng.uniform(0.1, 0.3))
-    n = int(rng.integers(n_objects[0], n_objects[1] + 1))
-    levels = np.sort(rng.uniform(0.25, 1.0, n))  # painted far to near
-    for level in levels:
-        kind = mode if mode not in ("mixed", "segments") else pick(("layers", "planes", "blobs"))
-        shape = "blob" if kind == "blobs" else pick(("ellipse", "polygon", "blob"))
-        mask = _shape_mask(h, w, rng, shape)
-        if mode == "segments":
-            mask = _snap_to_segments(mask, segments)
-        value = plane(level, rng.uniform(0.02, 0.12)) if kind == "planes" else np.full((h, w), level, np.float32)
-        disp = np.where(mask, np.maximum(value, disp), disp)  # nearer surfaces occlude
-    return np.clip(disp, 0.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

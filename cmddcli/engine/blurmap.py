@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.depth import covered_segments
 from ..photo.samples import from_float
 from .blend import feather
 
@@ -222,7 +223,7 @@ def _main_parts(m: np.ndarray, keep: float = 0.25) -> np.ndarray:
     return np.isin(labels, np.flatnonzero(area >= keep * area.max()) + 1)
 
 
-def _snap_to_segments(m: np.ndarray, image: np.ndarray, shape: tuple[int, int], reach: int) -> np.ndarray:
+def _complete_with_segments(m: np.ndarray, image: np.ndarray, shape: tuple[int, int], reach: int) -> np.ndarray:
     """Complete the region ``m`` (boolean, ``shape``) with the image segments it mostly covers.
 
     Flat parts of a subject carry no blur information: their map value is carried in from nearby
@@ -238,10 +239,7 @@ def _snap_to_segments(m: np.ndarray, image: np.ndarray, shape: tuple[int, int], 
         img = F.interpolate(img, size=shape, mode="area")
     img = img[0].permute(1, 2, 0).numpy()
     labels = felzenszwalb(img, scale=SEGMENT_SCALE, sigma=0.8, min_size=20)
-    n = labels.max() + 1
-    inside = np.bincount(labels.ravel(), weights=m.ravel().astype(np.float64), minlength=n)
-    area = np.bincount(labels.ravel(), minlength=n)
-    add = (inside / np.maximum(area, 1) >= SNAP_FRACTION)[labels]
+    add = covered_segments(m, labels, SNAP_FRACTION, strict=False)
     near = ndi.binary_dilation(m, structure=_disk(max(1, reach)))
     return m | (add & near)
 
@@ -269,7 +267,7 @@ def focus_mask(blur_map: np.ndarray, work_size: int = 512, map_work_size: int = 
        outline) and dilated by one aggregation window (the map reads a subject's rim blurrier than
        it is, as its window also sees the background).
     4. With ``image`` (the photo, (H, W, 3) in [0, 1]): image segments mostly inside the region are
-       added whole, up to one more window beyond it (:func:`_snap_to_segments`: flat parts of the
+       added whole, up to one more window beyond it (:func:`_complete_with_segments`: flat parts of the
        subject at its outline).
     5. Brought back to full size and feathered over at most 8 px. Pixels farther than 4 px from
        the region get exactly 0.
@@ -306,7 +304,7 @@ def focus_mask(blur_map: np.ndarray, work_size: int = 512, map_work_size: int = 
     m = ndi.binary_closing(np.pad(m, pad), structure=_disk(r_close))[pad:-pad, pad:-pad]
     m = ndi.binary_dilation(ndi.binary_fill_holes(m), structure=_disk(r_grow))
     if image is not None:
-        m = _snap_to_segments(m, image, grid.shape, max(1, round(SNAP_WINDOWS * window)))
+        m = _complete_with_segments(m, image, grid.shape, max(1, round(SNAP_WINDOWS * window)))
     mt = torch.from_numpy(m.astype(np.float32))[None, None]
     if scale > 1.0:
         mt = (F.interpolate(mt, size=(h, w), mode="bilinear", align_corners=False) >= 0.5).float()
