@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _procmem import proc_status  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.engine.tiling import plan_tiles  # noqa: E402
-from cmddcli.model import CMDDNet, model_config  # noqa: E402
+from cmddcli.engine import Deblurrer
+from cmddcli.engine.tiling import plan_tiles
+from cmddcli.model import CMDDNet, model_config
 
 
 def child(cfg: dict) -> dict:

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.eval.metrics import psnr  # noqa: E402
-from cmddcli.eval.protocol import load_for_eval  # noqa: E402
+from cmddcli.engine import Deblurrer
+from cmddcli.eval.metrics import psnr
+from cmddcli.eval.protocol import load_for_eval
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cmddcli.model.kernels import scan_cpu
 from cmddcli.model.ssm import cross_scan_ref, selective_scan_ref, selective_scan_torch

@@ -10,15 +10,12 @@ patch costs). Speed figures live here, not in tests (which check behaviour only)
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.data.synth import SynthConfig, synth_preset, synthesize  # noqa: E402
+from cmddcli.data.synth import SynthConfig, synth_preset, synthesize
 
 
 def _texture(h: int, w: int) -> np.ndarray:

@@ -7,23 +7,20 @@
 Random bf16 operands (u and x_proj's output, channels-last), K = 4 directions. Also times the same
 call with the map declared 1 x L, where every direction walks memory in row order (same work,
 different output): the difference is what the column-order walks cost. Prints ms per call, three
-rounds. Take it on a quiet machine (pause other jobs with ``kill -STOP``). benchmarks/RESULTS.md
-round 4, item 15.
+rounds. Take it on a quiet machine (pause other jobs with ``kill -STOP``). Results:
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cmddcli.model.kernels import scan_cpu  # noqa: E402
-from cmddcli.runtime import tune_cpu_allocator  # noqa: E402
+from cmddcli.model.kernels import scan_cpu
+from cmddcli.runtime import tune_cpu_allocator
 
 
 def main() -> None:

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _procmem import proc_status  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from cmddcli.train.config import train_preset
-from cmddcli.train.overrides import apply_overrides  # noqa: E402
-from cmddcli.runtime import DistInfo, resolve_device  # noqa: E402
-from cmddcli.train.loop import Trainer  # noqa: E402
+from cmddcli.train.overrides import apply_overrides
+from cmddcli.runtime import DistInfo, resolve_device
+from cmddcli.train.loop import Trainer
 
 
 def child(spec: dict) -> dict:

@@ -5,24 +5,22 @@
 Runs :class:`cmddcli.engine.Deblurrer` with the given weights (default: the shipped ones) on every
 real defocused photo under ../shared/samples/defocus (the blurred inputs: dpdd_1024/blur,
 dpdd_gif_pairs/*_input.png, blurred_only/*), once in fp32 and once in bf16 (same tiles), and
-reports PSNR(bf16 output, fp32 output) on the 8-bit outputs (speed: benchmarks/bench_cpu_speed.py). The rule
-from issue 10: bf16 becomes the CPU default only if this PSNR is >= 50 dB on every photo.
+reports PSNR(bf16 output, fp32 output) on the 8-bit outputs (speed: benchmarks/bench_cpu_speed.py). The rule:
+bf16 becomes the CPU default only if this PSNR is >= 50 dB on every photo.
 This is a numerical check of the precision, not a quality score: no photo's content decides anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.photo import read_photo  # noqa: E402
+from cmddcli.engine import Deblurrer
+from cmddcli.photo import read_photo
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "defocus"
 

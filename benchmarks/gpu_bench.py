@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 6's GPU measurements in one run: scan backends, whole-model speed and memory, the tile
+"""The GPU measurements in one run: scan backends, whole-model speed and memory, the tile
 engine on a 24-megapixel photo, training speed, a Restormer-size comparison, and a mamba-ssm
 cross-check. Writes a markdown table and JSON to ``$OUT`` (or ``--out``) after every section, so
 whatever finished survives a time-out.

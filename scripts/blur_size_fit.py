@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.data.synth import disk_kernel, srgb_to_linear  # noqa: E402
-from cmddcli.errors import CmddError, run_script  # noqa: E402
+from cmddcli.data.synth import disk_kernel, srgb_to_linear
+from cmddcli.errors import CmddError, run_script
 
 RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0)
 TEXTURE_PERCENTILE = 30

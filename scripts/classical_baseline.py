@@ -1,4 +1,4 @@
-"""Classical deconvolution baseline on the real DPDD test pairs (issue 7).
+"""Classical deconvolution baseline on the real DPDD test pairs.
 
 Wiener and Richardson-Lucy (scikit-image) with a uniform disk PSF whose radius is estimated from
 the *blurred image alone* (no target): a disk PSF's transfer function 2*J1(2*pi*R*f)/(2*pi*R*f)

@@ -8,7 +8,7 @@ DATA is a folder of pairs as ``cmdd eval --data`` reads them (``source/``+``targ
 
 - ``--jpeg Q``: each input written as an 8-bit JPEG file by the synthesiser's ``encode_jpeg`` (Pillow,
   quality Q, 4:2:0; what ``jpeg_roundtrip`` decodes), the target copied as 8-bit
-  PNG. A proxy for web photos (issue 11, sessions 8-11: "JPEG-60 validation").
+  PNG. A proxy for web photos ("JPEG-60 validation").
 - ``--gif N``: input *and* target each mapped onto a palette of N colours (Pillow's median cut of the
   image itself, one per image; ``--dither``: Floyd-Steinberg error diffusion, else about the nearest
   colour) with the synthesiser's ``palette_roundtrip``, and written as 8-bit PNG (lossless). A proxy
@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.data.synth import encode_jpeg, palette_roundtrip  # noqa: E402
-from cmddcli.errors import CmddError, run_script  # noqa: E402
-from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
-from cmddcli.photo.samples import from_float  # noqa: E402
+from cmddcli.data.synth import encode_jpeg, palette_roundtrip
+from cmddcli.errors import CmddError, run_script
+from cmddcli.eval.protocol import gather_items, load_for_eval
+from cmddcli.photo.samples import from_float
 
 
 def degrade(data: Path, out: Path, jpeg: int = 0, gif: int = 0, dither: bool = False, split: str = "val") -> int:

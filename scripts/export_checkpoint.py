@@ -10,14 +10,10 @@ name, step and training config.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmddcli.model import CMDDNet, ModelConfig  # noqa: E402
-from cmddcli.model.weights import save_weights  # noqa: E402
-from cmddcli.train.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
+from cmddcli.model import CMDDNet, ModelConfig
+from cmddcli.train.checkpoint import export_weights, find_checkpoint, load_checkpoint
 
 
 def main() -> None:
@@ -33,9 +29,7 @@ def main() -> None:
     net = CMDDNet(ModelConfig.from_dict(ck["model_config"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck[which].items()}, strict=True)
     tc = ck["train_config"]
-    meta = {"train": {"name": tc.get("name"), "step": ck["step"], "iters": tc.get("iters"), "ema": which == "ema",
-                      "checkpoint": str(path), "config": tc}}
-    save_weights(net, args.dst, metadata=meta, preset=tc.get("model", {}).get("preset"))
+    export_weights(net, args.dst, tc, ck["step"], ema=which == "ema", train_extra={"checkpoint": str(path), "config": tc})
     print(f"{path} step {ck['step']} ({which}) -> {args.dst}")
 
 

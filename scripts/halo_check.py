@@ -14,24 +14,22 @@ excursion in 8-bit levels over all pixels, and the share of pixels more than 4 l
 DIR is a folder of pairs as ``cmdd eval --data`` reads them (``source/``+``target/``,
 ``blur/``+``sharp/``...). Use validation pairs only (e.g. ../shared/samples/defocus/dpdd_1024, or
 those inputs saved as JPEG); the test pairs and blurred_only/ are test-only. Whole images, fp32.
-This is a diagnostic for the "no halos" target of issue 11, not a protocol metric.
+This is a diagnostic for the "no halos" target (training/README.md), not a protocol metric.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.errors import run_script  # noqa: E402
-from cmddcli.eval.protocol import gather_items, load_for_eval  # noqa: E402
-from cmddcli.train.losses import check_window, range_excursion  # noqa: E402
+from cmddcli.engine import Deblurrer
+from cmddcli.errors import run_script
+from cmddcli.eval.protocol import gather_items, load_for_eval
+from cmddcli.train.losses import check_window, range_excursion
 
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from cmddcli.data.manifest import sha256_file
-from cmddcli.eval.protocol import finite_json
+from cmddcli.fileutil import sha256_file
+from cmddcli.fileutil import finite_json
 from cmddcli.model.weights import default_weights_path, load_weights, read_metadata, resolve_weights, save_weights
 
 SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in docs/synthetic_defocus.md

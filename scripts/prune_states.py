@@ -13,7 +13,7 @@ gets) and, for scale, PSNR(full bf16, full fp32).
 
 OUT is written only if PSNR(pruned fp32, full fp32) >= --min-psnr on every photo (default 60 dB:
 pruning may change the output no more than bf16 rounding does, 61.9 dB at worst for v1) and
-PSNR(pruned bf16, full fp32) >= --min-psnr-bf16 (default 50 dB, issue 10's bf16 rule). This is a
+PSNR(pruned bf16, full fp32) >= --min-psnr-bf16 (default 50 dB, the bf16 rule of benchmarks/bf16_check.py). This is a
 numerical check that the pruned network computes the same function, not a quality score: no
 photo's content chooses anything.
 
@@ -32,27 +32,36 @@ Exit status: 0 written; 1 an error (one line on stderr; nothing written); 3 the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import torch
 
+from cmddcli.atomic import atomic_path, check_writable
+from cmddcli.fileutil import sha256_file
+from cmddcli.engine import Deblurrer
+from cmddcli.errors import CmddError, run_script
+from cmddcli.model import PRESETS
+from cmddcli.model.prune import prune_states
+from cmddcli.model.weights import load_weights, resolve_weights, save_weights
+from cmddcli.photo import read_photo
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bf16_check import SAMPLES, photos, psnr8  # noqa: E402
-from package_default_weights import STORAGE_DTYPES, portable  # noqa: E402  (scripts/ is on sys.path)
 
-from cmddcli.atomic import atomic_path, check_writable  # noqa: E402
-from cmddcli.data.manifest import sha256_file  # noqa: E402
-from cmddcli.engine import Deblurrer  # noqa: E402
-from cmddcli.errors import CmddError, run_script  # noqa: E402
-from cmddcli.model import PRESETS  # noqa: E402
-from cmddcli.model.prune import prune_states  # noqa: E402
-from cmddcli.model.weights import load_weights, resolve_weights, save_weights  # noqa: E402
-from cmddcli.photo import read_photo  # noqa: E402
+def _helper(path: Path):
+    """A module of this repository outside the package (benchmarks/, scripts/), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_bf16_check = _helper(ROOT / "benchmarks" / "bf16_check.py")
+_packaging = _helper(ROOT / "scripts" / "package_default_weights.py")
+SAMPLES, photos, psnr8 = _bf16_check.SAMPLES, _bf16_check.photos, _bf16_check.psnr8
+STORAGE_DTYPES, portable = _packaging.STORAGE_DTYPES, _packaging.portable
 
 CARD_SKIP = {"format", "config", "preset", "version", "dtype"}  # save_weights writes these anew
 RULES_NOT_MET = 3
@@ -82,7 +91,7 @@ def main() -> int:
     ap.add_argument("--min-psnr", type=float, default=60.0,
                     help="least PSNR(pruned fp32, full fp32) on every photo, dB (default 60)")
     ap.add_argument("--min-psnr-bf16", type=float, default=50.0,
-                    help="least PSNR(pruned bf16, full fp32) on every photo, dB (default 50, issue 10's bf16 rule)")
+                    help="least PSNR(pruned bf16, full fp32) on every photo, dB (default 50, the bf16 rule)")
     ap.add_argument("--samples", type=Path, default=SAMPLES,
                     help="folder with dpdd_1024/blur/*.png, dpdd_gif_pairs/*_input.png, blurred_only/*.jpg")
     ap.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="fp16", help="storage type of OUT")

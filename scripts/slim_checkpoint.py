@@ -1,4 +1,4 @@
-"""Shrink a training checkpoint to what a later session needs to continue (fp16 weights and EMA,
+"""Shrink a training checkpoint to what is needed to continue it later (fp16 weights and EMA,
 step, configs, data position, RNG, best score; no optimizer state): see
 :func:`cmddcli.train.checkpoint.slim_checkpoint` and training/README.md.
 
@@ -11,12 +11,10 @@ when the run resumes), for keeping the repository small when the raw weights are
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmddcli.train.checkpoint import slim_checkpoint  # noqa: E402
+from cmddcli.train.checkpoint import slim_checkpoint
 
 
 def main() -> None:

@@ -286,8 +286,8 @@ def test_gray_prediction_against_colour_target_warns(tmp_path, caplog):
 
 def test_every_bad_pair_is_listed_before_anything_is_scored(tmp_path):
     """A size mismatch, an unreadable input and a pair smaller than the SSIM window are all named in
-    one error, with exit 1 and no report: a mean over a silent subset is never published (a break-it
-    review found eval stopping at the first bad pair, and an SSIM error that named no file)."""
+    one error, with exit 1 and no report: a mean over a silent subset is never published (not only the
+    first bad pair, and the SSIM error names its file)."""
     rng = np.random.default_rng(0)
     img = lambda h, w: (rng.random((h, w, 3)) * 255).astype(np.uint8)  # noqa: E731
     for name, (s, t) in {"a": ((32, 32), (32, 32)), "c": ((32, 32), (40, 32)), "t": ((3, 3), (3, 3))}.items():

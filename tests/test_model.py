@@ -159,7 +159,7 @@ def test_bad_weights_files(tmp_path):
 ])
 def test_weights_with_a_crafted_config_fail_in_one_line(tmp_path, change, why):
     """A weights file whose metadata holds an out-of-range or ill-typed config is refused by name,
-    before any network is built (found by a break-it review)."""
+    before any network is built."""
     import json
 
     from safetensors import safe_open

@@ -1,4 +1,4 @@
-"""Issue 12: what `cmdd deblur` keeps and what it refuses, each case built from a generated file.
+"""What `cmdd deblur` keeps and what it refuses, each case built from a generated file.
 
 Colour-key transparency, premultiplied alpha, float range, multi-page TIFF, camera metadata from RAW,
 strict JSON from `cmdd eval`, a full disk, decompression bombs, resume records, and the smaller items

@@ -1,4 +1,4 @@
-"""Strength, --mask, --focus auto, the defocus map, metadata and per-tile progress (issue 14)."""
+"""Strength, --mask, --focus auto, the defocus map, metadata and per-tile progress."""
 
 import json
 

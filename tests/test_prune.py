@@ -139,7 +139,7 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
 
 
 def test_default_weights_are_v1_with_four_states():
-    """The shipped default is v1 pruned to 4 states (benchmarks/RESULTS.md round 5): its card says
+    """The shipped default is v1 pruned to 4 states (benchmarks/RESULTS.md): its card says
     so, and on a real photo crop its output is at least 55 dB PSNR from full v1's (fp32)."""
     from cmddcli.engine import Deblurrer
     from cmddcli.model.weights import default_weights_path, packaged_weights, read_metadata

@@ -123,7 +123,7 @@ def test_config_file_errors(tmp_path):
         train_preset("huge")
 
 
-# ---------------------------------------------------------------- issue 11: AdamW + cosine, l1_fft, synth presets
+# ---------------------------------------------------------------- AdamW + cosine, l1_fft, synth presets
 
 
 def test_cosine_schedule_decays_once_from_lr_to_the_last_eta_min(tmp_path):

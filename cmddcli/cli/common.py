@@ -39,7 +39,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 def print_json(payload: Any) -> None:
     """Machine-readable output: strict JSON (RFC 8259: inf / nan become null) only, on stdout."""
-    from ..eval.protocol import finite_json
+    from ..fileutil import finite_json
 
     sys.stdout.write(json.dumps(finite_json(payload), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()

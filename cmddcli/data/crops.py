@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .manifest import PairEntry, relpath, sha256_bytes, sha256_file
+from ..fileutil import sha256_file
+from .manifest import PairEntry, relpath, sha256_bytes
 from ..atomic import atomic_write_bytes
 from ..photo.arrays import encode_png, png_header, read_image
 

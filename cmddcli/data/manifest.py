@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 from ..errors import InputError
 from ..atomic import atomic_write_bytes
+from ..fileutil import sha256_file
 
 MANIFEST_FORMAT = "cmdd-manifest"
 MANIFEST_VERSION = 1
@@ -178,18 +179,6 @@ def relpath(path: str | os.PathLike, start: str | os.PathLike) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk``-byte blocks. Raises OSError when it cannot be read."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:

@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import InputError
 from .crops import FLIPS, RECORD_DIR, CropJob, CropOptions, CropResult, entry_from_result, run_crop_job, stride_for
 from .discovery import Discovery, RawPair, discover_dpdd, discover_pairs, discover_realdof, raise_problems
-from .manifest import MANIFEST_NAME, SPLITS, Manifest, PairEntry, relpath, save_manifest, sha256_bytes, sha256_file
+from ..fileutil import sha256_file
+from .manifest import MANIFEST_NAME, SPLITS, Manifest, PairEntry, relpath, save_manifest, sha256_bytes
 from ..atomic import atomic_write_bytes, ensure_output_dir
 from ..photo.arrays import encode_png, from_float, image_size, png_header
 from .sources import SharpnessFilter, SharpTile, list_images, load_sharp, sharp_tiles

@@ -80,8 +80,8 @@ class SynthConfig:
         palette_prob: probability of a palette round trip of the blurred image (GIF's at most 256
             colours, after the JPEG step): median-cut palette of the patch, then the patch mapped onto it.
         palette_colors: range of the palette size, sampled log-uniformly. A 256² patch needs about half
-            the colours of a 1024-px photo for the same error (session 12, ten of the sharp sources:
-            a 256² crop on 128 colours is within ~1 dB of the 1024-px photo on 256; training/ablation.md,
+            the colours of a 1024-px photo for the same error (on ten of the sharp sources a 256² crop on
+            128 colours is within ~1 dB of the 1024-px photo on 256; training/ablation.md,
             "Colour quantisation"), hence 32-256.
         palette_dither: probability of Floyd–Steinberg error diffusion onto the palette (else about the
             nearest colour, :func:`palette_roundtrip`).

@@ -54,7 +54,7 @@ _HINT = "use --overwrite to redo it, or --suffix / another -o to keep it"
 def weights_digest(weights: Optional[str | os.PathLike]) -> str:
     """sha256 of the weights file (the shipped one when ``weights`` is None): part of what made an
     output. ``unreadable:PATH`` when it cannot be read (the engine reports why when it loads it)."""
-    from ..data.manifest import sha256_file
+    from ..fileutil import sha256_file
     from ..errors import WeightsError
     from ..model.weights import resolve_weights
 

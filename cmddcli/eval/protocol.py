@@ -38,7 +38,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..data.discovery import find_pairs, keyed_images, natural_key
-from ..data.manifest import sha256_file
+from ..fileutil import finite_json, sha256_file
 from ..errors import CmddError, InputError
 from ..photo.arrays import from_float, image_size, read_image, write_png
 from . import metrics as M
@@ -203,17 +203,6 @@ class EvalReport:
 
 def _fmt(v: float) -> str:
     return repr(float(v))
-
-
-def finite_json(o):
-    """``o`` with every non-finite float (inf, nan) replaced by None, recursively: strict JSON."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: finite_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [finite_json(v) for v in o]
-    return o
 
 
 def _json_default(o):

@@ -5,7 +5,7 @@ half of a CPU forward, and its cost is linear in N. In a trained network the sta
 contribute equally: A stays close to its S4D-real initialisation A_n = -(n + 1) (Gu et al.,
 "On the Parameterization and Initialization of Diagonal State Space Models", 2022; the
 initialisation of mamba-ssm), and for the shipped v1 weights the 12 fastest-decaying states change
-the output by less than bf16 rounding does (benchmarks/RESULTS.md, round 5).
+the output by less than bf16 rounding does (benchmarks/RESULTS.md).
 
 :func:`prune_states` keeps, in every SS2D, the ``n_states`` states that decay slowest (the smallest
 mean |A| over that layer's directions and channels; for S4D-real A these are the first n) and drops

@@ -290,10 +290,6 @@ register_backend(
 )
 
 
-def backend_names() -> list:
-    return list(_BACKENDS)
-
-
 def check_backend_name(name: str) -> str:
     """``name`` if it is ``auto`` or a scan backend's name (whether or not it runs here); else
     BackendUnavailable saying which names exist. The one check behind CMDD_SCAN, --scan and bench."""

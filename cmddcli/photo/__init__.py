@@ -18,7 +18,7 @@ from .io import (
     write_photo,
 )
 from .meta import apply_orientation, clean_exif
-from .raw import RAW_EXTENSIONS, RawDevelopment, RawSettings, develop, develop_raw, is_raw
+from .raw import RAW_EXTENSIONS, RawDevelopment, RawSettings, develop, is_raw
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,7 +34,6 @@ __all__ = [
     "default_output_suffix",
     "holds_8_bits_only",
     "develop",
-    "develop_raw",
     "is_raw",
     "is_supported",
     "output_format",

@@ -84,14 +84,10 @@ class RawDevelopment:
     size: tuple  # (width, height) before development
 
 
-def develop_raw(path: str | Path, settings: RawSettings | None = None) -> np.ndarray:
-    """Develop a RAW file to an upright (H, W, 3) uint16 array; InputError with one line if LibRaw can't."""
-    return develop(path, settings).rgb
-
-
 def develop(path: str | Path, settings: RawSettings | None = None,
             check_size: Optional[Callable[[int, int], None]] = None) -> RawDevelopment:
-    """Develop a RAW file (see :func:`develop_raw`) and say what LibRaw did.
+    """Develop a RAW file to an upright (H, W, 3) uint16 array and say what LibRaw did; InputError with
+    one line if LibRaw can't.
 
     ``check_size(width, height)`` is called with the sensor size from the header, before LibRaw
     unpacks or develops anything (it raises to refuse the file).

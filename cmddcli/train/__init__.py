@@ -13,7 +13,6 @@ from .loop import (
     TrainEvent,
     TrainingDiverged,
     TrainResult,
-    resume_config,
     train,
 )
 from .schedule import LRSchedule, cosine_restart_cyclic_lr, stage_at, stages_of
@@ -30,7 +29,6 @@ __all__ = [
     "TrainingDiverged",
     "TrainResult",
     "Trainer",
-    "resume_config",
     "train",
     "LRSchedule",
     "cosine_restart_cyclic_lr",

@@ -46,6 +46,7 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "CheckpointManager",
+    "export_weights",
     "find_checkpoint",
     "ResumePoint",
 ]
@@ -147,8 +148,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def slim_checkpoint(src: str | Path, dst: str | Path, keep_ema: bool = True) -> Dict[str, Any]:
     """Write a copy of checkpoint ``src`` (a file, or a run folder: its newest checkpoint) to ``dst``
-    with the weights and EMA in float16 and no optimizer state: what a later working session needs to
-    continue a CPU run (~4x smaller than the full checkpoint, so one can be committed per session).
+    with the weights and EMA in float16 and no optimizer state: what is needed to continue a CPU run
+    elsewhere or later (~4x smaller than the full checkpoint, small enough to keep in the repository).
     Resuming from it restarts Adam's moments from zero (logged); step, schedule, data position, RNG
     and best score continue. ``keep_ema=False`` also drops the EMA weights (half the size again;
     the EMA then restarts from the weights on resume, logged). Returns the slimmed state. Raises
@@ -169,6 +170,30 @@ def slim_checkpoint(src: str | Path, dst: str | Path, keep_ema: bool = True) -> 
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, ck)
     return ck
+
+
+def export_weights(model: torch.nn.Module, path: str | Path, train_config: Dict[str, Any], step: int, *, ema: bool,
+                   train_extra: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Save ``model``'s weights (fp32) for ``cmdd deblur --weights``: the one export of training runs
+    (``Trainer.export``) and checkpoints (scripts/export_checkpoint.py).
+
+    Args:
+        train_config: the run's ``TrainConfig.to_dict()``; its name and iters go into the metadata,
+            and its model preset when the model has no field overrides.
+        step: the step the weights are from.
+        ema: whether they are the EMA of the weights.
+        train_extra: more entries of the metadata's ``train`` object (data, source checkpoint, ...).
+        extra: more top-level metadata entries (e.g. the best validation score).
+
+    Returns the path written.
+    """
+    from ..model.weights import save_weights
+
+    model_cfg = train_config.get("model") or {}
+    preset = model_cfg.get("preset") if not model_cfg.get("overrides") else None
+    meta = {"train": {"name": train_config.get("name"), "step": step, "iters": train_config.get("iters"),
+                      **(train_extra or {}), "ema": ema}, **(extra or {})}
+    return save_weights(model, path, metadata=meta, preset=preset)
 
 
 def find_checkpoint(path: str | Path) -> Path:

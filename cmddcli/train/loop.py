@@ -36,6 +36,7 @@ from .checkpoint import (
     CHECKPOINT_DIR,
     CheckpointManager,
     capture_rng,
+    export_weights,
     ResumePoint,
     restore_rng,
 )
@@ -300,14 +301,10 @@ class Trainer:
     def export(self, name: str, model: nn.Module) -> Path:
         """Save ``model``'s weights as ``weights/NAME.safetensors`` (fp32, with the model config and
         the run's name / step in the metadata) for ``cmdd deblur --weights``. Returns the path."""
-        from ..model.weights import save_weights
-
-        meta = {"train": {"name": self.cfg.name, "step": self.step, "iters": self.cfg.iters,
-                          "data": {"kind": self.cfg.data.kind, "path": self.cfg.data.path},
-                          "ema": name.endswith("_ema")},
-                "best": self.best}
-        return save_weights(model, self.out / "weights" / f"{name}.safetensors", metadata=meta,
-                            preset=self.cfg.model.preset if not self.cfg.model.overrides else None)
+        return export_weights(model, self.out / "weights" / f"{name}.safetensors", self.cfg.to_dict(), self.step,
+                              ema=name.endswith("_ema"),
+                              train_extra={"data": {"kind": self.cfg.data.kind, "path": self.cfg.data.path}},
+                              extra={"best": self.best})
 
     # ---- data
 
@@ -549,7 +546,7 @@ def train(cfg: TrainConfig, *, resume: "str | Path | ResumePoint | None" = None,
 
     Args:
         cfg: the run's configuration (validated here). With `resume`, pass the checkpoint's config
-            (``ResumePoint.config()``, or :func:`resume_config`) plus any changes.
+            (``ResumePoint.config()``) plus any changes.
         resume: a checkpoint file or a run folder (its newest ``checkpoints/step_*.pt``), or a
             :class:`~cmddcli.train.checkpoint.ResumePoint` already read (read once, not twice).
         data: training / validation data; default built from ``cfg.data`` (:mod:`cmddcli.train.data`).
@@ -566,10 +563,3 @@ def train(cfg: TrainConfig, *, resume: "str | Path | ResumePoint | None" = None,
     finally:
         shutdown_distributed(info)
 
-
-def resume_config(resume: str | Path) -> TrainConfig:
-    """The TrainConfig stored in a checkpoint (or the newest checkpoint of a run folder)."""
-    return ResumePoint.find(resume).config()
-
-
-__all__ += ["resume_config"]

@@ -92,7 +92,7 @@ def seeded_rngs(seed: int, restore: bool = True):
 class SeededDataset(Dataset):
     """Wraps a map-style dataset so that item ``(index, seed)`` draws its randomness from `seed`.
 
-    Datasets with an ``rng_for(index)`` hook (:class:`cmddcli.data.PairsDataset`, ``SynthDataset``) get
+    Datasets with an ``rng_for(index)`` hook (:class:`cmddcli.data.datasets.PairsDataset`, ``SynthDataset``) get
     ``numpy.random.default_rng(seed)`` from it for that one item; any other dataset is called with the
     python / numpy / torch global RNGs seeded by `seed` (restored afterwards in the main process; in a
     worker process nothing else uses them).

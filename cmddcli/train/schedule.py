@@ -106,9 +106,6 @@ def stage_at(cfg: TrainConfig, it: int) -> Stage:
     return stages[k]
 
 
-# re-exported for convenience
-__all__ += ["scaled_lengths"]
-
 
 def plan_of(cfg: TrainConfig) -> dict:
     """A run's plan for ``cmdd train --dry-run``: its stages (patch, batch, iterations 1-based and
