@@ -1,7 +1,7 @@
 """Inference engine: one `Deblurrer` owns weights, device, precision and tiling (deblurrer.py, tiling.py);
 strength / focus / masks on top of it (blend.py, blurmap.py, strength.py); the file batch behind
-``cmdd deblur``: its inputs (inputs.py), options (batch_options.py), resume records (resume.py) and the
-batch itself (runner.py), with its HTML report (report.py); forward-time benchmarks (bench.py);
+``cmdd deblur``: its inputs (inputs.py), options (batch_options.py), results (results.py), resume records
+(resume.py) and the batch itself (runner.py), with its HTML report (report.py); forward-time benchmarks (bench.py);
 ``cmdd info``'s facts (info.py).
 
 Names are resolved lazily, so importing a torch-free submodule (``options``, ``tiling``) does not
