@@ -22,23 +22,30 @@ from .common import (
     setup_logging, threads_option, tile_option, weights_option)
 from ..engine.options import DEFAULT_OVERLAP
 
-_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "mae": "{:.4f}", "lpips": "{:.4f}"}
-_HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "lpips": "LPIPS"}
+_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "mae": "{:.4f}", "psnr_cf": "{:.2f}", "lpips": "{:.4f}"}
+_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "psnr_cf": "PSNR-cf", "lpips": "LPIPS"}
+_GAIN_HEADERS = {"psnr": "gain", "psnr_cf": "gain-cf"}
 
 
 def _table(report) -> Table:
-    t = Table(title="cmdd eval", title_style="bold", show_lines=False)
+    t = Table(title="cmdd eval (PSNR in dB; gain = model - input)", title_style="bold", show_lines=False)
     t.add_column("set")
     t.add_column("subset")
-    t.add_column("images", justify="right")
+    t.add_column("images", justify="right", no_wrap=True)
     for m in report.metrics:
-        t.add_column(_HEADERS[m], justify="right")
+        t.add_column(_HEADERS[m], justify="right", no_wrap=True)
+    gains = [m for m in _GAIN_HEADERS if m in report.metrics] if any(
+        s.input_means is not None for s in report.summary) else []
+    for m in gains:
+        t.add_column(_GAIN_HEADERS[m], justify="right", no_wrap=True)
     identical = any(s.identical for s in report.summary)
     if identical:
         t.add_column("identical", justify="right")  # infinite PSNR, left out of the PSNR mean
     for s in report.summary:
         style = "bold" if s is report.summary[-1] else None
         cells = ["-" if s.means[m] is None else _FORMATS[m].format(s.means[m]) for m in report.metrics]
+        if gains:
+            cells += ["-" if s.gain(m) is None else f"{s.gain(m):+.2f}" for m in gains]
         t.add_row(s.group, s.subset, str(s.count), *cells, *([str(s.identical)] if identical else []), style=style)
     return t
 
@@ -67,7 +74,10 @@ def register(app: typer.Typer) -> None:
             [], "--crop-top", min=0, help="Drop the top N rows before scoring (once for all sets, or once per set)."),
         mask: Optional[Path] = typer.Option(
             None, "--mask", help="Score only the non-zero pixels of this mask image (same size as the images)."),
-        metrics: str = typer.Option("psnr,ssim,mae", "--metrics", "-m", help="Comma list: psnr, ssim, mae, lpips."),
+        metrics: str = typer.Option(
+            "psnr,ssim,mae,psnr_cf", "--metrics", "-m",
+            help="Comma list: psnr, ssim, mae (published), psnr_cf (colour-fair PSNR: per-channel least-squares "
+                 "gain and offset of the prediction to the target, then PSNR), lpips."),
         ssim_window: str = typer.Option(
             "uniform", "--ssim", help="SSIM window: uniform (7x7, the published numbers) or gaussian (11x11, s=1.5)."),
         bits: int = typer.Option(8, "--bits", "--bit-depth", help="8 (published protocol: 16-bit files read as 8-bit) or 16."),

@@ -12,6 +12,12 @@ dtype is converted to float64 first; integers are *not* rescaled, so pass floats
   The mean of the SSIM map drops ``(win-1)//2`` pixels at every border, then the per-channel means are
   averaged; with a mask, the masked pixels of that cropped map are averaged instead.
 - ``mae``: mean absolute error per channel, averaged over channels (= the mean over all values).
+- ``psnr_cf`` (colour-fair PSNR, cmdd's own): per channel, the least-squares gain ``a`` and offset ``b``
+  that map the prediction to the target over the scored pixels (``min Σ (a·pred + b − target)²``) are
+  applied to the prediction, which is then clipped to [0, 1] and scored with ``psnr``. It forgives a
+  global exposure / white-balance difference, which DPDD's two shots (f/4 input, f/22 target: two
+  exposures) carry and which a deblurring network should not learn, and keeps every local error
+  (blur, ringing, halos). Not a published metric: report it beside PSNR, never instead of it.
 
 An optional boolean ``mask`` (HxW) restricts every metric to the pixels where it is True (for SSIM,
 the masked pixels of the border-cropped SSIM map).
@@ -34,6 +40,8 @@ __all__ = [
     "ssim",
     "ssim_map",
     "mae",
+    "colour_fit",
+    "psnr_cf",
     "lpips_distance",
     "compute_metrics",
     "METRIC_NAMES",
@@ -41,8 +49,8 @@ __all__ = [
 ]
 
 # Order used for tables and CSV columns.
-METRIC_NAMES = ("psnr", "ssim", "mae", "lpips")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "mae": False, "lpips": False}
+METRIC_NAMES = ("psnr", "ssim", "mae", "psnr_cf", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "mae": False, "psnr_cf": True, "lpips": False}
 
 SSIM_WINDOWS = ("uniform", "gaussian")
 
@@ -88,6 +96,33 @@ def mae(pred, target, mask: Optional[np.ndarray] = None) -> float:
         d = d[..., None]
     per_channel = d[m].mean(axis=0) if m is not None else d.reshape(-1, d.shape[-1]).mean(axis=0)
     return float(per_channel.mean())
+
+
+def colour_fit(pred, target, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """``pred`` with a per-channel gain and offset fitted to ``target`` by least squares over the
+    scored pixels (``mask``, default all), clipped to [0, 1]: (H, W[, C]) float64.
+
+    Per channel: ``a = cov(pred, target) / var(pred)``, ``b = mean(target) − a·mean(pred)`` (ordinary
+    least squares of target on pred); a constant channel (``var = 0``) gets ``a = 1``. See ``psnr_cf``.
+    """
+    a, b = _as_float64(pred, target)
+    m = _check_mask(mask, a.shape)
+    x = a if a.ndim == 3 else a[..., None]
+    y = b if b.ndim == 3 else b[..., None]
+    xs = x[m] if m is not None else x.reshape(-1, x.shape[-1])  # (N, C)
+    ys = y[m] if m is not None else y.reshape(-1, y.shape[-1])
+    xm, ym = xs.mean(0), ys.mean(0)
+    var = ((xs - xm) ** 2).mean(0)
+    cov = ((xs - xm) * (ys - ym)).mean(0)
+    gain = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 1.0)
+    offset = ym - gain * xm
+    out = np.clip(x * gain + offset, 0.0, 1.0)
+    return out if a.ndim == 3 else out[..., 0]
+
+
+def psnr_cf(pred, target, data_range: float = 1.0, mask: Optional[np.ndarray] = None) -> float:
+    """Colour-fair PSNR in dB: :func:`psnr` of :func:`colour_fit` ``(pred, target)`` (module docstring)."""
+    return psnr(colour_fit(pred, target, mask), target, data_range, mask)
 
 
 # ---------------------------------------------------------------- SSIM
@@ -228,6 +263,7 @@ def compute_metrics(
         "psnr": lambda: psnr(pred, target, mask=mask),
         "ssim": lambda: ssim(pred, target, window=ssim_window, mask=mask),
         "mae": lambda: mae(pred, target, mask=mask),
+        "psnr_cf": lambda: psnr_cf(pred, target, mask=mask),
         "lpips": lambda: _lpips_masked(pred, target, mask),
     }
     return {n: fns[n]() for n in parse_metric_names(names)}

@@ -11,6 +11,11 @@ Protocol (defaults):
   its target has an infinite PSNR: it is counted in ``identical``, left out of the PSNR mean (which
   is null when every image is identical), and written as null in JSON (``inf`` in the CSV), so
   the JSON is strict RFC 8259 and one perfect image does not turn the mean into inf;
+- the input (blurred) image of each pair, when the pair has one, is scored the same way: the report
+  gives its scores beside the model's (``input_scores`` per image, ``input_means`` per subset) and the
+  gain, model minus input, which is what a deblurring method adds (``gains``: PSNR and colour-fair
+  PSNR in dB). Colour-fair PSNR (``psnr_cf``, not published; :mod:`cmddcli.eval.metrics`) forgives
+  the global exposure / colour difference between DPDD's two shots;
 - ``crop_top`` drops the top rows of prediction and target before scoring (e.g. 48 for the GIF pairs
   with a burned-in label), ``mask`` restricts scoring to a region (non-zero pixels of a mask image).
 
@@ -64,6 +69,8 @@ __all__ = [
 
 ImageProgress = Callable[[int, int, str], None]  # (done, total, current name)
 
+GAIN_METRICS = ("psnr", "psnr_cf")  # metrics whose model-minus-input gain (dB) the report gives
+
 
 # ---------------------------------------------------------------- what is scored
 
@@ -85,7 +92,7 @@ class EvalItem:
 class EvalSettings:
     """How to score. See the module docstring for the protocol these defaults implement."""
 
-    metrics: tuple = ("psnr", "ssim", "mae")
+    metrics: tuple = ("psnr", "ssim", "mae", "psnr_cf")
     bits: int = 8
     ssim_window: str = "uniform"
     mask: Optional[str] = None
@@ -127,6 +134,7 @@ class EvalRow:
     width: int
     scores: Dict[str, float]
     seconds: float = 0.0  # model time (0 when scoring saved predictions)
+    input_scores: Optional[Dict[str, float]] = None  # the blurred input's scores, when the pair has an input
 
 
 @dataclass
@@ -137,6 +145,13 @@ class SummaryRow:
     count: int
     means: Dict[str, Optional[float]]  # None: no finite value (PSNR when every image is identical)
     identical: int = 0  # images equal to their target (infinite PSNR), left out of the PSNR mean
+    input_means: Optional[Dict[str, Optional[float]]] = None  # the inputs' means, when every row has them
+
+    def gain(self, metric: str) -> Optional[float]:
+        """Model mean minus input mean for ``metric`` (dB for PSNR), or None without input scores."""
+        if self.input_means is None or self.means.get(metric) is None or self.input_means.get(metric) is None:
+            return None
+        return self.means[metric] - self.input_means[metric]
 
 
 @dataclass
@@ -169,17 +184,28 @@ class EvalReport:
             "settings": self.settings,
             **self.extra,
             "metrics": list(self.metrics),
-            "summary": [dataclasses.asdict(s) for s in self.summary],
+            "summary": [{**dataclasses.asdict(s), "gains": {m: s.gain(m) for m in GAIN_METRICS if m in self.metrics}}
+                        for s in self.summary],
             "images": [dataclasses.asdict(r) for r in self.rows],
         })
 
     def csv_text(self) -> str:
+        """One row per image: the model's scores, then (when any pair has an input) the input's scores
+        (``input_<metric>``) and the gains (``gain_psnr``, ``gain_psnr_cf``; empty without an input)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["name", "group", "subset", "height", "width", *self.metrics, "seconds"])
+        with_input = any(r.input_scores is not None for r in self.rows)
+        gains = [m for m in GAIN_METRICS if m in self.metrics] if with_input else []
+        extra = ([f"input_{m}" for m in self.metrics] + [f"gain_{m}" for m in gains]) if with_input else []
+        w.writerow(["name", "group", "subset", "height", "width", *self.metrics, *extra, "seconds"])
         for r in self.rows:
+            cells = []
+            if with_input:
+                i = r.input_scores
+                cells = [_fmt(i[m]) if i else "" for m in self.metrics]
+                cells += [_fmt(r.scores[m] - i[m]) if i else "" for m in gains]
             w.writerow([r.name, r.group, r.subset or "", r.height, r.width,
-                        *(_fmt(r.scores[m]) for m in self.metrics), f"{r.seconds:.4f}"])
+                        *(_fmt(r.scores[m]) for m in self.metrics), *cells, f"{r.seconds:.4f}"])
         return buf.getvalue()
 
     def write(self, out_dir: str | Path) -> Dict[str, Path]:
@@ -451,6 +477,14 @@ def _score(pred: np.ndarray, target: np.ndarray, item: EvalItem, settings: EvalS
         raise InputError(item.target, str(e)) from e
 
 
+def _input_scores(item: EvalItem, target: np.ndarray, settings: EvalSettings,
+                  mask: Optional[np.ndarray]) -> Optional[Dict[str, float]]:
+    """The blurred input's scores against ``target`` (already loaded), or None when the item has no input."""
+    if item.source is None:
+        return None
+    return _score(load_for_eval(item.source, settings.bits), target, item, settings, mask)
+
+
 def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
                          progress: Optional[ImageProgress] = None) -> EvalReport:
     """Score saved predictions (``item.pred``) against their targets."""
@@ -464,7 +498,8 @@ def evaluate_predictions(items: Sequence[EvalItem], settings: EvalSettings = Eva
         if _is_gray(pred) and not _is_gray(target):
             gray.append(it.pred)
         scores = _score(pred, target, it, settings, mask)
-        rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores))
+        rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores,
+                            input_scores=_input_scores(it, target, settings, mask)))
     if gray:
         log.warning("%d prediction(s) are grayscale while their targets are in colour (%s%s): scored as three "
                     "equal channels", len(gray), gray[0], ", ..." if len(gray) > 1 else "")
@@ -504,7 +539,8 @@ def evaluate_model(deblurrer, items: Sequence[EvalItem], settings: EvalSettings 
                 log.warning("cannot save %s/%s.png (%s)", it.group, it.name, e.strerror or e)
         target = load_for_eval(it.target, settings.bits)
         scores = _score(y, target, it, settings, mask)
-        rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores, seconds=dt))
+        rows.append(EvalRow(it.name, it.group, it.subset, *target.shape[:2], scores, seconds=dt,
+                            input_scores=_score(x, target, it, settings, mask)))
     extra = {"mode": "model"}
     if save_errors:
         extra["save_errors"] = save_errors
@@ -546,7 +582,13 @@ def summarise(rows: Sequence[EvalRow], metrics: Iterable[str]) -> List[SummaryRo
             vals = [r.scores[m] for r in rs if math.isfinite(r.scores[m])]
             means[m] = float(np.mean(vals)) if vals else None
         identical = sum(1 for r in rs if "psnr" in r.scores and math.isinf(r.scores["psnr"]))
-        return SummaryRow(group, subset, len(rs), means, identical)
+        input_means = None
+        if rs and all(r.input_scores is not None for r in rs):
+            input_means = {}
+            for m in metrics:
+                vals = [r.input_scores[m] for r in rs if math.isfinite(r.input_scores[m])]
+                input_means[m] = float(np.mean(vals)) if vals else None
+        return SummaryRow(group, subset, len(rs), means, identical, input_means)
 
     groups: Dict[str, List[EvalRow]] = {}
     for r in rows:

@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 
+TARGET_ALIGNS = ("none", "colour")
+
 # ---------------------------------------------------------------- sections
 
 
@@ -148,6 +150,12 @@ class DataConfig:
     sharp_scales: longest sides (px) to which the photographs are downscaled before the sharp-tile
     search (with ``sharp_tiles``); several values use each photograph at several scales (the same
     scene with more detail per pixel at the smaller ones). Default [1600].
+    real_path: a folder of real blurred / sharp pairs (``blur/`` + ``sharp/``, ``source/`` + ``target/``, a
+    DPDD tree's train split) mixed into a ``synth`` run (:mod:`cmddcli.data.real_pairs`).
+    mix: the share (0..1) of training samples drawn from ``real_path``; the rest are synthesised. 1 =
+    real pairs only (``path`` may then be empty).
+    real_aspect: ``as_is`` or ``dpdd_3x2`` (resize DPDD's squashed 1024² copies back to 3:2, round disks).
+    real_blur_bias: chance (0..1) that a real crop is drawn in proportion to the blur it holds.
     """
 
     kind: str = "manifest"
@@ -164,6 +172,10 @@ class DataConfig:
     val_sharp: str = ""
     sharp_tiles: int = 0
     sharp_scales: List[int] = field(default_factory=lambda: [1600])
+    real_path: str = ""
+    mix: float = 0.0
+    real_aspect: str = "as_is"
+    real_blur_bias: float = 0.75
 
 
 @dataclass
@@ -175,7 +187,9 @@ class TrainConfig:
     only). ema_decay: 0 disables the EMA of the weights. loss: "l1" (the paper's) or "l1_fft" (L1 +
     ``fft_weight`` × L1 between FFT amplitudes, MIMO-UNet / NAFNet) or "l1_halo" (L1 + ``halo_weight`` ×
     the mean excursion beyond the input's and target's range within ``halo_window`` px, a penalty on
-    over-sharpening rims); see :mod:`cmddcli.train.losses`.
+    over-sharpening rims); see :mod:`cmddcli.train.losses`. target_align: "none" or "colour" (before
+    the loss, give each target crop the input's exposure and colour: a per-channel gain and offset
+    fitted between their low-passed versions, :func:`cmddcli.train.losses.align_photometry`).
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
     keep_last: periodic checkpoints kept (plus best).
     """
@@ -192,6 +206,7 @@ class TrainConfig:
     fft_weight: float = 0.1
     halo_weight: float = 1.0
     halo_window: int = 9
+    target_align: str = "none"
     init_weights: str = ""
     log_every: int = 100
     val_every: int = 5000
@@ -231,6 +246,8 @@ class TrainConfig:
             raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.loss not in ("l1", "l1_fft", "l1_halo"):
             raise CmddError(f"loss must be 'l1' (the paper's), 'l1_fft' or 'l1_halo', got {self.loss!r}")
+        if self.target_align not in TARGET_ALIGNS:
+            raise CmddError(f"target_align must be one of {', '.join(TARGET_ALIGNS)}, got {self.target_align!r}")
         if self.fft_weight < 0:
             raise CmddError(f"fft_weight must be >= 0, got {self.fft_weight}")
         if self.halo_weight < 0:
@@ -254,6 +271,15 @@ class TrainConfig:
         for key, name in (("data.synth", self.data.synth), ("data.val_synth", self.data.val_synth or self.data.synth)):
             if name not in SYNTH_PRESETS:
                 raise CmddError(f"{key} must be one of {', '.join(SYNTH_PRESETS)}, got {name!r}")
+        d = self.data
+        if not 0 <= d.mix <= 1:
+            raise CmddError(f"data.mix (the share of real pairs) must be in [0, 1], got {d.mix}")
+        if d.mix > 0 and (d.kind != "synth" or not d.real_path):
+            raise CmddError("data.mix > 0 needs data.kind = \"synth\" and data.real_path (a folder of real pairs)")
+        if d.real_aspect not in ("as_is", "dpdd_3x2"):
+            raise CmddError(f"data.real_aspect must be as_is or dpdd_3x2, got {d.real_aspect!r}")
+        if not 0 <= d.real_blur_bias <= 1:
+            raise CmddError(f"data.real_blur_bias must be in [0, 1], got {d.real_blur_bias}")
         if min(self.log_every, self.val_every, self.ckpt_every, self.keep_last, self.data.workers) < 0:
             raise CmddError("log_every, val_every, ckpt_every, keep_last and data.workers must be >= 0")
         self.model.model_config()  # raises on an unknown preset or bad override

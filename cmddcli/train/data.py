@@ -11,7 +11,8 @@ gives random ``patch``² crops with random flips, ``val_dataset()`` whole valida
   every step) from the sharp images under ``data.path``, or from procedural images when the path is
   empty (smoke tests), with the synthesiser preset ``data.synth`` (default v2); validation: a fixed
   set of pairs made with ``data.val_synth`` (e.g. "heldout") from ``data.val_sharp`` or procedural
-  images.
+  images. With ``data.mix > 0`` a share ``mix`` of the samples are crops of the real pairs under
+  ``data.real_path`` instead (:class:`~cmddcli.data.real_pairs.MixedDataset`; ``mix = 1``: real only).
 
 Randomness: the loop draws every sample with its own seed (:mod:`cmddcli.train.sampling`); these
 datasets take it through their ``rng_for`` hook, so crops, flips and synthetic blur are the same after
@@ -23,6 +24,7 @@ datasets take it through their ``rng_for`` hook, so crops, flips and synthetic b
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -156,6 +158,8 @@ class ConfigDataSource:
         from ..data.datasets import PairsDataset, SynthDataset
 
         d = self.data
+        if d.kind == "synth" and d.mix > 0:
+            return self._mixed_dataset(patch, stage)
         if d.kind == "synth":
             if d.path:
                 from ..data.sources import list_images
@@ -178,11 +182,29 @@ class ConfigDataSource:
         return PairsDataset(self._manifest(d.path, d.train_split), d.train_split, patch_size=patch, flips=d.flips,
                             seed=self.seed)
 
+    def _mixed_dataset(self, patch: int, stage: int) -> Dataset:
+        """Real crops from ``data.real_path`` (share ``data.mix``) mixed with synthetic pairs."""
+        from ..data.real_pairs import MixedDataset, RealCropDataset, real_pairs_from
+
+        d = self.data
+        pairs = real_pairs_from(d.real_path)
+        real = RealCropDataset(pairs, patch_size=patch, seed=self.seed, flips=d.flips, aspect=d.real_aspect,
+                               blur_bias=d.real_blur_bias)
+        log.info("real pairs: %d from %s (%s, %.0f %% of the samples)", len(pairs), d.real_path, d.real_aspect,
+                 100 * d.mix)
+        if d.mix >= 1.0:
+            return real
+        synth = dataclasses.replace(self, data=dataclasses.replace(d, mix=0.0))
+        synth._tiles = self._tiles  # share the sharp-tile search
+        return MixedDataset(real, synth.train_dataset(patch, stage), d.mix, seed=self.seed)
+
     def check(self) -> None:
         """Raise CmddError now for a config that cannot give training data (a manifest or pairs run
         without data.path), before a run logs its start."""
         if self.data.kind != "synth" and not self.data.path:
             raise CmddError(f"data.kind = {self.data.kind!r} needs data.path (or --data)")
+        if self.data.mix > 0 and not self.data.real_path:
+            raise CmddError("data.mix > 0 needs data.real_path (a folder of real blurred / sharp pairs)")
 
     def val_dataset(self) -> Optional[Dataset]:
         """The validation set, built once per run (so a "validation disabled" warning is given once)."""

@@ -167,7 +167,7 @@ class Trainer:
         self.ckpts = CheckpointManager(self.out / CHECKPOINT_DIR, cfg.keep_last, period=cfg.ckpt_every)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
-        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window)
+        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window, cfg.target_align)
 
         precision = cfg.precision
         if precision == "fp16" and self.device.type != "cuda":
@@ -327,13 +327,13 @@ class Trainer:
         ds = self.data.val_dataset()
         if ds is None or len(ds) == 0:
             return None
-        from ..eval.metrics import psnr, ssim
+        from ..eval.metrics import psnr, psnr_cf, ssim
 
         model = self.ema if self.ema is not None else self.model
         was_training = model.training
         model.eval()
         n = len(ds) if self.cfg.data.val_images <= 0 else min(len(ds), self.cfg.data.val_images)
-        ps, ss = [], []
+        ps, ss, cf, ps_in, cf_in = [], [], [], [], []
         for i in range(n):
             x, y = collate_pairs([ds[i]])
             x = center_crop(x, self.cfg.data.val_crop).to(self.device)
@@ -343,10 +343,16 @@ class Trainer:
                 out = model(x)
             pred = out.float().clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
             tgt = y[0].permute(1, 2, 0).numpy()
+            inp = x[0].float().cpu().permute(1, 2, 0).numpy()
             ps.append(psnr(pred, tgt))
             ss.append(ssim(pred, tgt))
+            cf.append(psnr_cf(pred, tgt))
+            ps_in.append(psnr(inp, tgt))
+            cf_in.append(psnr_cf(inp, tgt))
         model.train(was_training)
-        return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "images": float(n)}
+        return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "psnr_cf": float(np.mean(cf)),
+                "gain": float(np.mean(ps) - np.mean(ps_in)), "gain_cf": float(np.mean(cf) - np.mean(cf_in)),
+                "images": float(n)}
 
     # ---- the loop
 
@@ -415,7 +421,8 @@ class Trainer:
             resumed = self.step if resume else None
             self.train_log = CsvLog(self.out / "train_log.csv", ["step", "stage", "patch", "batch", "loss", "lr",
                                      "grad_norm", "it_per_s", "elapsed_s"], resumed)
-            self.val_log = CsvLog(self.out / "val_log.csv", ["step", "psnr", "ssim", "weights", "best"], resumed)
+            self.val_log = CsvLog(self.out / "val_log.csv", ["step", "psnr", "ssim", "psnr_cf", "gain", "gain_cf",
+                                                               "weights", "best"], resumed)
             self.tb = tensorboard_writer(self.out / "tb")
         barrier(info)
 
@@ -514,12 +521,13 @@ class Trainer:
                 self.best = {"metric": "psnr", "value": vals["psnr"], "ssim": vals["ssim"], "step": self.step,
                              "weights": which}
                 improved = True
-            self.val_log.write({"step": self.step, "psnr": vals["psnr"], "ssim": vals["ssim"], "weights": which,
-                                "best": int(improved)})
+            self.val_log.write({"step": self.step, **{k: vals[k] for k in ("psnr", "ssim", "psnr_cf", "gain", "gain_cf")},
+                                "weights": which, "best": int(improved)})
             if self.tb is not None:
                 self.tb.add_scalar("val/psnr", vals["psnr"], self.step)
                 self.tb.add_scalar("val/ssim", vals["ssim"], self.step)
-            log.info("step %d: validation PSNR %.3f dB, SSIM %.4f (%s weights)%s", self.step, vals["psnr"],
+            log.info("step %d: validation PSNR %.3f dB (gain %+.3f), colour-fair %.3f dB (gain %+.3f), SSIM %.4f "
+                     "(%s weights)%s", self.step, vals["psnr"], vals["gain"], vals["psnr_cf"], vals["gain_cf"],
                      vals["ssim"], which, " - best so far" if improved else "")
             self._emit(TrainEvent("val", self.step, self.cfg.iters, values=vals))
         if self.info.distributed:

@@ -15,6 +15,12 @@ input's, so only over-sharpening (dark or bright rims along edges, ringing) is c
 charges it too, but only as much as any other error of the same size. cmdd's own term (issue 11: the
 dark outlines the v2-line weights draw on JPEG photos); ``scripts/halo_check.py`` measures the same
 excursions on luma, on validation photos.
+
+Target alignment (``TrainConfig.target_align = "colour"``, any loss): real pairs such as DPDD's are two
+shots (f/4 and f/22) with their own exposure and white balance. :func:`align_photometry` gives each
+target crop the input's photometry before the loss, so the network learns to remove blur, not to
+reproduce each scene's exposure accident (cmdd's own, issue 28; the same idea as the colour-fair PSNR
+of :mod:`cmddcli.eval.metrics`, fitted on low-passed images because the input is blurred).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch.nn.functional as F
 
 from ..errors import CmddError
 
-__all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES"]
+__all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES",
+           "align_photometry"]
 
 LOSSES = ("l1", "l1_fft", "l1_halo")
 
@@ -72,13 +79,55 @@ def range_excursion(pred: torch.Tensor, inp: torch.Tensor, target: torch.Tensor,
     return torch.relu(lo - pred), torch.relu(pred - hi)
 
 
+def align_photometry(target: torch.Tensor, inp: torch.Tensor, pool: int = 0,
+                     gain_range: tuple[float, float] = (0.5, 2.0)) -> torch.Tensor:
+    """``target`` with the exposure and colour of ``inp``: per sample and channel, ``a·target + b``, where
+    ``a``, ``b`` are the least-squares fit of the low-passed input on the low-passed target.
+
+    Args:
+        target, inp: (B, C, P, P) tensors in [0, 1] (sharp target, blurred input).
+        pool: side (px) of the box low-pass (average pooling) both are reduced with before the fit; it
+            must exceed the blur so that both low-passed images agree where the scene does. 0 = P / 8
+            (at least 8).
+        gain_range: ``a`` is clamped to it (a flat crop has no reliable gain).
+    Returns: (B, C, P, P), no gradient through ``a`` and ``b``. Not clipped: the loss compares it with
+    an unclipped prediction.
+    """
+    pool = pool or max(8, target.shape[-1] // 8)
+    with torch.no_grad():
+        t = F.avg_pool2d(target.float(), pool, ceil_mode=True)  # (B, C, h, w)
+        i = F.avg_pool2d(inp.float(), pool, ceil_mode=True)
+        tm, im = t.mean((-2, -1), keepdim=True), i.mean((-2, -1), keepdim=True)
+        var = ((t - tm) ** 2).mean((-2, -1), keepdim=True)
+        cov = ((t - tm) * (i - im)).mean((-2, -1), keepdim=True)
+        a = torch.where(var > 1e-8, cov / var.clamp_min(1e-8), torch.ones_like(var)).clamp(*gain_range)
+        b = im - a * tm
+    return target * a + b
+
+
 def make_loss(kind: str = "l1", fft_weight: float = 0.1, halo_weight: float = 1.0,
-              halo_window: int = 9) -> LossFn:
+              halo_window: int = 9, target_align: str = "none") -> LossFn:
     """The loss function ``(pred, target, inp=None) -> scalar`` named by ``TrainConfig.loss``.
 
-    ``inp`` (the blurred input, (B, 3, P, P)) is needed by ``l1_halo`` only; the others ignore it.
-    Raises CmddError for an unknown kind, and (at call time) for ``l1_halo`` without ``inp``.
+    ``inp`` (the blurred input, (B, 3, P, P)) is needed by ``l1_halo`` and by ``target_align =
+    "colour"`` (:func:`align_photometry` applied to the target first).
+    Raises CmddError for an unknown kind or alignment, and (at call time) when ``inp`` is needed and missing.
     """
+    base = _base_loss(kind, fft_weight, halo_weight, halo_window)
+    if target_align == "none":
+        return base
+    if target_align != "colour":
+        raise CmddError(f"target_align must be none or colour, got {target_align!r}")
+
+    def aligned(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if inp is None:
+            raise CmddError("target_align = colour needs the blurred input")
+        return base(pred, align_photometry(target, inp), inp)
+
+    return aligned
+
+
+def _base_loss(kind: str, fft_weight: float, halo_weight: float, halo_window: int) -> LossFn:
     if kind == "l1":
         def l1(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
             return F.l1_loss(pred, target)
