@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -28,9 +29,10 @@ _GAIN_HEADERS = {"psnr": "gain", "psnr_cf": "gain-cf"}
 
 
 def _table(report) -> Table:
-    t = Table(title="cmdd eval (PSNR in dB; gain = model - input)", title_style="bold", show_lines=False)
-    t.add_column("set")
-    t.add_column("subset")
+    t = Table(title="cmdd eval (PSNR in dB; gain = model - input)", title_style="bold", show_lines=False,
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    t.add_column("set", overflow="fold", min_width=5)
+    t.add_column("subset", no_wrap=True)
     t.add_column("images", justify="right", no_wrap=True)
     for m in report.metrics:
         t.add_column(_HEADERS[m], justify="right", no_wrap=True)

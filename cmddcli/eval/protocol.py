@@ -232,10 +232,7 @@ def _fmt(v: float) -> str:
 
 
 def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
+    """Anything JSON cannot hold (paths, mostly) as its text; non-finite floats are None by then."""
     return str(o)
 
 

@@ -12,14 +12,14 @@ its phase (that is what the pixel L1 is for).
 sharp target hold within a ``window`` square around each pixel, per channel (:func:`range_excursion`).
 A correct restoration stays inside the target's local range and an under-sharpened one inside the
 input's, so only over-sharpening (dark or bright rims along edges, ringing) is charged; the pixel L1
-charges it too, but only as much as any other error of the same size. cmdd's own term (issue 11: the
-dark outlines the v2-line weights draw on JPEG photos); ``scripts/halo_check.py`` measures the same
+charges it too, but only as much as any other error of the same size. cmdd's own term (against the
+dark outlines that over-sharpening draws along edges of JPEG photos); ``scripts/halo_check.py`` measures the same
 excursions on luma, on validation photos.
 
 Target alignment (``TrainConfig.target_align = "colour"``, any loss): real pairs such as DPDD's are two
 shots (f/4 and f/22) with their own exposure and white balance. :func:`align_photometry` gives each
 target crop the input's photometry before the loss, so the network learns to remove blur, not to
-reproduce each scene's exposure accident (cmdd's own, issue 28; the same idea as the colour-fair PSNR
+reproduce each scene's exposure accident (cmdd's own; the same idea as the colour-fair PSNR
 of :mod:`cmddcli.eval.metrics`, fitted on low-passed images because the input is blurred).
 """
 
