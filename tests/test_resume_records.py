@@ -177,6 +177,50 @@ def test_a_stop_between_the_output_and_its_record_resumes_cleanly(tmp_path, tiny
     assert r.exit_code == 0 and payload(r)["counts"]["skipped"] == 3
 
 
+# ------------------------------------------------------------------------------------ item 6: weights
+
+
+def _bad_weights(tmp_path: Path, tiny_weights: Path) -> dict:
+    from safetensors.torch import save_file
+    import torch
+
+    data = tiny_weights.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.safetensors").write_bytes(b"not weights at all")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "list.safetensors"), metadata={"cmdd": "[1, 2]"})
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "str.safetensors"), metadata={"cmdd": '"hello"'})
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "num.safetensors"), metadata={"cmdd": "3"})
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    k = sorted(tensors)[0]
+    tensors[k] = torch.zeros(*[s + 1 for s in tensors[k].shape])
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
+    return {n: tmp_path / f"{n}.safetensors" for n in ("missing", "trunc", "text", "list", "str", "num", "shape")}
+
+
+def test_unusable_weights_fail_before_the_output_folder_is_made(tmp_path, tiny_weights):
+    """Item 6: missing, truncated, not-safetensors, wrong-shape weights or a cmdd header that is not a
+    JSON object: one error line, and no empty -o folder left behind."""
+    a = photo(tmp_path / "a.png")
+    for name, w in _bad_weights(tmp_path, tiny_weights).items():
+        out = tmp_path / f"out_{name}"
+        r = run([a, "-o", out, "--weights", w])
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and str(w.name) in r.stderr, (name, r.stderr)
+        assert not out.exists(), name
+
+
+def test_info_with_a_header_that_is_not_an_object_is_one_line(tmp_path, tiny_weights):
+    for name in ("list", "str", "num"):
+        w = _bad_weights(tmp_path, tiny_weights)[name]
+        r = CliRunner().invoke(app, ["info", "--weights", str(w)], catch_exceptions=False)
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert len(r.stderr.strip().splitlines()) == 1 and "not a JSON object" in r.stderr, r.stderr
+
+
 # ------------------------------------------------------------------------------------ items 7, 9, 15: rows
 
 
