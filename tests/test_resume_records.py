@@ -256,3 +256,16 @@ def test_a_named_pipe_is_never_opened(tmp_path, tiny_weights):
         assert rows["a.png"]["status"] in ("done", "skipped"), p.stdout
         assert rows["pipe.png"]["status"] == "failed" and "not a regular file" in rows["pipe.png"]["reason"]
         assert p.returncode == 1
+
+
+def test_failures_are_one_line_each_when_not_on_a_terminal(tmp_path, tiny_weights):
+    """Item 15: with stderr piped (80 columns), each failed file is one line with its whole path and
+    reason, so `grep NAME log` finds it."""
+    src = tmp_path / ("a-rather-long-folder-name-for-the-shoot-" * 2)
+    photo(src / "ok.png")
+    bad = src / ("broken-file-with-a-long-name-" * 2 + ".png")
+    bad.write_bytes(b"")
+    r = run([src, "-o", tmp_path / "out"], tiny_weights)
+    assert r.exit_code == 1
+    lines = [ln for ln in r.stderr.splitlines() if str(bad) in ln]
+    assert lines and "empty" in lines[0].lower(), r.stderr
