@@ -198,8 +198,10 @@ def register(app: typer.Typer) -> None:
                 print_json(report.to_dict())
             elif not quiet:
                 err_console.print(_plan_table(report) if dry_run else _summary_table(report))
-                if report.failed and not dry_run:
+                if report.failed and not dry_run and err_console.is_terminal:
                     err_console.print(_failures_table(report))
+                elif report.failed and not dry_run:  # a log: one line per file, whole path (grep finds it)
+                    print_failures((r.input, r.reason) for r in report.failed)
             elif report.failed:
                 print_failures((r.input, r.reason) for r in report.failed)
         if report.failed or report.summary_error:

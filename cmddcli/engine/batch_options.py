@@ -74,9 +74,12 @@ class BatchOptions:
             runtime.check_device_name(device)
         else:
             runtime.resolve_device(device)
-        from ..model.weights import resolve_weights
+        from ..model.weights import check_weights, resolve_weights
 
-        resolve_weights(weights)
+        if dry_run:  # a dry run loads no weights; a real run refuses bad ones before making -o
+            resolve_weights(weights)
+        else:
+            check_weights(weights)
         if max_megapixels < 0:
             raise CmddError(f"--max-megapixels must be >= 0 (0 = no limit; got {max_megapixels:g})")
         restore = RestoreOptions(strength=strength, focus=focus.lower(), mask=mask, save_blur_map=save_blur_map)

@@ -6,9 +6,13 @@ of earlier runs.
   output folder when it lies inside an input folder); a file named explicitly is always tried.
   Symlinked folders are followed, each real folder walked once (a loop is skipped with a warning).
 * A glob's literal file extension matches in any case (``shoot/*.NEF`` also finds ``a.nef``).
-* A file that has a resume record (:mod:`.resume`) in the output folder, or in another output folder
-  inside a walked folder, is an output of an earlier run: a folder walk or glob does not take it as
-  an input (a file named on its own is always an input).
+* Anything cmdd wrote (an output or a blur map / restore mask beside it, as the resume records of
+  :mod:`.resume` list them, with the content they were written with) is never taken as an input by a
+  folder walk or glob, wherever it sits: records in any ``.cmdd/records`` of a folder at or above the
+  file count (the output folder, a walked folder that was an output folder, an output folder inside
+  it). A file named on its own is an input unless the output folder itself records it.
+* The same file reached twice (a symlink named beside its target) is taken once; a named one that is
+  left out is reported through ``dropped`` so it still gets a row.
 """
 
 from __future__ import annotations
@@ -111,15 +115,18 @@ def _glob_root(pattern: str) -> Path:
 
 
 def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
-             exclude: Optional[Path] = None, warn: bool = True) -> list[tuple[Path, Path]]:
+             exclude: Optional[Path] = None, warn: bool = True,
+             dropped: Optional[list] = None) -> list[tuple[Path, Path]]:
     """(file, root) pairs for the inputs, sorted by file path, duplicates removed.
 
     ``root`` is what the output tree mirrors from: the folder argument, the fixed part of a glob,
     or the file's own folder for a file named on its own. ``exclude`` is the output folder: when it
     lies inside a walked folder or below a glob's fixed part, the files in it are left out; and
-    any file ``exclude`` holds a resume record for (an output of an earlier run, unchanged since)
-    is left out wherever it was found, so an output folder that is also the input folder can be
-    deblurred into again. A missing path is returned as is (it fails later with "file not found").
+    any file an earlier run wrote (an output or side file a resume record lists, unchanged since:
+    see the module) is left out, so an output folder that is also the input folder can be deblurred
+    into again. A missing path is returned as is (it fails later with "file not found"). A file
+    named on its own that is the same file as another input is appended to ``dropped`` (when given)
+    as ``(file, reason)``.
     With several inputs and ``warn``, a folder or glob that holds no image is named in a warning.
     """
     out_dirs = (Path(exclude).absolute(), Path(exclude).resolve()) if exclude is not None else ()
@@ -154,54 +161,51 @@ def discover(inputs: Sequence[str | os.PathLike], recursive: bool = False,
             hint = " (use --recursive for sub-folders)" if is_dir and not recursive and \
                 has_subfolders(p, Path(exclude) if exclude is not None else p) else ""
             log.warning("%s: no images found; skipped%s", s, hint)
-    pairs = [(f, root) for f, root in pairs if not _recorded_output(f, out_dirs)]
-    has_records: dict = {}
-    pairs = [(f, root) for f, root in pairs if f in named or not _output_of_another_run(f, root, has_records)]
-    seen, unique = set(), []
+    records = _Records()
+    pairs = [(f, root) for f, root in pairs
+             if not records.written(f, out_dirs if f in named else None,
+                                    "use another -o to deblur it again" if f in named
+                                    else "name the file on its own to deblur it again")]
+    seen: dict = {}
+    unique = []
     for f, root in sorted(pairs, key=lambda fr: os.fspath(fr[0].absolute())):
         key = os.path.normcase(os.fspath(resolved(f)))
         if key not in seen:
-            seen.add(key)
+            seen[key] = f
             unique.append((f, root))
+        elif f in named and dropped is not None:
+            dropped.append((f, f"same file as {seen[key]}"))
     return unique
 
 
-def _recorded_output(file: Path, out_dirs: Sequence[Path], hint: str = "use another -o to deblur it again") -> bool:
-    """Whether ``file`` is an output of an earlier run into the output folder (``out_dirs``: its
-    absolute and its resolved path): it has a resume record there and, where the record says, the
-    same size and modification time as when it was written (a photo copied over it later is an
-    input again)."""
-    for base in out_dirs:
-        for f in (file.absolute(), resolved(file)):
-            try:
-                rel = f.relative_to(base)
-            except ValueError:
+class _Records:
+    """The files that earlier runs' resume records list, per output folder (read once per folder)."""
+
+    def __init__(self) -> None:
+        self.index: dict = {}  # folder -> resume.recorded_files(folder), or None: no records there
+
+    def _files(self, folder: Path) -> Optional[dict]:
+        if folder not in self.index:
+            self.index[folder] = resume.recorded_files(folder) if resume.has_records(folder) else None
+        return self.index[folder]
+
+    def written(self, file: Path, folders: Optional[Sequence[Path]], hint: str) -> bool:
+        """Whether ``file`` is a file cmdd wrote (unchanged since) as a record in one of ``folders``
+        says (None: every folder at or above the file, as given and resolved)."""
+        paths = (file.absolute(), resolved(file))
+        if folders is None:
+            folders = list(dict.fromkeys(d for p in paths for d in p.parents))
+        for folder in folders:
+            files = self._files(folder)
+            if not files:
                 continue
-            rec = resume.recorded_output(file, base, rel)
-            if rec is not None:
-                log.info("%s: left out, an output of an earlier run (%s); %s", file, rec, hint)
-                return True
-    return False
-
-
-def _output_of_another_run(file: Path, root: Path, has_records: dict) -> bool:
-    """Whether ``file``, found by walking ``root`` (a folder or a glob's fixed part), is an output of
-    an earlier run into another output folder inside ``root`` (``cmdd deblur shoot -r -o shoot/v1``,
-    then ``-o shoot/v2``): some folder between the file and ``root`` holds a resume record of it.
-    ``has_records`` caches which folders have records."""
-    try:
-        rel_parts = file.absolute().relative_to(root.absolute()).parts
-    except ValueError:
+            for p in paths:
+                key = os.path.normcase(os.fspath(p))
+                if key in files and resume.is_recorded(file, files[key]):
+                    log.info("%s: left out, written by an earlier cmdd run (recorded in %s); %s",
+                             file, Path(folder) / resume.STATE_DIR / resume.RECORDS_DIR, hint)
+                    return True
         return False
-    folder = root.absolute()
-    for part in rel_parts[:-1]:
-        folder = folder / part
-        if folder not in has_records:
-            has_records[folder] = resume.has_records(folder)
-        if has_records[folder] and _recorded_output(file, (folder, resolved(folder)),
-                                                    "name the file on its own to deblur it again"):
-            return True
-    return False
 
 
 def has_subfolders(folder: Path, out_dir: Path) -> bool:

@@ -31,6 +31,7 @@ class FileResult:
     warnings: list = field(default_factory=list)  # what could not be kept (pages, range, metadata...)
     restore: dict = field(default_factory=dict)  # strength, restored region and share (RestoreOptions)
     raw: Optional[dict] = None  # RAW inputs: the development as applied (settings + half_size_applied)
+    side_files: list = field(default_factory=list)  # --save-blur-map files written beside the output
 
 
 @dataclass

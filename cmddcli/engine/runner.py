@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -131,7 +132,7 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
             log.warning("%s: %s", job.input, w)
         res.warnings += fin.warnings
         write_photo(job.output, restored, bit_depth=opts.bit_depth)
-        _side_outputs(job, opts, photo.rgb, fin)
+        res.side_files = [str(p) for p in _side_outputs(job, opts, photo.rgb, fin)]
         res.status = "done"
     except InputError as e:
         res.reason = e.reason if os.fspath(e.path) == os.fspath(job.input) else str(e)
@@ -147,23 +148,27 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
     return res
 
 
-def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> None:
-    """``--save-blur-map`` images next to the output and ``--report`` previews."""
+def _side_outputs(job: Job, opts: BatchOptions, before, fin) -> list[Path]:
+    """``--save-blur-map`` images next to the output (returned: the output's record lists them) and
+    ``--report`` previews (in OUT/.cmdd, never walked)."""
+    written: list[Path] = []
     if opts.restore.save_blur_map and fin.blur_map is not None:
         from .blurmap import save_map_images
 
-        save_map_images(job.output, fin.blur_map, fin.weight)
+        written = save_map_images(job.output, fin.blur_map, fin.weight)
     if opts.report:
         from .report import write_previews
 
         write_previews(opts.out_dir, job.output, before, fin.rgb)
+    return written
 
 
 def _side_output_problem(job: Job, opts: BatchOptions, input_ids: set) -> Optional[str]:
     """Why the blur map / restore mask beside ``job.output`` must not be written, or None. They are
     replaced only with the output itself: when the output is kept (resumed) they are not touched, and
-    a file of that name that is an input, or that exists while the output does not, is not replaced
-    (unless ``--overwrite``; inputs never)."""
+    a file of that name that is an input, or that exists while the output does not and is not the
+    output's own (listed in its record, unchanged), is not replaced (unless ``--overwrite``; inputs
+    never)."""
     for side in side_output_paths(job.output, opts):
         if _same_file_as_input(side, input_ids):
             return f"{side} is an input file; refusing to overwrite it (use --suffix or another -o)"
@@ -171,7 +176,8 @@ def _side_output_problem(job: Job, opts: BatchOptions, input_ids: set) -> Option
             exists = side.exists() or side.is_symlink()
         except OSError:
             exists = True
-        if exists and not opts.overwrite and not job.output.exists():
+        if exists and not opts.overwrite and not job.output.exists() \
+                and not resume.owns_side_file(job.output, opts.out_dir, side):
             return f"{side} exists and is not from this output; use --overwrite to replace it, or --suffix / another -o"
     return None
 
@@ -187,7 +193,16 @@ def _unusable_output(path: Path) -> Optional[str]:
 
 
 def _unreadable(path: Path) -> Optional[str]:
-    """Why ``path`` cannot even be opened (missing, a folder, unreadable, empty), or None."""
+    """Why ``path`` cannot even be opened (missing, a folder, not a regular file, unreadable, empty),
+    or None. Only regular files are opened: a named pipe would block the batch forever."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        mode = None  # missing, a loop, no permission: check_readable says which
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+            "a device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "not a file"
+        return f"not a regular file ({kind}); only regular files are read"
     try:
         check_readable(Path(path))
     except InputError as e:
@@ -214,7 +229,8 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
             results.append(FileResult(str(job.input), str(job.output), "failed", unusable, rank=rank))
         elif (side := _side_output_problem(job, opts, input_ids)) is not None:
             results.append(FileResult(str(job.input), str(job.output), "failed", side, rank=rank))
-        elif job.output.exists() and not opts.overwrite:
+        elif job.output.exists() and not opts.overwrite \
+                and not resume.interrupted(job.input, job.output, opts.out_dir):  # a stopped run's: redone
             problem = resume.resume_problem(job.input, job.output, opts.out_dir, opts.recipe_for(job.input))
             if problem is None:
                 results.append(FileResult(str(job.input), str(job.output), "skipped",
@@ -238,12 +254,7 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
         deblurrer = make_deblurrer()
         for job in todo:
             progress.file_started(job)
-            source = resume.forget_record(job.input, job.output, opts.out_dir)
-            res = process_job(job, deblurrer, opts, progress, rank)
-            if res.status == "done":
-                warning = resume.remember(job.output, opts.out_dir, source, opts.recipe_for(job.input), res.raw)
-                if warning:
-                    res.warnings.append(warning)
+            res = _make(job, deblurrer, opts, progress, rank)
             if res.status == "failed":  # the CLI lists failures at the end; logged for library callers
                 log.debug("failed: %s: %s", job.input, res.reason)
             results.append(res)
@@ -252,6 +263,52 @@ def run_jobs(jobs: Sequence[Job], make_deblurrer: Callable[[], object], opts: Ba
     except KeyboardInterrupt as e:  # the file being made leaves nothing behind (atomic writes)
         raise BatchInterrupted(_in_job_order(results, jobs), len(todo) - made) from e
     return _in_job_order(results, jobs)
+
+
+def _make(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress, rank: int) -> FileResult:
+    """One output and its record: pending (listing the files about to be written), the files, then
+    done (with their digests); side files of the earlier record that this run does not write again
+    (a restore mask no longer needed) are removed, so nothing unrecorded is left beside the output."""
+    old = resume.read_record(job.output, opts.out_dir)
+    sides = side_output_paths(job.output, opts)
+    try:
+        source = resume.begin(job.input, job.output, opts.out_dir, opts.recipe_for(job.input), sides)
+    except OSError as e:
+        return FileResult(str(job.input), str(job.output), "failed",
+                          f"cannot write the resume record of {job.output} ({e.strerror or e})", rank=rank)
+    try:
+        res = process_job(job, deblurrer, opts, progress, rank)
+    except BaseException:  # Ctrl-C / SIGTERM before the output is in place: the earlier state stands
+        resume.abandon(job.output, opts.out_dir, old, sides)
+        raise
+    if res.status != "done":
+        resume.abandon(job.output, opts.out_dir, old, sides)
+    else:
+        written = [Path(p) for p in res.side_files]
+        for stale in _stale_side_files(old, job.output, opts.out_dir, written):
+            try:
+                stale.unlink()
+            except OSError as e:
+                log.warning("%s: cannot remove the earlier run's %s (%s)", job.output, stale.name, e.strerror or e)
+        warning = resume.remember(job.output, opts.out_dir, source, opts.recipe_for(job.input), res.raw, written)
+        if warning:
+            res.warnings.append(warning)
+    return res
+
+
+def _stale_side_files(old: Optional[dict], output: Path, out_dir: Path, written: list[Path]) -> list[Path]:
+    """Side files the earlier record of ``output`` lists, unchanged since, that this run did not write."""
+    if not old or old.get("state") == resume.PENDING:
+        return []
+    keep = {os.fspath(p.absolute()) for p in written}
+    stale = []
+    for entry in old.get("side_files") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            continue
+        p = Path(out_dir) / entry["path"]
+        if os.fspath(p.absolute()) not in keep and p.parent == output.parent and resume.same_content(p, entry):
+            stale.append(p)
+    return stale
 
 
 def _in_job_order(results: list[FileResult], jobs: Sequence[Job]) -> list[FileResult]:
@@ -290,7 +347,8 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
     every output exists). ``settings`` is recorded in the report next to the RAW development.
     """
     info = dist_info or DistInfo()
-    pairs = discover(inputs, opts.recursive, exclude=opts.out_dir, warn=info.is_main)
+    dropped: list = []  # named files that are another input (a symlink named beside its target)
+    pairs = discover(inputs, opts.recursive, exclude=opts.out_dir, warn=info.is_main, dropped=dropped)
     if info.world_size > 1:  # every rank shards rank 0's list (records written meanwhile change discovery)
         pairs = gather_objects(pairs, info)[0]
     if not pairs:
@@ -319,6 +377,8 @@ def run_batch(inputs: Sequence[str | os.PathLike], opts: BatchOptions, make_debl
             except OSError:
                 pass
         raise
+    if info.rank == 0:  # each named input gets a row
+        results += [FileResult(str(f), None, "skipped", why, rank=0) for f, why in dropped]
     all_settings = {
         **(settings or {}),
         "output": {"dir": str(opts.out_dir), "ext": opts.ext or "same as input (RAW -> tif)",

@@ -114,9 +114,13 @@ def read_metadata(path: Union[str, Path]) -> dict:
     if "cmdd" not in meta:
         raise WeightsError(f"{path}: safetensors file without cmdd metadata (not made by cmdd save_weights)")
     try:
-        return json.loads(meta["cmdd"])
+        header = json.loads(meta["cmdd"])
     except json.JSONDecodeError as e:
         raise WeightsError(f"{path}: corrupt cmdd metadata ({e})") from e
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: cmdd metadata is not a JSON object (a {type(header).__name__}); "
+                           "not made by cmdd save_weights")
+    return header
 
 
 def _describe_mismatch(model_cfg: ModelConfig, file_cfg: dict) -> str:
@@ -156,6 +160,52 @@ def load_state(model: nn.Module, path: Union[str, Path]) -> dict:
     return meta
 
 
+def check_weights(weights: Union[str, Path, None]) -> Path:
+    """The file ``--weights`` names (:func:`resolve_weights`), checked as :func:`load_weights` would
+    load it but without reading the tensors: it exists, is safetensors (complete: a truncated file
+    fails), its cmdd header is an object with a usable model config, and its tensors have the names
+    and shapes of that model. So a command refuses bad weights before it makes an output folder.
+    Raises WeightsError naming the file and the reason."""
+    from safetensors import safe_open
+
+    path = resolve_weights(weights)
+    if not path.is_file():
+        if path == default_weights_path():
+            raise WeightsError(f"{path}: the default weights are not installed with this copy of cmdd; "
+                               "pass --weights FILE")
+        raise WeightsError(f"weights file not found: {path}")
+    cfg = _config_of(path, read_metadata(path))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        ref = {k: tuple(v.shape) for k, v in CMDDNet(cfg).state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing = sorted(set(ref) - set(shapes))
+    unexpected = sorted(set(shapes) - set(ref))
+    bad_shape = [k for k in ref if k in shapes and shapes[k] != ref[k]]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} with other shapes (e.g. {bad_shape[0]})")
+        raise WeightsError(f"{path}: weights do not fit this model: " + "; ".join(parts))
+    return path
+
+
+def _config_of(path: Path, meta: dict) -> ModelConfig:
+    """The model config a weights file's header describes (WeightsError when there is none usable)."""
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise WeightsError(f"{path}: cmdd metadata without a model config")
+    try:
+        return ModelConfig.from_dict(meta["config"])
+    except CmddError as e:
+        raise WeightsError(f"{path}: unusable model config in its metadata: {e}") from e
+    except Exception as e:  # a config of the wrong shape that from_dict did not foresee
+        raise WeightsError(f"{path}: unusable model config in its metadata ({type(e).__name__}: {e})") from e
+
+
 def load_weights(path: Union[str, Path, None] = None, map_location: Union[str, torch.device] = "cpu"):
     """Build the CMDDNet described by a weights file and load it. Returns ``(model, metadata)``.
 
@@ -169,15 +219,7 @@ def load_weights(path: Union[str, Path, None] = None, map_location: Union[str, t
             )
         raise WeightsError(f"{path}: no such weights file")
     meta = read_metadata(path)
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise WeightsError(f"{path}: cmdd metadata without a model config")
-    try:
-        cfg = ModelConfig.from_dict(meta["config"])
-    except CmddError as e:
-        raise WeightsError(f"{path}: unusable model config in its metadata: {e}") from e
-    except Exception as e:  # a config of the wrong shape that from_dict did not foresee
-        raise WeightsError(f"{path}: unusable model config in its metadata ({type(e).__name__}: {e})") from e
-    model = CMDDNet(cfg)
+    model = CMDDNet(_config_of(path, meta))
     load_state(model, path)
     model.to(map_location).eval()
     return model, meta
