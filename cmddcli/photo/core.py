@@ -56,6 +56,8 @@ class Photo:
             floating-point sources outside [0, 1], whose range is kept (writers map it back).
         premultiplied: the source stored associated (premultiplied) alpha; ``rgb`` is straight.
         pages: the further full-resolution pages of a multi-page TIFF, each a Photo.
+        sample_type: the source's stored sample type where a TIFF output can hold it again (numpy
+            dtype name; ``"bool"`` for 1-bit), else None.
         warnings: what could not be kept, one line each (readers and writers append; a photo made by
             :meth:`with_rgb` shares its source's list).
     """
@@ -72,6 +74,7 @@ class Photo:
     value_range: tuple = (0.0, 1.0)
     premultiplied: bool = False
     pages: list = field(default_factory=list)
+    sample_type: Optional[str] = None
     warnings: list = field(default_factory=list)
 
     @property
