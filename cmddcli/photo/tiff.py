@@ -71,7 +71,25 @@ def read_tiff(path: Path, limit: Optional[SizeLimit] = None, pending: Optional[l
         photos.append(page_photo)
     photo = photos[0]
     photo.pages = photos[1:]
+    photo.dpi = _tiff_dpi(path)
     return photo
+
+
+def _tiff_dpi(path: Path) -> Optional[tuple]:
+    """XResolution / YResolution of the first page in dots per inch (ResolutionUnit inch or cm), or None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            unit = int(tags[296].value) if 296 in tags else 2
+            x, y = (tags[t].value for t in (282, 283))
+            f = {2: 1.0, 3: 2.54}[unit]
+            x, y = (float(v[0]) / float(v[1]) if isinstance(v, tuple) else float(v) for v in (x, y))
+            x, y = round(x * f, 2), round(y * f, 2)
+    except Exception:  # noqa: BLE001 - no or malformed resolution tags: no print resolution
+        return None
+    return (x, y) if 0 < x < 1e6 and 0 < y < 1e6 else None
 
 
 def _tiff_page(page) -> tuple:
@@ -120,8 +138,10 @@ def _stored_type(page: Photo, samples: np.ndarray, depth: int, name: str, warn: 
     return samples
 
 
-def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "") -> None:
-    """Every page into one TIFF (zlib), then the Exif sub-IFD and GPS added with exiv2."""
+def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "", icc: Optional[bytes] = None,
+               dpi: Optional[tuple] = None) -> None:
+    """Every page into one TIFF (zlib; ``icc`` and ``dpi`` for the first page, default the photo's own),
+    then the Exif sub-IFD and GPS added with exiv2."""
     import tifffile
 
     extratags = []
@@ -142,7 +162,9 @@ def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "") -> None:
                 extrasamples=(["assocalpha"] if assoc else ["unassalpha"]) if ch in (2, 4) else None,
                 compression="zlib",
                 predictor=samples.dtype.kind in "ui",
-                iccprofile=page.icc_profile or None,
+                iccprofile=(icc or page.icc_profile if i == 0 else page.icc_profile) or None,
+                resolution=(dpi or page.dpi) if (dpi or page.dpi) else None,
+                resolutionunit="INCH" if (dpi or page.dpi) else None,
                 metadata=None,
                 software="cmdd",
                 extratags=extratags if i == 0 else [],
