@@ -78,6 +78,7 @@ SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS
 # output extension -> writer format
 OUTPUT_FORMATS = {"png": "png", "tif": "tiff", "tiff": "tiff", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 EIGHT_BIT_FORMATS = frozenset({"jpeg", "webp"})  # hold 8 bits per sample: written 8-bit whatever is asked
+_MAX_SIDE = {"jpeg": 65535, "webp": 16383}  # the formats' own limits on width and height
 JPEG_QUALITY = 95  # JPEG and WebP outputs: quality 95, JPEG without chroma subsampling (4:4:4)
 
 
@@ -248,6 +249,10 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
         depth = 16
     if depth not in (8, 16, 32):
         raise ValueError(f"unsupported bit depth {depth}")
+    side = _MAX_SIDE.get(fmt)
+    if side and max(photo.size) > side:
+        raise InputError(path, f"{photo.size[0]}x{photo.size[1]} does not fit a {fmt.upper()} file (at most {side} "
+                               "pixels a side): write a .png or .tif")
     keep_alpha = fmt != "jpeg"
     if photo.alpha is not None and not keep_alpha:
         photo.warn(f"output {path.name} is a JPEG, which has no alpha channel: transparency dropped")
