@@ -223,7 +223,7 @@ class Crashes:
             msg = str(e)
             if "\n" in msg:
                 self._record("multiline", e, data, ext)
-            elif path_named not in msg:
+            elif path_named not in msg and str(Path(path_named).parent) not in msg:  # the input or an output
                 self._record("unnamed", e, data, ext)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -240,7 +240,7 @@ class Crashes:
             return
         first = key not in self.seen
         self.seen[key] = len(data)
-        name = f"{self.target}-{len(self.seen) if first else list(self.seen).index(key) + 1:03d}"
+        name = f"{self.target}-{time.strftime('%H%M%S')}-{list(self.seen).index(key) + 1:03d}"  # never overwrites
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / (name + ext)).write_bytes(data)
         (self.out / (name + ".txt")).write_text(f"{key}\n{str(e)[:2000]}\n\n" + "".join(
