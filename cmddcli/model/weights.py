@@ -115,12 +115,25 @@ def read_metadata(path: Union[str, Path]) -> dict:
         raise WeightsError(f"{path}: safetensors file without cmdd metadata (not made by cmdd save_weights)")
     try:
         header = json.loads(meta["cmdd"])
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: corrupt cmdd metadata ({e})") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{path}: corrupt cmdd metadata ({' '.join(str(e).split())})") from e
     if not isinstance(header, dict):
-        raise WeightsError(f"{path}: cmdd metadata is not a JSON object (a {type(header).__name__}); "
-                           "not made by cmdd save_weights")
+        raise WeightsError(f"{path}: corrupt cmdd metadata (a JSON {_json_kind(header)}, not a JSON object)")
+    preset = header.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise WeightsError(f"{path}: corrupt cmdd metadata (preset is a JSON {_json_kind(preset)}, not a name)")
     return header
+
+
+def _json_kind(value) -> str:
+    """The JSON type of a decoded value, as a reader of the file would name it."""
+    if value is None:
+        return "null"
+    for kind, types in (("boolean", bool), ("number", (int, float)), ("string", str), ("list", list),
+                        ("object", dict)):
+        if isinstance(value, types):
+            return kind
+    return type(value).__name__
 
 
 def _describe_mismatch(model_cfg: ModelConfig, file_cfg: dict) -> str:

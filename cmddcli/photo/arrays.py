@@ -128,7 +128,10 @@ def _read_pillow(path: Path) -> np.ndarray:
 def _as_rgb(a: np.ndarray, path: Path) -> np.ndarray:
     if a.dtype not in (np.uint8, np.uint16):
         if np.issubdtype(a.dtype, np.floating):
-            a = from_float(np.nan_to_num(a, nan=0.0), bits=16)  # NaN -> 0, as photo.io reads float TIFFs
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:  # NaN would score as 0 and +-inf as 1: refuse instead of scoring made-up values
+                raise InputError(path, f"{bad} non-finite sample(s) (NaN or +-inf) of {a.size}: not a usable image")
+            a = from_float(a, bits=16)
         else:
             raise InputError(path, f"unsupported sample type {a.dtype}")
     if a.ndim == 2:

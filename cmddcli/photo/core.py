@@ -56,6 +56,11 @@ class Photo:
             floating-point sources outside [0, 1], whose range is kept (writers map it back).
         premultiplied: the source stored associated (premultiplied) alpha; ``rgb`` is straight.
         pages: the further full-resolution pages of a multi-page TIFF, each a Photo.
+        dpi: print resolution (x, y) in dots per inch, or None (none in the file, or no unit).
+        png_colour: a PNG source's gAMA / cHRM / sRGB chunk bodies by chunk type (a PNG output
+            writes them again).
+        sample_type: the source's stored sample type where a TIFF output can hold it again (numpy
+            dtype name; ``"bool"`` for 1-bit), else None.
         warnings: what could not be kept, one line each (readers and writers append; a photo made by
             :meth:`with_rgb` shares its source's list).
     """
@@ -72,6 +77,9 @@ class Photo:
     value_range: tuple = (0.0, 1.0)
     premultiplied: bool = False
     pages: list = field(default_factory=list)
+    sample_type: Optional[str] = None
+    dpi: Optional[tuple] = None
+    png_colour: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
     @property
@@ -187,11 +195,16 @@ def _from_channels(path: Path, arr: np.ndarray, premultiplied: bool = False):
 
 def photo_from_samples(path, arr, exif, icc, fmt, premultiplied: bool = False) -> Photo:
     orientation, exif = orientation_and_exif(exif)
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
     rgb, gray, alpha, depth, value_range = _from_channels(path, arr, premultiplied)
     rgb = apply_orientation(rgb, orientation)
     alpha = None if alpha is None else apply_orientation(alpha, orientation)
-    return Photo(rgb=rgb, bit_depth=depth, gray=gray, alpha=alpha, icc_profile=icc or None, exif=exif, format=fmt,
-                 value_range=value_range, premultiplied=premultiplied and alpha is not None)
+    photo = Photo(rgb=rgb, bit_depth=depth, gray=gray, alpha=alpha, icc_profile=icc or None, exif=exif, format=fmt,
+                  value_range=value_range, premultiplied=premultiplied and alpha is not None, source=Path(path))
+    if bad:
+        photo.warn(f"{bad} non-finite sample(s) (NaN or +-inf) of {arr.size} replaced (NaN by 0, +-inf by the "
+                   "largest / smallest finite value)")
+    return photo
 
 
 def with_colour_key(arr: np.ndarray, key) -> np.ndarray:

@@ -52,6 +52,7 @@ Metadata policy:
 from __future__ import annotations
 
 import logging
+import struct
 import warnings as _warnings
 from pathlib import Path
 from typing import Optional
@@ -77,6 +78,7 @@ SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS | RAW_EXTENSIONS
 # output extension -> writer format
 OUTPUT_FORMATS = {"png": "png", "tif": "tiff", "tiff": "tiff", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 EIGHT_BIT_FORMATS = frozenset({"jpeg", "webp"})  # hold 8 bits per sample: written 8-bit whatever is asked
+_MAX_SIDE = {"jpeg": 65535, "webp": 16383}  # the formats' own limits on width and height
 JPEG_QUALITY = 95  # JPEG and WebP outputs: quality 95, JPEG without chroma subsampling (4:4:4)
 
 
@@ -123,6 +125,11 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
             photo = read_tiff(path, limit, pending)
         else:
             photo = read_pillow(path, limit, pending)
+        if head.startswith(png.SIGNATURE):  # print resolution, colour chunks, damage libpng skips
+            extra = png.ancillary(_read_bytes(path))
+            photo.dpi = photo.dpi or extra.dpi
+            photo.png_colour = extra.colour
+            pending.extend(f"decoder: {n}" for n in extra.notes if f"decoder: {n}" not in pending)
     for w in caught:
         text = " ".join(str(w.message).split())
         if text and text not in pending:
@@ -138,6 +145,13 @@ def read_photo(path: str | Path, raw_settings: Optional[RawSettings] = None,
     if photo.raw is not None and float(photo.rgb.max(initial=0.0)) <= 0.0:  # a RAW LibRaw could not develop
         raise InputError(path, "decodes to an all-black image (no image data)")
     return photo
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror or e})") from e
 
 
 def check_readable(path: Path) -> bytes:
@@ -163,9 +177,9 @@ def check_readable(path: Path) -> bytes:
 
 def _read_png_full_depth(path: Path) -> Photo:
     try:
-        arr, info = png.read_png(path.read_bytes())
-    except png.PngError as e:
-        raise InputError(path, str(e)) from e
+        arr, info = png.read_png(_read_bytes(path))
+    except (png.PngError, ValueError, struct.error) as e:
+        raise InputError(path, one_line(e)) from e
     if info.transparency is not None:
         arr = with_colour_key(arr, info.transparency)
     exif = None
@@ -235,6 +249,10 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
         depth = 16
     if depth not in (8, 16, 32):
         raise ValueError(f"unsupported bit depth {depth}")
+    side = _MAX_SIDE.get(fmt)
+    if side and max(photo.size) > side:
+        raise InputError(path, f"{photo.size[0]}x{photo.size[1]} does not fit a {fmt.upper()} file (at most {side} "
+                               "pixels a side): write a .png or .tif")
     keep_alpha = fmt != "jpeg"
     if photo.alpha is not None and not keep_alpha:
         photo.warn(f"output {path.name} is a JPEG, which has no alpha channel: transparency dropped")
@@ -245,28 +263,67 @@ def write_photo(path: str | Path, photo: Photo, bit_depth: Optional[int] = None)
     if photo.exif is not None:
         try:
             exif_bytes = photo.exif.tobytes()
+            if fmt == "jpeg" and len(exif_bytes) > meta.JPEG_EXIF_LIMIT:
+                exif_bytes, dropped = meta.fit_exif(photo.exif)
+                size = f"{len(photo.exif.tobytes()) // 1024} KB"
+                if exif_bytes is None:
+                    photo.warn(f"{path.name}: EXIF ({size}) dropped: it does not fit a JPEG's 64 KB APP1 segment")
+                else:
+                    photo.warn(f"{path.name}: EXIF ({size}) too large for a JPEG's 64 KB APP1 segment: "
+                               f"{', '.join(dropped)} dropped")
         except Exception as e:  # noqa: BLE001 - a malformed tag costs the EXIF block, not the image
+            exif_bytes = None
             photo.warn(f"{path.name}: EXIF not copied (cannot re-encode it: {one_line(e)})")
+    icc, dpi, colour = _print_and_colour(path, fmt, photo)
     with atomic_path(path) as tmp:
         if fmt == "tiff":
-            write_tiff(tmp, photo, depth, path.name)
+            write_tiff(tmp, photo, depth, path.name, icc=icc, dpi=dpi)
         elif fmt == "png" and depth == 16:
             samples = encode_samples(photo, depth, keep_alpha, where=path.name)
-            data = png.write_png(samples, icc_profile=photo.icc_profile, exif=exif_bytes)
+            data = png.write_png(samples, icc_profile=icc, exif=exif_bytes, dpi=dpi, colour=colour)
             tmp.write_bytes(data)
         else:
             im = Image.fromarray(encode_samples(photo, depth, keep_alpha, where=path.name))
             kwargs: dict = {}
-            if photo.icc_profile:
-                kwargs["icc_profile"] = photo.icc_profile
+            if icc:
+                kwargs["icc_profile"] = icc
             if exif_bytes:
                 kwargs["exif"] = exif_bytes
+            if dpi:
+                kwargs["dpi"] = dpi
             if fmt == "jpeg":
                 kwargs.update(quality=JPEG_QUALITY, subsampling=0)
             elif fmt == "webp":
                 kwargs.update(quality=JPEG_QUALITY)
+            elif fmt == "png" and colour:
+                from PIL import PngImagePlugin
+
+                info = PngImagePlugin.PngInfo()
+                for ctype, body in colour.items():
+                    info.add(ctype.encode(), body)
+                kwargs["pnginfo"] = info
             im.save(tmp, format=fmt.upper(), **kwargs)
     return path
+
+
+def _print_and_colour(path: Path, fmt: str, photo: Photo) -> tuple:
+    """(ICC profile, dpi, PNG colour chunks) an output of format ``fmt`` gets, with a warning for each
+    that it cannot hold: WebP holds no print resolution; only a PNG holds gAMA / cHRM / sRGB (other
+    formats get an sRGB ICC profile for an sRGB chunk when the photo has no profile)."""
+    icc, dpi, colour = photo.icc_profile, photo.dpi, dict(photo.png_colour or {})
+    if dpi and fmt == "webp":
+        photo.warn(f"{path.name}: print resolution ({dpi[0]:g} x {dpi[1]:g} dpi) dropped (WebP holds none)")
+        dpi = None
+    if colour and fmt != "png":
+        note = ""
+        if "sRGB" in colour and not icc:
+            icc, note = srgb_icc_profile(), "; the sRGB chunk became an sRGB ICC profile"
+            del colour["sRGB"]
+        if colour:
+            photo.warn(f"{path.name}: PNG colour chunk(s) {', '.join(colour)} dropped ({fmt.upper()} holds "
+                       f"none{note})")
+        colour = {}
+    return icc, dpi, colour
 
 
 __all__ = [

@@ -309,3 +309,71 @@ def _is_layout_description(value) -> bool:
     """An ImageDescription that describes the file's layout (tifffile's shape JSON, ImageJ, OME-XML),
     not the photo: it would mislead a reader of another file."""
     return isinstance(value, str) and value.lstrip().startswith(('{"shape"', "ImageJ=", "<?xml", "<OME"))
+
+
+# ---------------------------------------------------------------------------------------- EXIF size
+
+JPEG_EXIF_LIMIT = 65533  # one APP1 segment: "Exif\0\0" and the TIFF block together (Pillow's limit)
+# What is left when even the small tags do not fit: who made the photo, when, and how it was exposed.
+_BASIC_IFD0 = (271, 272, 306, ORIENTATION_TAG)  # Make, Model, DateTime, Orientation
+_BASIC_EXIF = (33434, 33437, 34855, 36867, 37386)  # ExposureTime, FNumber, ISO, DateTimeOriginal, FocalLength
+_BIG_FIRST = (37510, 37500)  # UserComment, MakerNote: the usual reasons an EXIF block is large
+
+
+def _tag_name(tag: int, ifd: int) -> str:
+    from PIL import ExifTags
+
+    names = ExifTags.GPSTAGS if ifd == 0x8825 else ExifTags.TAGS
+    return names.get(tag, f"tag 0x{tag:04X}")
+
+
+def _value_size(value) -> int:
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, (tuple, list)):
+        return sum(_value_size(v) for v in value) + 4 * len(value)
+    return 4
+
+
+def fit_exif(exif: Image.Exif, limit: int = JPEG_EXIF_LIMIT) -> tuple[Optional[bytes], list]:
+    """``exif`` encoded in at most ``limit`` bytes (``Exif\\0\\0`` included) and the names of the tags
+    dropped to get there: UserComment and MakerNote first, then the largest tags (over 1 KB) one by
+    one, then everything but the basic tags (Make, Model, DateTime, exposure); (None, ...) when even
+    that does not fit."""
+    data = exif.tobytes()
+    if len(data) <= limit:
+        return data, []
+    ifds = {0: {k: v for k, v in exif.items() if k not in (0x8769, 0x8825)},
+            0x8769: dict(exif.get_ifd(0x8769)), 0x8825: dict(exif.get_ifd(0x8825))}
+    dropped: list = []
+
+    def encode() -> bytes:
+        out = Image.Exif()
+        for k, v in ifds[0].items():
+            out[k] = v
+        for ifd in (0x8769, 0x8825):
+            if ifds[ifd]:
+                out.get_ifd(ifd).update(ifds[ifd])
+        return out.tobytes()
+
+    def drop(ifd: int, tag: int) -> None:
+        del ifds[ifd][tag]
+        dropped.append(_tag_name(tag, ifd))
+
+    for tag in _BIG_FIRST:
+        if tag in ifds[0x8769]:
+            drop(0x8769, tag)
+    data = encode()
+    big = sorted(((_value_size(v), ifd, k) for ifd, tags in ifds.items() for k, v in tags.items()
+                  if _value_size(v) > 1024), reverse=True)
+    for _, ifd, tag in big:
+        if len(data) <= limit:
+            break
+        drop(ifd, tag)
+        data = encode()
+    if len(data) > limit:
+        for ifd, keep in ((0, _BASIC_IFD0), (0x8769, _BASIC_EXIF), (0x8825, ())):
+            for tag in [k for k in ifds[ifd] if k not in keep]:
+                drop(ifd, tag)
+        data = encode()
+    return (data if len(data) <= limit else None), dropped

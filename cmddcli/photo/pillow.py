@@ -5,20 +5,51 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..errors import InputError
 from .core import (MAX_PIXELS, Photo, SizeLimit, one_line, photo_from_samples, pillow_bomb_check_off, png_bit_depth,
                    srgb_icc_profile, with_colour_key)
+from .samples import from_float
+
+
+_LENIENT = threading.Lock()
 
 
 def read_pillow(path: Path, limit: Optional[SizeLimit] = None, pending: Optional[list] = None) -> Photo:
+    """Decode with Pillow. A file Pillow refuses strictly but decodes with its tolerance of damaged
+    files (``ImageFile.LOAD_TRUNCATED_IMAGES``: a truncated JPEG, a PNG ancillary chunk with a bad CRC,
+    as libjpeg-turbo and libpng accept them with a warning) is read that way, with a warning."""
     limit = limit or SizeLimit(path, MAX_PIXELS)
     pending = [] if pending is None else pending
+    before = limit.total
+    try:
+        return _read_pillow(path, limit, pending)
+    except InputError as e:
+        if not getattr(e, "lenient_may_help", False):
+            raise
+        strict = e
+    limit.total = before
+    with _LENIENT:  # Pillow's switch is global: one lenient decode at a time
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            photo = _read_pillow(path, limit, pending)
+        except InputError:
+            raise strict from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+    why = strict.reason if "unrecognised" not in strict.reason else "refused by a strict reading"
+    photo.warn(f"decoder: damaged file ({why}); decoded what it holds (a truncated image is filled in gray)")
+    return photo
+
+
+def _read_pillow(path: Path, limit: SizeLimit, pending: list) -> Photo:
     try:
         with pillow_bomb_check_off():
             im = Image.open(path)  # reads the header only
@@ -42,15 +73,104 @@ def read_pillow(path: Path, limit: Optional[SizeLimit] = None, pending: Optional
             if key is not None and im.mode in ("1", "L", "RGB", "I", "I;16", "I;16B", "I;16L", "I;16N"):
                 arr = with_colour_key(arr, _pillow_key(path, im, key))
             premultiplied = im.mode in ("RGBa", "La")
+            dpi = _dpi(im.info.get("dpi"))
+    except InputError:
+        raise
     except UnidentifiedImageError as e:
-        raise InputError(path, "not an image (unrecognised format)") from e
+        twelve = _twelve_bit_jpeg(path, limit)
+        if twelve is not None:
+            return twelve
+        raise _lenient(InputError(path, "not an image (unrecognised format)")) from e
     except Image.DecompressionBombError as e:
         raise InputError(path, f"image too large ({e})") from e
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
-        raise InputError(path, f"corrupt or truncated image ({one_line(e)})") from e
+    except MemoryError as e:
+        raise InputError(path, "not enough memory to decode it") from e
+    except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error, EOFError, TypeError...
+        raise _lenient(InputError(path, f"corrupt or truncated image ({one_line(e)})")) from e
     photo = photo_from_samples(path, arr, exif, icc, fmt, premultiplied=False)
+    photo.dpi = dpi
     photo.premultiplied = premultiplied and photo.alpha is not None  # Pillow's convert un-premultiplied it
     return photo
+
+
+def _lenient(e: InputError) -> InputError:
+    e.lenient_may_help = not ImageFile.LOAD_TRUNCATED_IMAGES
+    return e
+
+
+def _dpi(value) -> Optional[tuple]:
+    """Pillow's ``info["dpi"]`` as two positive finite numbers (rounded to 0.01), or None."""
+    try:
+        x, y = (round(float(v), 2) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if 0 < x < 1e6 and 0 < y < 1e6 else None
+
+
+def _twelve_bit_jpeg(path: Path, limit: SizeLimit) -> Optional[Photo]:
+    """A 12-bit JPEG (Pillow reads 8-bit JPEG only) decoded with imagecodecs' libjpeg-turbo, with its
+    EXIF, ICC profile and JFIF density; None when the file is no such JPEG."""
+    with open(path, "rb") as f:
+        data = f.read()
+    seg = jpeg_segments(data)
+    if seg is None or seg["precision"] != 12:
+        return None
+    try:
+        import imagecodecs
+
+        limit.check(seg["width"], seg["height"])
+        arr = imagecodecs.jpeg8_decode(data)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - imagecodecs.Jpeg8Error and others
+        raise InputError(path, f"corrupt 12-bit JPEG ({one_line(e)})") from e
+    x = (np.asarray(arr, dtype=np.float32) / 4095.0).clip(0.0, 1.0)
+    exif = None
+    if seg["exif"]:
+        try:
+            exif = Image.Exif()
+            exif.load(seg["exif"])
+        except Exception:  # noqa: BLE001 - unreadable EXIF costs only the metadata
+            exif = None
+    photo = photo_from_samples(path, from_float(x, 16), exif, seg["icc"], "jpeg")
+    photo.dpi = seg["dpi"]
+    return photo
+
+
+def jpeg_segments(data: bytes) -> Optional[dict]:
+    """Header facts of a JPEG from its markers: precision, size, EXIF, ICC profile, JFIF dpi; None when
+    ``data`` is no JPEG with a frame header."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    out: dict = {"exif": None, "icc": None, "dpi": None}
+    icc_parts: dict = {}
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        (n,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        body = data[pos + 4 : pos + 2 + n]
+        if marker == 0xE0 and body[:5] == b"JFIF\x00" and len(body) >= 12 and body[7] in (1, 2):
+            xd, yd = struct.unpack(">HH", body[8:12])
+            f = 1.0 if body[7] == 1 else 2.54
+            out["dpi"] = _dpi((xd * f, yd * f))
+        elif marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+            out["exif"] = body
+        elif marker == 0xE2 and body[:12] == b"ICC_PROFILE\x00" and len(body) > 14:
+            icc_parts[body[12]] = body[14:]
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and len(body) >= 5:
+            out["precision"] = body[0]
+            out["height"], out["width"] = struct.unpack(">HH", body[1:5])
+            out["icc"] = b"".join(icc_parts[k] for k in sorted(icc_parts)) or None
+            return out
+        elif marker == 0xDA:
+            return None
+        pos += 2 + n
+    return None
 
 
 def _pillow_key(path: Path, im: Image.Image, key):

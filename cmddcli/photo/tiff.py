@@ -66,10 +66,30 @@ def read_tiff(path: Path, limit: Optional[SizeLimit] = None, pending: Optional[l
                     raise InputError(path, f"unsupported TIFF photometric interpretation {photometric}") from e
             pending.append(f"page {i + 1} (photometric {photometric}) cannot be decoded here and is dropped")
             continue
-        photos.append(photo_from_samples(path, arr, exif if i == 0 else None, icc, "tiff", premultiplied))
+        page_photo = photo_from_samples(path, arr, exif if i == 0 else None, icc, "tiff", premultiplied)
+        page_photo.sample_type = "bool" if arr.dtype == np.bool_ else arr.dtype.name
+        photos.append(page_photo)
     photo = photos[0]
     photo.pages = photos[1:]
+    photo.dpi = _tiff_dpi(path)
     return photo
+
+
+def _tiff_dpi(path: Path) -> Optional[tuple]:
+    """XResolution / YResolution of the first page in dots per inch (ResolutionUnit inch or cm), or None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            unit = int(tags[296].value) if 296 in tags else 2
+            x, y = (tags[t].value for t in (282, 283))
+            f = {2: 1.0, 3: 2.54}[unit]
+            x, y = (float(v[0]) / float(v[1]) if isinstance(v, tuple) else float(v) for v in (x, y))
+            x, y = round(x * f, 2), round(y * f, 2)
+    except Exception:  # noqa: BLE001 - no or malformed resolution tags: no print resolution
+        return None
+    return (x, y) if 0 < x < 1e6 and 0 < y < 1e6 else None
 
 
 def _tiff_page(page) -> tuple:
@@ -82,7 +102,9 @@ def _tiff_page(page) -> tuple:
     arr = page.asarray()
     if int(page.planarconfig) == 2 and arr.ndim == 3:
         arr = np.moveaxis(arr, 0, -1)  # (S, H, W) -> (H, W, S)
-    if photometric == 0 and arr.dtype in (np.uint8, np.uint16):  # min-is-white
+    if photometric == 0 and arr.dtype == np.bool_:  # min-is-white bilevel: 0 is white paper
+        arr = ~arr
+    elif photometric == 0 and np.issubdtype(arr.dtype, np.unsignedinteger):  # min-is-white
         arr = np.iinfo(arr.dtype).max - arr
     elif photometric == 3 and page.colormap is not None:  # palette
         arr = np.moveaxis(page.colormap[:, arr], 0, -1).astype(np.uint16)
@@ -91,8 +113,35 @@ def _tiff_page(page) -> tuple:
     return arr, photometric, icc, premultiplied
 
 
-def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "") -> None:
-    """Every page into one TIFF (zlib), then the Exif sub-IFD and GPS added with exiv2."""
+# Sample types a TIFF holds that the library's own outputs (uint8, uint16, float32) do not: a TIFF output
+# of such a source gets its type back (integers rounded and clipped to the type's range).
+_OTHER_TYPES = frozenset({"uint32", "int8", "int16", "int32", "float16", "float64"})
+_DEPTH_TYPE = {8: "uint8", 16: "uint16", 32: "float32"}
+
+
+def _stored_type(page: Photo, samples: np.ndarray, depth: int, name: str, warn: bool) -> np.ndarray:
+    """``samples`` (uint8 / uint16 / float32 from :func:`encode_samples`) in the source's own sample type
+    when the output is written at the source's depth; otherwise a warning saying what they became."""
+    src = page.sample_type
+    if src is None or src == _DEPTH_TYPE[depth]:
+        return samples
+    if src in _OTHER_TYPES and depth == 32:
+        dtype = np.dtype(src)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            return np.clip(np.round(samples.astype(np.float64)), info.min, info.max).astype(dtype)
+        return samples.astype(dtype)
+    if warn:
+        was = "1-bit" if src == "bool" else src
+        page.warn(f"{name}: {was} samples written as {depth}-bit "
+                  f"{'float' if depth == 32 else 'integer'} ({_DEPTH_TYPE[depth]}) samples")
+    return samples
+
+
+def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "", icc: Optional[bytes] = None,
+               dpi: Optional[tuple] = None) -> None:
+    """Every page into one TIFF (zlib; ``icc`` and ``dpi`` for the first page, default the photo's own),
+    then the Exif sub-IFD and GPS added with exiv2."""
     import tifffile
 
     extratags = []
@@ -104,15 +153,18 @@ def write_tiff(tmp: Path, photo: Photo, depth: int, name: str = "") -> None:
     with tifffile.TiffWriter(tmp) as tw:
         for i, page in enumerate([photo, *photo.pages]):
             assoc = page.premultiplied and page.alpha is not None
-            samples = encode_samples(page, depth, True, premultiply=assoc, where=name)
+            samples = _stored_type(page, encode_samples(page, depth, True, premultiply=assoc, where=name), depth, name,
+                                   warn=i == 0)
             ch = 1 if samples.ndim == 2 else samples.shape[-1]
             tw.write(
                 samples,
                 photometric="minisblack" if ch in (1, 2) else "rgb",
                 extrasamples=(["assocalpha"] if assoc else ["unassalpha"]) if ch in (2, 4) else None,
                 compression="zlib",
-                predictor=samples.dtype != np.float32,
-                iccprofile=page.icc_profile or None,
+                predictor=samples.dtype.kind in "ui",
+                iccprofile=(icc or page.icc_profile if i == 0 else page.icc_profile) or None,
+                resolution=(dpi or page.dpi) if (dpi or page.dpi) else None,
+                resolutionunit="INCH" if (dpi or page.dpi) else None,
                 metadata=None,
                 software="cmdd",
                 extratags=extratags if i == 0 else [],
