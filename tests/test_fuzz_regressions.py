@@ -83,8 +83,9 @@ def test_weights_metadata_of_the_wrong_json_type(tmp_path, cmdd):
     _one_line_naming(e.value, w)
 
 
-@pytest.mark.parametrize("source", [[], "x", 1])
-def test_resume_record_with_a_source_that_is_not_an_object(tmp_path, source):
+def _recorded_output(tmp_path, record):
+    """An input a.png, an output out/a.png and its resume record ``record(src)`` (a dict) as JSON:
+    (src, out, out_dir)."""
     from cmddcli.engine import resume
 
     src, out_dir = tmp_path / "a.png", tmp_path / "out"
@@ -94,7 +95,15 @@ def test_resume_record_with_a_source_that_is_not_an_object(tmp_path, source):
     out.write_bytes(b"y")
     rec = resume.record_path(out, out_dir)
     rec.parent.mkdir(parents=True)
-    rec.write_text(json.dumps({"source": source, "settings": {}}))
+    rec.write_text(json.dumps(record(src)))
+    return src, out, out_dir
+
+
+@pytest.mark.parametrize("source", [[], "x", 1])
+def test_resume_record_with_a_source_that_is_not_an_object(tmp_path, source):
+    from cmddcli.engine import resume
+
+    src, out, out_dir = _recorded_output(tmp_path, lambda src: {"source": source, "settings": {}})
     reason = resume.resume_problem(src, out, out_dir, {})
     assert isinstance(reason, str) and "\n" not in reason
 
@@ -120,14 +129,8 @@ def test_resume_record_with_an_output_file_that_is_not_an_object(tmp_path, made)
     rerun gets a one-line reason or resumes, never a traceback."""
     from cmddcli.engine import resume
 
-    src, out_dir = tmp_path / "a.png", tmp_path / "out"
-    src.write_bytes(b"x")
-    out = out_dir / "a.png"
-    out_dir.mkdir()
-    out.write_bytes(b"y")
-    rec = resume.record_path(out, out_dir)
-    rec.parent.mkdir(parents=True)
-    rec.write_text(json.dumps({"output_file": made, "source": resume.source_identity(src), "settings": {}}))
+    src, out, out_dir = _recorded_output(
+        tmp_path, lambda src: {"output_file": made, "source": resume.source_identity(src), "settings": {}})
     found = resume.recorded_files(out_dir)
     entry = found[os.path.normcase(os.fspath(out.absolute()))]
     assert resume.is_recorded(out, entry)

@@ -156,18 +156,7 @@ def load_state(model: nn.Module, path: Union[str, Path]) -> dict:
         raise WeightsError(f"{path}: weights made for another model configuration: {_describe_mismatch(cfg, file_cfg)}")
     state = load_file(str(path), device="cpu")
     ref = model.state_dict()
-    missing = sorted(set(ref) - set(state))
-    unexpected = sorted(set(state) - set(ref))
-    bad_shape = [k for k in ref if k in state and state[k].shape != ref[k].shape]
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if bad_shape:
-            parts.append(f"{len(bad_shape)} with other shapes (e.g. {bad_shape[0]})")
-        raise WeightsError(f"{path}: weights do not fit this model: " + "; ".join(parts))
+    _check_shapes(path, {k: tuple(v.shape) for k, v in ref.items()}, {k: tuple(v.shape) for k, v in state.items()})
     device = next(model.parameters()).device
     model.load_state_dict({k: v.to(device=device, dtype=ref[k].dtype) for k, v in state.items()}, strict=True)
     return meta
@@ -192,9 +181,16 @@ def check_weights(weights: Union[str, Path, None]) -> Path:
         ref = {k: tuple(v.shape) for k, v in CMDDNet(cfg).state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    missing = sorted(set(ref) - set(shapes))
-    unexpected = sorted(set(shapes) - set(ref))
-    bad_shape = [k for k in ref if k in shapes and shapes[k] != ref[k]]
+    _check_shapes(path, ref, shapes)
+    return path
+
+
+def _check_shapes(path: Path, ref: dict, found: dict) -> None:
+    """Raise WeightsError naming ``path`` unless ``found`` (tensor name -> shape) has exactly the
+    names and shapes of ``ref`` (the model's)."""
+    missing = sorted(set(ref) - set(found))
+    unexpected = sorted(set(found) - set(ref))
+    bad_shape = [k for k in ref if k in found and found[k] != ref[k]]
     if missing or unexpected or bad_shape:
         parts = []
         if missing:
@@ -204,7 +200,6 @@ def check_weights(weights: Union[str, Path, None]) -> Path:
         if bad_shape:
             parts.append(f"{len(bad_shape)} with other shapes (e.g. {bad_shape[0]})")
         raise WeightsError(f"{path}: weights do not fit this model: " + "; ".join(parts))
-    return path
 
 
 def _config_of(path: Path, meta: dict) -> ModelConfig:
