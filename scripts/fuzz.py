@@ -5,7 +5,8 @@ Targets (one per run)::
     photo    read_photo + write_photo (JPEG/PNG/TIFF/WebP seeds with EXIF, ICC, pHYs, ...)
     raw      read_photo on DNG seeds (rawpy / LibRaw, exiv2 metadata)
     weights  read_metadata + load_weights on safetensors with mutated header / cmdd metadata
-    resume   engine.resume's record readers (resume_problem, recorded_output) on mutated records
+    resume   engine.resume's record readers (resume_problem, interrupted, recorded_files, is_recorded,
+             owns_side_file) on mutated records
     eval     cmdd eval's loading and scoring of a prediction / target pair (mutated prediction)
 
 Mutations: byte flips, byte runs, truncation, insertion, and structure edits (PNG chunk bodies,
@@ -315,7 +316,10 @@ def target_resume(tmp: Path, crashes: Crashes, seeds):
         def go():
             r = resume.resume_problem(src, out, out_dir, {"weights": "abc", "bit_depth": None})
             assert r is None or (isinstance(r, str) and "\n" not in r), f"odd reason {r!r}"
-            resume.recorded_output(out, out_dir, Path("src.png"))
+            resume.interrupted(src, out, out_dir)
+            resume.owns_side_file(out, out_dir, out_dir / "src_blurmap.png")
+            for path, entry in resume.recorded_files(out_dir).items():
+                resume.is_recorded(Path(path), entry)
         crashes.check(go, str(rec), data, ext)
     return run
 
@@ -440,7 +444,13 @@ def main() -> int:
             "output": str(tmp / "out" / "src.png"), "output_file": {"size": 6, "mtime_ns": 1},
             "source": {"path": str((tmp / "src.png").resolve()), "size": 19, "mtime_ns": 1},
             "settings": {"weights": "abc", "bit_depth": None, "raw_development": {"a": 1}},
-            "created": "2024"}, indent=1).encode())]
+            "created": "2024"}, indent=1).encode()),
+                 (".json", json.dumps({  # format 2: states, content hashes, side files
+                     "format": 2, "state": "done", "output": str(tmp / "out" / "src.png"),
+                     "output_file": {"size": 6, "sha256": "0" * 64, "mtime_ns": 1},
+                     "side_files": [{"path": "src_blurmap.png", "role": "blur map", "size": 3, "sha256": "1" * 64}],
+                     "source": {"path": str((tmp / "src.png").resolve()), "size": 19, "mtime_ns": 1},
+                     "settings": {"weights": "abc", "bit_depth": None}, "created": "2024"}, indent=1).encode())]
     else:
         seeds = eval_seeds()
     run = {"photo": target_photo, "raw": target_raw, "weights": target_weights, "resume": target_resume,

@@ -269,3 +269,29 @@ def test_failures_are_one_line_each_when_not_on_a_terminal(tmp_path, tiny_weight
     assert r.exit_code == 1
     lines = [ln for ln in r.stderr.splitlines() if str(bad) in ln]
     assert lines and "empty" in lines[0].lower(), r.stderr
+
+
+def test_an_unexpected_exception_fails_its_file_and_the_batch_goes_on(tmp_path, tiny_weights, monkeypatch):
+    """A decoder's (or cmdd's own) unexpected exception on one file used to end the whole batch with a
+    traceback, no summary and an empty --json: now that file fails with the exception named, the other
+    files are deblurred, and the exit code is 1."""
+    import cmddcli.engine.runner as R
+
+    real_read = R.read_photo
+
+    def read(path, *a, **k):
+        if Path(path).name == "b.png":
+            raise ValueError("subsection not found")
+        return real_read(path, *a, **k)
+
+    monkeypatch.setattr(R, "read_photo", read)
+    photo(tmp_path / "in" / "a.png")
+    photo(tmp_path / "in" / "b.png", seed=1)
+    photo(tmp_path / "in" / "c.png", seed=2)
+    r = CliRunner().invoke(app, ["deblur", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--json",
+                                 "--weights", str(tiny_weights)])
+    assert r.exit_code == 1
+    rows = by_name(r)
+    assert [rows[n]["status"] for n in ("a.png", "b.png", "c.png")] == ["done", "failed", "done"]
+    assert "ValueError: subsection not found" in rows["b.png"]["reason"]
+    assert "\n" not in rows["b.png"]["reason"]

@@ -117,7 +117,9 @@ def _same_file_as_input(out: Path, input_ids: set) -> bool:
 
 
 def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress, rank: int = 0) -> FileResult:
-    """Deblur one file. Bad inputs and write failures become a failed FileResult; other errors raise."""
+    """Deblur one file. Bad inputs, write failures and unexpected exceptions (a decoder's or cmdd's own
+    bug: logged with the traceback) become a failed FileResult, so the batch goes on; KeyboardInterrupt
+    and other BaseExceptions raise."""
     res = FileResult(str(job.input), str(job.output) if job.output else None, "failed", rank=rank)
     t0 = time.perf_counter()
     photo = None
@@ -142,6 +144,9 @@ def process_job(job: Job, deblurrer, opts: BatchOptions, progress: BatchProgress
         res.reason = "out of memory"
     except OSError as e:
         res.reason = f"cannot write {job.output}: {e.strerror or e}"
+    except Exception as e:  # noqa: BLE001 - a decoder's or cmdd's own bug: this file fails, the batch goes on
+        log.error("%s: unexpected %s", job.input, type(e).__name__, exc_info=True)  # the traceback, in the log
+        res.reason = f"unexpected error ({type(e).__name__}: {' '.join(str(e).split())}); please report it"
     if photo is not None:
         res.warnings = list(photo.warnings) + res.warnings  # photo's: shared by reader and writer
     res.seconds = round(time.perf_counter() - t0, 3)
