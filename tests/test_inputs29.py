@@ -186,14 +186,18 @@ def test_print_resolution_of_16bit_png_is_kept(tmp_path):
             assert round(im.info["dpi"][0]) == 300, ext
 
 
-@pytest.mark.parametrize("bits", [8, 16])
-def test_png_colour_chunks_are_kept_in_png_and_named_when_dropped(tmp_path, bits):
+def _png_bytes(bits: int) -> bytes:
+    """A small RGB PNG, 8-bit (Pillow) or 16-bit (cmdd's libpng writer), as bytes."""
     if bits == 8:
         b = io.BytesIO()
         Image.fromarray(_rgb()).save(b, format="PNG")
-        data = b.getvalue()
-    else:
-        data = png.write_png(_rgb().astype(np.uint16) * 257)
+        return b.getvalue()
+    return png.write_png(_rgb().astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_colour_chunks_are_kept_in_png_and_named_when_dropped(tmp_path, bits):
+    data = _png_bytes(bits)
     gama = struct.pack(">I", 45455)
     chrm = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
     data = _png_with_chunks(data, [(b"gAMA", gama), (b"cHRM", chrm), (b"sRGB", b"\x00")])
@@ -244,12 +248,7 @@ def test_jpeg_without_any_scan_data_is_still_refused(tmp_path):
 
 @pytest.mark.parametrize("bits", [8, 16])
 def test_png_with_bad_ancillary_crc_or_trailing_data_is_read_with_a_warning(tmp_path, bits):
-    if bits == 8:
-        b = io.BytesIO()
-        Image.fromarray(_rgb()).save(b, format="PNG")
-        data = b.getvalue()
-    else:
-        data = png.write_png(_rgb().astype(np.uint16) * 257)
+    data = _png_bytes(bits)
     body = b"Comment\x00hello"
     bad = struct.pack(">I", len(body)) + b"tEXt" + body + b"\x00\x00\x00\x00"  # wrong CRC
     i = data.index(b"IDAT") - 4
