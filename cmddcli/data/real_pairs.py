@@ -57,28 +57,26 @@ def dpdd_3x2_height(width: int) -> int:
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of an (H, W[, 3]) image, float32 in [0, 1] (the sharp-tile filter's grey)."""
     f = to_float(img)
-    return f @ np.array([0.299, 0.587, 0.114], np.float32) if f.ndim == 3 else f
+    return (f[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32) if f.ndim == 3 else f
 
 
 def blur_score_blocks(blurred: np.ndarray, sharp: np.ndarray, block: int = 32) -> np.ndarray:
     """Per ``block``² block, how much fine detail ``sharp`` has that ``blurred`` lacks: the standard
-    deviation of the 3×3 Laplacian of the grey sharp image minus that of the blurred one, clipped at 0.
+    deviation of the 3×3 Laplacian of the grey sharp image minus that of the blurred one (block
+    interiors, as the sharp-tile filter measures it: :func:`cmddcli.data.sources.block_sharpness`),
+    clipped at 0.
 
     Args: two (H, W[, 3]) images of one size (8/16-bit or float in [0, 1]); ``block`` in pixels.
     Returns: (H // block, W // block) float32, >= 0 (0 where both are equally sharp or flat).
     """
+    from .sources import _laplacian_std_blocks
+
     if blurred.shape[:2] != sharp.shape[:2]:
         raise ValueError(f"image sizes differ: {blurred.shape[:2]} vs {sharp.shape[:2]}")
-
-    def lap_std(img: np.ndarray) -> np.ndarray:
-        g = np.pad(_gray(img), 1, mode="edge")
-        lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-        h, w = (lap.shape[0] // block) * block, (lap.shape[1] // block) * block
-        blocks = lap[:h, :w].reshape(h // block, block, w // block, block)
-        return blocks.std(axis=(1, 3))
-
-    return np.maximum(lap_std(sharp) - lap_std(blurred), 0.0).astype(np.float32)
+    lost = _laplacian_std_blocks(_gray(sharp), block) - _laplacian_std_blocks(_gray(blurred), block)
+    return np.maximum(lost, 0.0).astype(np.float32)
 
 
 def _resize_height(img: np.ndarray, height: int) -> np.ndarray:

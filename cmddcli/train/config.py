@@ -65,8 +65,6 @@ __all__ = [
 ]
 
 
-TARGET_ALIGNS = ("none", "colour")
-
 # ---------------------------------------------------------------- sections
 
 
@@ -246,6 +244,8 @@ class TrainConfig:
             raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.loss not in ("l1", "l1_fft", "l1_halo"):
             raise CmddError(f"loss must be 'l1' (the paper's), 'l1_fft' or 'l1_halo', got {self.loss!r}")
+        from .losses import TARGET_ALIGNS
+
         if self.target_align not in TARGET_ALIGNS:
             raise CmddError(f"target_align must be one of {', '.join(TARGET_ALIGNS)}, got {self.target_align!r}")
         if self.fft_weight < 0:
@@ -276,8 +276,10 @@ class TrainConfig:
             raise CmddError(f"data.mix (the share of real pairs) must be in [0, 1], got {d.mix}")
         if d.mix > 0 and (d.kind != "synth" or not d.real_path):
             raise CmddError("data.mix > 0 needs data.kind = \"synth\" and data.real_path (a folder of real pairs)")
-        if d.real_aspect not in ("as_is", "dpdd_3x2"):
-            raise CmddError(f"data.real_aspect must be as_is or dpdd_3x2, got {d.real_aspect!r}")
+        from ..data.real_pairs import REAL_ASPECTS
+
+        if d.real_aspect not in REAL_ASPECTS:
+            raise CmddError(f"data.real_aspect must be one of {', '.join(REAL_ASPECTS)}, got {d.real_aspect!r}")
         if not 0 <= d.real_blur_bias <= 1:
             raise CmddError(f"data.real_blur_bias must be in [0, 1], got {d.real_blur_bias}")
         if min(self.log_every, self.val_every, self.ckpt_every, self.keep_last, self.data.workers) < 0:

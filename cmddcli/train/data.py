@@ -24,7 +24,6 @@ datasets take it through their ``rng_for`` hook, so crops, flips and synthetic b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -155,34 +154,39 @@ class ConfigDataSource:
         return [procedural_sharp(size, rng) for _ in range(count)]
 
     def train_dataset(self, patch: int, stage: int) -> Dataset:
-        from ..data.datasets import PairsDataset, SynthDataset
+        from ..data.datasets import PairsDataset
 
         d = self.data
-        if d.kind == "synth" and d.mix > 0:
-            return self._mixed_dataset(patch, stage)
         if d.kind == "synth":
-            if d.path:
-                from ..data.sources import list_images
-
-                sources = list_images(d.path)
-                if d.val_sharp:  # keep the validation photographs out of training
-                    held = Path(d.val_sharp).resolve()
-                    sources = [p for p in sources if not Path(p).resolve().is_relative_to(held)]
-                if not sources:
-                    raise InputError(d.path, "no sharp images to synthesise from")
-                if d.sharp_tiles:
-                    sources = self._sharp_tiles(sources, d.sharp_tiles)
-            else:
-                sources = self._procedural(max(256, patch), PROCEDURAL_IMAGES, self.seed)
-            # every sample picks a random photograph: keep them all decoded (a 1600 px photo is ~20 MB
-            # as float32 and takes up to a second to decode; a 16-image cache missed 2 times in 3)
-            return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch, d.synth), seed=self.seed,
-                                flips=d.flips, cache_size=SYNTH_CACHE_IMAGES)
+            return self._mixed_dataset(patch) if d.mix > 0 else self._synth_dataset(patch)
         self.check()
         return PairsDataset(self._manifest(d.path, d.train_split), d.train_split, patch_size=patch, flips=d.flips,
                             seed=self.seed)
 
-    def _mixed_dataset(self, patch: int, stage: int) -> Dataset:
+    def _synth_dataset(self, patch: int) -> Dataset:
+        """Defocus pairs synthesised on the fly from ``data.path`` (or procedural images)."""
+        from ..data.datasets import SynthDataset
+
+        d = self.data
+        if d.path:
+            from ..data.sources import list_images
+
+            sources = list_images(d.path)
+            if d.val_sharp:  # keep the validation photographs out of training
+                held = Path(d.val_sharp).resolve()
+                sources = [p for p in sources if not Path(p).resolve().is_relative_to(held)]
+            if not sources:
+                raise InputError(d.path, "no sharp images to synthesise from")
+            if d.sharp_tiles:
+                sources = self._sharp_tiles(sources, d.sharp_tiles)
+        else:
+            sources = self._procedural(max(256, patch), PROCEDURAL_IMAGES, self.seed)
+        # every sample picks a random photograph: keep them all decoded (a 1600 px photo is ~20 MB
+        # as float32 and takes up to a second to decode; a 16-image cache missed 2 times in 3)
+        return SynthDataset(sources, patch_size=patch, config=synth_config_for(patch, d.synth), seed=self.seed,
+                            flips=d.flips, cache_size=SYNTH_CACHE_IMAGES)
+
+    def _mixed_dataset(self, patch: int) -> Dataset:
         """Real crops from ``data.real_path`` (share ``data.mix``) mixed with synthetic pairs."""
         from ..data.real_pairs import MixedDataset, RealCropDataset, real_pairs_from
 
@@ -194,9 +198,7 @@ class ConfigDataSource:
                  100 * d.mix)
         if d.mix >= 1.0:
             return real
-        synth = dataclasses.replace(self, data=dataclasses.replace(d, mix=0.0))
-        synth._tiles = self._tiles  # share the sharp-tile search
-        return MixedDataset(real, synth.train_dataset(patch, stage), d.mix, seed=self.seed)
+        return MixedDataset(real, self._synth_dataset(patch), d.mix, seed=self.seed)
 
     def check(self) -> None:
         """Raise CmddError now for a config that cannot give training data (a manifest or pairs run

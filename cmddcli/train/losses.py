@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from ..errors import CmddError
 
 __all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES",
-           "align_photometry"]
+           "TARGET_ALIGNS", "align_photometry"]
 
 LOSSES = ("l1", "l1_fft", "l1_halo")
+TARGET_ALIGNS = ("none", "colour")  # TrainConfig.target_align: see align_photometry
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -116,8 +117,8 @@ def make_loss(kind: str = "l1", fft_weight: float = 0.1, halo_weight: float = 1.
     base = _base_loss(kind, fft_weight, halo_weight, halo_window)
     if target_align == "none":
         return base
-    if target_align != "colour":
-        raise CmddError(f"target_align must be none or colour, got {target_align!r}")
+    if target_align not in TARGET_ALIGNS:
+        raise CmddError(f"target_align must be one of {', '.join(TARGET_ALIGNS)}, got {target_align!r}")
 
     def aligned(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
         if inp is None:
