@@ -253,33 +253,26 @@ class Crashes:
 # ---------------------------------------------------------------------------------------- targets
 
 
-def target_photo(tmp: Path, crashes: Crashes, seeds):
-    from cmddcli.photo.io import read_photo, write_photo
+def _read_write_target(out_exts: tuple):
+    """A target that reads the mutated file with ``read_photo`` and writes it as each of ``out_exts``."""
+    def target(tmp: Path, crashes: Crashes, seeds):
+        from cmddcli.photo.io import read_photo, write_photo
 
-    def run(ext, data):
-        p = tmp / f"in{ext}"
-        p.write_bytes(data)
+        def run(ext, data):
+            p = tmp / f"in{ext}"
+            p.write_bytes(data)
 
-        def go():
-            photo = read_photo(p, max_pixels=4_000_000)
-            for oext in (".jpg", ".png", ".tif"):
-                write_photo(tmp / f"out{oext}", photo)
-        crashes.check(go, str(p), data, ext)
-    return run
+            def go():
+                photo = read_photo(p, max_pixels=4_000_000)
+                for oext in out_exts:
+                    write_photo(tmp / f"out{oext}", photo)
+            crashes.check(go, str(p), data, ext)
+        return run
+    return target
 
 
-def target_raw(tmp: Path, crashes: Crashes, seeds):
-    from cmddcli.photo.io import read_photo, write_photo
-
-    def run(ext, data):
-        p = tmp / f"in{ext}"
-        p.write_bytes(data)
-
-        def go():
-            photo = read_photo(p, max_pixels=4_000_000)
-            write_photo(tmp / "out.tif", photo)
-        crashes.check(go, str(p), data, ext)
-    return run
+target_photo = _read_write_target((".jpg", ".png", ".tif"))  # images with metadata, to every format
+target_raw = _read_write_target((".tif",))  # RAW developments (rawpy / LibRaw, exiv2), as deblur writes them
 
 
 def target_weights(tmp: Path, crashes: Crashes, seeds):
