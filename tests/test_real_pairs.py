@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from cmddcli.cli.main import app
 from cmddcli.data.real_pairs import (
-    MixedDataset, RealCropDataset, RealPair, blur_score_blocks, dpdd_3x2_height, real_pairs_from)
+    MixedDataset, RealCropDataset, RealPair, blur_score_blocks, dpdd_3x2_height, pair_shift, real_pairs_from,
+    register_pixel)
 from cmddcli.data.datasets import SynthDataset
 from cmddcli.errors import CmddError, InputError
 from cmddcli.eval import metrics as M
@@ -91,6 +92,39 @@ def test_dpdd_3x2_aspect_restores_the_frame(real_dir):
     assert src.shape == tgt.shape == (85, 128, 3) and src.dtype == np.uint8
     with pytest.raises(ValueError):
         RealCropDataset(real_pairs_from(real_dir), aspect="square")
+
+
+@pytest.mark.parametrize("dy, dx", [(3, -2), (-1, 0), (0, 0), (2.4, -0.6)])
+def test_pixel_registration_undoes_a_shifted_target(tmp_path, dy, dx):
+    """A sharp target taken (dy, dx) px off the blurred shot (blurred in its left half, in focus in its
+    right half, as a DPDD pair): after register = "pixel" the crops line up again (to the nearest pixel;
+    a sub-pixel remainder is left as it is)."""
+    from scipy.ndimage import shift as nd_shift
+
+    rng = np.random.default_rng(1)
+    scene = _box_blur(rng.uniform(0, 1, (140, 150, 3)), 1)  # texture with a little correlation
+    # the target shows scene[y - dy, x - dx] at (y, x): the scene moved by (dy, dx)
+    sharp = np.stack([nd_shift(scene[..., c], (dy, dx), order=3, mode="reflect") for c in range(3)], -1)
+    blurred = scene.copy()
+    blurred[:, :75] = _box_blur(scene, 4)[:, :75]  # as in DPDD, part of the frame is in focus in both shots
+    assert pair_shift(blurred, sharp) == pytest.approx((-dy, -dx), abs=0.15)
+    b, s = register_pixel(blurred, sharp, pair_shift(blurred, sharp))
+    ry, rx = round(dy), round(dx)
+    assert b.shape == s.shape == (140 - abs(ry), 150 - abs(rx), 3)
+    inner = (slice(8, -8), slice(8, -8))
+    expected = scene[max(-ry, 0):140 - max(ry, 0), max(-rx, 0):150 - max(rx, 0)]  # scene under blurred b
+    residual = np.stack([nd_shift(expected[..., c], (dy - ry, dx - rx), order=3) for c in range(3)], -1)
+    assert np.abs(s - residual)[inner].max() < 1e-3  # the target is now the scene under b (plus the remainder)
+    for i in range(2):
+        write_png(tmp_path / "blur" / f"q{i}.png", (blurred * 255).round().clip(0, 255).astype(np.uint8))
+        write_png(tmp_path / "sharp" / f"q{i}.png", (sharp * 255).round().clip(0, 255).astype(np.uint8))
+    ds = RealCropDataset(real_pairs_from(tmp_path), patch_size=64, block=16, register="pixel")
+    src, tgt, _ = ds.decoded(0)
+    assert src.shape == tgt.shape == b.shape and ds.shifts[0] == pytest.approx((-dy, -dx), abs=0.15)
+    plain = RealCropDataset(real_pairs_from(tmp_path), patch_size=64, block=16)
+    assert plain.decoded(0)[0].shape == (140, 150, 3) and plain.shifts == {}
+    with pytest.raises(ValueError, match="register"):
+        RealCropDataset(real_pairs_from(tmp_path), register="subpixel")
 
 
 def test_bad_real_pairs_are_named(tmp_path, real_dir):
@@ -185,7 +219,7 @@ def test_mix_config_is_checked():
         cfg.validate()
     cfg.data.real_path = "somewhere"
     cfg.validate()
-    for key, value in (("mix", 1.5), ("real_aspect", "round"), ("real_blur_bias", -0.1)):
+    for key, value in (("mix", 1.5), ("real_aspect", "round"), ("real_blur_bias", -0.1), ("real_register", "sub")):
         bad = train_preset("tiny")
         bad.data.kind, bad.data.real_path, bad.data.mix = "synth", "x", 0.5
         setattr(bad.data, key, value)

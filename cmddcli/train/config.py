@@ -154,6 +154,8 @@ class DataConfig:
     real pairs only (``path`` may then be empty).
     real_aspect: ``as_is`` or ``dpdd_3x2`` (resize DPDD's squashed 1024² copies back to 3:2, round disks).
     real_blur_bias: chance (0..1) that a real crop is drawn in proportion to the blur it holds.
+    real_register: ``none`` or ``pixel`` (move each sharp target by the whole-pixel part of its global
+    shift against the blurred shot, phase correlation; :mod:`cmddcli.data.real_pairs`).
     """
 
     kind: str = "manifest"
@@ -174,6 +176,7 @@ class DataConfig:
     mix: float = 0.0
     real_aspect: str = "as_is"
     real_blur_bias: float = 0.75
+    real_register: str = "none"
 
 
 @dataclass
@@ -276,10 +279,12 @@ class TrainConfig:
             raise CmddError(f"data.mix (the share of real pairs) must be in [0, 1], got {d.mix}")
         if d.mix > 0 and (d.kind != "synth" or not d.real_path):
             raise CmddError("data.mix > 0 needs data.kind = \"synth\" and data.real_path (a folder of real pairs)")
-        from ..data.real_pairs import REAL_ASPECTS
+        from ..data.real_pairs import REAL_ASPECTS, REAL_REGISTERS
 
         if d.real_aspect not in REAL_ASPECTS:
             raise CmddError(f"data.real_aspect must be one of {', '.join(REAL_ASPECTS)}, got {d.real_aspect!r}")
+        if d.real_register not in REAL_REGISTERS:
+            raise CmddError(f"data.real_register must be one of {', '.join(REAL_REGISTERS)}, got {d.real_register!r}")
         if not 0 <= d.real_blur_bias <= 1:
             raise CmddError(f"data.real_blur_bias must be in [0, 1], got {d.real_blur_bias}")
         if min(self.log_every, self.val_every, self.ckpt_every, self.keep_last, self.data.workers) < 0:

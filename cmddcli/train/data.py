@@ -193,9 +193,9 @@ class ConfigDataSource:
         d = self.data
         pairs = real_pairs_from(d.real_path)
         real = RealCropDataset(pairs, patch_size=patch, seed=self.seed, flips=d.flips, aspect=d.real_aspect,
-                               blur_bias=d.real_blur_bias)
-        log.info("real pairs: %d from %s (%s, %.0f %% of the samples)", len(pairs), d.real_path, d.real_aspect,
-                 100 * d.mix)
+                               blur_bias=d.real_blur_bias, register=d.real_register)
+        log.info("real pairs: %d from %s (%s, registration %s, %.0f %% of the samples)", len(pairs), d.real_path,
+                 d.real_aspect, d.real_register, 100 * d.mix)
         if d.mix >= 1.0:
             return real
         return MixedDataset(real, self._synth_dataset(patch), d.mix, seed=self.seed)

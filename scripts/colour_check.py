@@ -1,0 +1,94 @@
+"""Colour check: does deblurring move a photo's colours? Mean per-channel difference, output minus input.
+
+    python scripts/colour_check.py IN_DIR OUT_DIR [OUT_DIR ...] [--max-shift 1.0] [--block 32] [--out FILE.md]
+
+Deblurring should sharpen, not recolour: the mean of each channel over the whole photo (R, G, B, in
+8-bit levels, 0..255 whatever the bit depth) should stay where the input had it. For every photo of
+IN_DIR and its output in each OUT_DIR (matched by stem, as `cmdd deblur IN_DIR -o OUT_DIR` names them)
+this prints the mean difference per channel (output - input) and, as a local view, the largest
+difference of any ``--block``² block's channel mean (colour shifts confined to a region, e.g. a sky
+turned warmer). The ship rule of training/v3/README.md holds when every photo's whole-image mean
+difference is under ``--max-shift`` levels in every channel (default 1.0, i.e. 1/255); the block
+figure is reported, not ruled on (sharpening itself moves small blocks' means at strong edges).
+
+Photos are read with cmdd's own reader (EXIF orientation applied, 16-bit kept), so a RAW or TIFF
+output is compared with its input as cmdd sees both. Exit status: 0 within the rule; 3 a photo over
+it; 1 an error (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from cmddcli.atomic import atomic_path
+from cmddcli.errors import CmddError, InputError, run_script
+from cmddcli.photo import read_photo
+
+RULE_BROKEN = 3
+
+
+def channel_shift(out: np.ndarray, inp: np.ndarray, block: int = 32) -> tuple[np.ndarray, float]:
+    """(mean difference per channel, largest |difference| of a block's channel mean), 8-bit levels.
+
+    Args: ``out``, ``inp``: (H, W, 3) float in [0, 1], one size; ``block``: block side in px (blocks
+    that do not fit at the right / bottom edge are left out).
+    Raises: ValueError when the sizes differ.
+    """
+    if out.shape != inp.shape:
+        raise ValueError(f"sizes differ: {out.shape[1]}x{out.shape[0]} vs {inp.shape[1]}x{inp.shape[0]}")
+    diff = (out.astype(np.float64) - inp.astype(np.float64)) * 255.0
+    whole = diff.reshape(-1, diff.shape[-1]).mean(0)
+    h, w = (diff.shape[0] // block) * block, (diff.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return whole, float(np.abs(whole).max())
+    blocks = diff[:h, :w].reshape(h // block, block, w // block, block, -1).mean((1, 3))
+    return whole, float(np.abs(blocks).max())
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", type=Path)
+    ap.add_argument("outputs", type=Path, nargs="+", help="output folders of cmdd deblur, one per model")
+    ap.add_argument("--max-shift", type=float, default=1.0, help="largest allowed whole-image mean shift, 8-bit levels")
+    ap.add_argument("--block", type=int, default=32, help="block side (px) of the local figure")
+    ap.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    args = ap.parse_args()
+    for folder in (args.inputs, *args.outputs):
+        if not folder.is_dir():
+            raise InputError(folder, "not a folder")
+    ins = _by_stem(args.inputs)
+    if not ins:
+        raise InputError(args.inputs, "holds no photos")
+    rows = ["| photo | outputs | mean shift R / G / B (levels) | largest block shift (levels) |", "|---|---|---|---:|"]
+    worst = 0.0
+    for folder in args.outputs:
+        outs = _by_stem(folder)
+        for stem, src in ins.items():
+            if stem not in outs:
+                raise InputError(folder / stem, f"no output for {src.name}")
+            inp, out = read_photo(src).rgb, read_photo(outs[stem]).rgb
+            try:
+                whole, local = channel_shift(out, inp, args.block)
+            except ValueError as e:
+                raise InputError(outs[stem], str(e)) from None
+            worst = max(worst, float(np.abs(whole).max()))
+            rows.append(f"| {src.name} | {folder.name} | {' / '.join(f'{v:+.2f}' for v in whole)} | {local:.2f} |")
+            print(rows[-1], flush=True)
+    ok = worst < args.max_shift
+    verdict = f"Largest whole-image mean shift: {worst:.2f} levels (rule < {args.max_shift:g}): {'met' if ok else 'NOT met'}."
+    print("\n" + verdict)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text("\n".join(rows + ["", verdict]) + "\n")
+    return 0 if ok else RULE_BROKEN
+
+
+if __name__ == "__main__":
+    run_script(main)
