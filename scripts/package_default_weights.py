@@ -28,6 +28,7 @@ import torch
 
 from cmddcli.fileutil import sha256_file
 from cmddcli.fileutil import finite_json
+from cmddcli.data.real_pairs import real_pairs_from
 from cmddcli.model.weights import default_weights_path, load_weights, read_metadata, resolve_weights, save_weights
 
 SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in docs/synthetic_defocus.md
@@ -39,6 +40,9 @@ SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in 
     "per-file credits in docs/synthetic_defocus.md"
 )
 
+
+# per_image.csv columns kept on the card: the model's scores, the colour-fair PSNR, the input's and the gains
+PER_IMAGE_COLUMNS = ("psnr", "ssim", "mae", "psnr_cf", "input_psnr", "input_psnr_cf", "gain_psnr", "gain_psnr_cf")
 
 # --dtype: how the weights are stored (None: as trained, float32).
 STORAGE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
@@ -71,6 +75,35 @@ def lineage(parent: str) -> dict:
     return entry
 
 
+REAL_DPDD = (
+    "real DPDD pairs (Abuolaim & Brown, ECCV 2020; Canon EOS 5D Mark IV, f/4 input, f/22 target; the DPDD "
+    "repository is MIT-licensed) as copied to ../shared/samples/defocus/dpdd_train/ from RUA1027/Defocus_with_NewBP "
+    "@ c89c017 (no licence of its own): DPDD *test_c* scenes resized by that uploader to 1024x1024, so a model "
+    "trained on them must never be compared with published DPDD test-set numbers"
+)
+
+
+def synth_run_data(data: dict, target_align: str = "none") -> tuple[str, dict]:
+    """(training-data sentence, synthesis record) for a run on on-the-fly synthesis (``data.kind =
+    "synth"``), with its real pairs when ``data.mix > 0`` (share, aspect, registration, crop bias, and
+    the run's ``target_align``)."""
+    mix = float(data.get("mix") or 0.0)
+    synth = ("on-the-fly synthetic defocus (a new blur every step) from the sharp 256-px tiles of the photographs "
+             f"scripts/fetch_sharp_sources.sh fetches: {SOURCES}")
+    if data.get("val_sharp"):
+        synth += "; the scikit-image photographs held out for validation"
+    synthesis = {"preset": data.get("synth"), "validation": data.get("val_synth")}
+    if mix <= 0:
+        return synth, synthesis
+    n = len(real_pairs_from(data["real_path"])) if data.get("real_path") and Path(data["real_path"]).is_dir() else None
+    real = (f"{n or 'the'} {REAL_DPDD}; {round(100 * mix)} % of the training samples are crops of them (aspect "
+            f"{data.get('real_aspect', 'as_is')}, registration {data.get('real_register', 'none')}, blur-preferring "
+            f"crops with chance {data.get('real_blur_bias')}, target_align {target_align})")
+    synthesis["real_pairs"] = {"share": mix, "pairs": n, "aspect": data.get("real_aspect", "as_is"),
+                               "register": data.get("real_register", "none"), "target_align": target_align}
+    return (real if mix >= 1 else f"{real}; the rest {synth}"), synthesis
+
+
 def per_image(summary_json: Path) -> list | None:
     """Rows of the ``per_image.csv`` that ``cmdd eval --out`` writes beside ``summary.json`` (None if absent)."""
     import csv
@@ -81,7 +114,7 @@ def per_image(summary_json: Path) -> list | None:
     rows = []
     with open(f, newline="") as fh:
         for r in csv.DictReader(fh):
-            rows.append({"name": r["name"], **{m: float(r[m]) for m in ("psnr", "ssim", "mae") if r.get(m)}})
+            rows.append({"name": r["name"], **{m: float(r[m]) for m in PER_IMAGE_COLUMNS if r.get(m)}})
     return rows
 
 
@@ -106,10 +139,7 @@ def main() -> None:
         training_data = f"synthetic defocus ({man.get('counts')}) made by `cmdd prepare synth`; {SOURCES}"
         synthesis = man.get("params", {}).get("synth")
     elif data.get("kind") == "synth":
-        training_data = ("on-the-fly synthetic defocus (a new blur every step) from the sharp 256-px tiles of "
-                         f"the photographs scripts/fetch_sharp_sources.sh fetches: {SOURCES}; the scikit-image "
-                         "photographs held out for validation")
-        synthesis = {"preset": data.get("synth"), "validation": data.get("val_synth")}
+        training_data, synthesis = synth_run_data(data, (train.get("config") or {}).get("target_align", "none"))
     else:
         raise SystemExit(f"{args.weights}: no --manifest and the run's config has no on-the-fly synthesis")
     card = {

@@ -39,16 +39,17 @@ def test_sharpening_is_no_colour_shift_but_a_tint_is():
         colour.channel_shift(inp[:32], inp)
 
 
-def test_the_script_rules_on_the_whole_image_shift(tmp_path):
+def test_the_script_rules_on_the_colour_cast_not_brightness(tmp_path):
     inp = _photo()
-    for folder, img in (("in", inp), ("same", inp), ("tinted", np.clip(inp + [0, 0, 3 / 255], 0, 1))):
+    for folder, img in (("in", inp), ("same", inp), ("darker", inp - 3 / 255), ("tinted", np.clip(inp + [0, 0, 3 / 255], 0, 1))):
         write_png(tmp_path / folder / "a.png", (img * 255).round().astype(np.uint8))
     run = lambda *a: subprocess.run([sys.executable, str(SCRIPT), *map(str, a)], capture_output=True, text=True)
-    ok = run(tmp_path / "in", tmp_path / "same", "--out", tmp_path / "r.md")
+    ok = run(tmp_path / "in", tmp_path / "same", tmp_path / "darker", "--out", tmp_path / "r.md")
     assert ok.returncode == 0, ok.stderr
-    assert "+0.00 / +0.00 / +0.00" in (tmp_path / "r.md").read_text()
+    table = (tmp_path / "r.md").read_text()
+    assert "+0.00 / +0.00 / +0.00" in table and "-3.00 / -3.00 / -3.00 | -3.00 | 0.00" in table
     bad = run(tmp_path / "in", tmp_path / "same", tmp_path / "tinted")
-    assert bad.returncode == 3 and "NOT met" in bad.stdout and "+3.00" in bad.stdout
+    assert bad.returncode == 3 and "NOT met" in bad.stdout and "+0.00 / +0.00 / +3.00 | +1.00 | 3.00" in bad.stdout
     (tmp_path / "empty").mkdir()
     missing = run(tmp_path / "in", tmp_path / "empty")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no output for a.png" in missing.stderr

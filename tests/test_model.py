@@ -261,3 +261,36 @@ def test_model_card_lineage_and_per_image(tmp_path, tiny_weights):
     (summary.parent / "per_image.csv").write_text(
         "name,group,subset,height,width,psnr,ssim,mae,seconds\na,pairs,,8,8,24.5,0.61,0.04,1.0\n")
     assert mod.per_image(summary) == [{"name": "a", "psnr": 24.5, "ssim": 0.61, "mae": 0.04}]
+    (summary.parent / "per_image.csv").write_text(
+        "name,psnr,psnr_cf,input_psnr,gain_psnr,gain_psnr_cf,seconds\na,24.5,24.9,24.0,0.5,0.6,1.0\n")
+    assert mod.per_image(summary) == [{"name": "a", "psnr": 24.5, "psnr_cf": 24.9, "input_psnr": 24.0,
+                                       "gain_psnr": 0.5, "gain_psnr_cf": 0.6}]
+
+
+def test_model_card_names_real_training_pairs(tmp_path):
+    """A run with real pairs (issue 28) says so on its card: DPDD, its licence, that they are DPDD test_c
+    scenes (never to be compared with published DPDD numbers), the share and how crops were made; the
+    sharp-photo sentence says "held out" only when the run held photographs out."""
+    import importlib.util
+
+    import numpy as np
+
+    from cmddcli.photo.arrays import write_png
+
+    spec = importlib.util.spec_from_file_location(
+        "package_default_weights", Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for i in range(3):
+        for side in ("blur", "sharp"):
+            write_png(tmp_path / side / f"p{i}.png", np.zeros((8, 8, 3), np.uint8))
+    synth_only, rec = mod.synth_run_data({"kind": "synth", "synth": "v1_noisy", "val_sharp": "/x/skimage"})
+    assert "held out" in synth_only and "DPDD" not in synth_only and "real_pairs" not in rec
+    data = {"kind": "synth", "synth": "v1_noisy", "mix": 0.5, "real_path": str(tmp_path), "real_aspect": "as_is",
+            "real_register": "pixel", "real_blur_bias": 0.75}
+    text, rec = mod.synth_run_data(data, "colour")
+    assert text.startswith("3 real DPDD pairs") and "test_c" in text and "MIT" in text and "never be compared" in text
+    assert "50 %" in text and "on-the-fly synthetic" in text and "held out" not in text
+    assert rec["real_pairs"] == {"share": 0.5, "pairs": 3, "aspect": "as_is", "register": "pixel", "target_align": "colour"}
+    real_only, _ = mod.synth_run_data({**data, "mix": 1.0})
+    assert "100 %" in real_only and "on-the-fly synthetic" not in real_only
