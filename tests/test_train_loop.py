@@ -88,6 +88,25 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def test_a_resume_needs_no_init_weights_file(tmp_path):
+    """A run started from ``init_weights`` resumes where that file is gone (a slim checkpoint carried to
+    a fresh clone): the checkpoint's weights replace the init anyway, and the result is the same."""
+    from cmddcli.model.weights import save_weights
+    from _nets import random_net
+
+    init = tmp_path / "init.safetensors"
+    save_weights(random_net("tiny", seed=7), init, preset="tiny")
+    common = ["iters=6", "ema_decay=0", "val_every=0", "ckpt_every=3", f'init_weights="{init}"']
+    straight = train(tiny_cfg(tmp_path / "a", *common))
+    cfg_b = tiny_cfg(tmp_path / "b", *common)
+    part1 = train(cfg_b, stop_at=3)
+    init.unlink()
+    part2 = train(cfg_b, resume=str(tmp_path / "b"))
+    assert part2.step == 6 and part1.losses + part2.losses == straight.losses
+    with pytest.raises(Exception, match="init.safetensors"):  # a fresh start still needs it
+        train(tiny_cfg(tmp_path / "c", *common))
+
+
 def test_resume_is_exact_and_stages_change_on_time(tmp_path):
     """10 steps + resume + 10 steps == 20 straight steps, bit for bit (weights, EMA, losses)."""
     common = ["iters=20", "ema_decay=0.9", "val_every=5", "ckpt_every=5", "keep_last=2"]

@@ -105,14 +105,15 @@ class TrainResult:
     stopped_by: Optional[str] = None  # "SIGINT" / "SIGTERM" when a signal ended the run early (see .stopping)
 
 
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """A fresh CMDDNet of ``cfg.model``; with ``cfg.init_weights``, those weights loaded into it
-    (strictly: a file for another configuration raises WeightsError). A resumed run then replaces
-    them with the checkpoint's."""
+def build_model(cfg: TrainConfig, load_init: bool = True) -> nn.Module:
+    """A fresh CMDDNet of ``cfg.model``; with ``cfg.init_weights`` (and ``load_init``), those weights
+    loaded into it (strictly: a file for another configuration raises WeightsError). A resumed run
+    passes ``load_init=False``: the checkpoint's weights replace them, so the init file need not
+    exist on the machine that resumes (a slim checkpoint carried to a fresh clone)."""
     from ..model import CMDDNet
 
     model = CMDDNet(cfg.model.model_config())
-    if cfg.init_weights:
+    if cfg.init_weights and load_init:
         from ..model.weights import load_state
 
         load_state(model, cfg.init_weights)
@@ -151,7 +152,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, data: Optional[DataSource] = None,
-                 callback: Optional[Callable[[TrainEvent], None]] = None):
+                 callback: Optional[Callable[[TrainEvent], None]] = None, resuming: bool = False):
         self.cfg, self.info, self.callback = cfg, info, callback
         self.device = info.device
         if self.device.type == "cpu":
@@ -175,7 +176,7 @@ class Trainer:
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, load_init=not resuming).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
@@ -570,7 +571,7 @@ def train(cfg: TrainConfig, *, resume: "str | Path | ResumePoint | None" = None,
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return Trainer(cfg, info, data, callback).run(resume or None, stop_at)
+        return Trainer(cfg, info, data, callback, resuming=bool(resume)).run(resume or None, stop_at)
     finally:
         shutdown_distributed(info)
 
