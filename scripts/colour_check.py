@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cmddcli.atomic import atomic_path
-from cmddcli.errors import CmddError, InputError, run_script
+from cmddcli.errors import InputError, run_script
 from cmddcli.photo import read_photo
 
 RULE_BROKEN = 3
@@ -76,13 +76,14 @@ def main() -> int:
         raise InputError(args.inputs, "holds no photos")
     rows = ["| photo | outputs | mean shift R / G / B (levels) | brightness | colour cast | largest block shift |",
             "|---|---|---|---:|---:|---:|"]
+    outputs = [(folder, _by_stem(folder)) for folder in args.outputs]
     worst = 0.0
-    for folder in args.outputs:
-        outs = _by_stem(folder)
-        for stem, src in ins.items():
+    for stem, src in ins.items():
+        inp = read_photo(src).rgb  # once per photo, whatever the number of output folders
+        for folder, outs in outputs:
             if stem not in outs:
                 raise InputError(folder / stem, f"no output for {src.name}")
-            inp, out = read_photo(src).rgb, read_photo(outs[stem]).rgb
+            out = read_photo(outs[stem]).rgb
             try:
                 whole, local = channel_shift(out, inp, args.block)
             except ValueError as e:

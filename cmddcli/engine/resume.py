@@ -189,7 +189,8 @@ def read_record(output: Path, out_dir: Path) -> Optional[dict]:
     return rec if isinstance(rec, dict) else None
 
 
-def _side_entries(rec: dict) -> list:
+def side_entries(rec: dict) -> list:
+    """The well-formed ``side_files`` entries of a record (dicts with a string ``path``)."""
     sides = rec.get("side_files")
     return [s for s in sides if isinstance(s, dict) and isinstance(s.get("path"), str)] if isinstance(sides, list) else []
 
@@ -221,7 +222,7 @@ def owns_side_file(output: Path, out_dir: Path, side: Path) -> bool:
     if rec is None:
         return False
     rel = _rel(side, out_dir)
-    for entry in _side_entries(rec):
+    for entry in side_entries(rec):
         if entry["path"] == rel:
             return rec.get("state") == PENDING or same_content(side, entry)
     return False
@@ -253,7 +254,7 @@ def recorded_files(out_dir: Path) -> dict:
             pending = rec.get("state") == PENDING
             made = rec.get("output_file")
             entries = [(out_dir / rel_dir / out_name, None if pending else (made if isinstance(made, dict) else {}))]
-            entries += [(out_dir / s["path"], None if pending else s) for s in _side_entries(rec)]
+            entries += [(out_dir / s["path"], None if pending else s) for s in side_entries(rec)]
             for path, entry in entries:
                 found[os.path.normcase(os.fspath(path.absolute()))] = entry
     return found
@@ -262,7 +263,7 @@ def recorded_files(out_dir: Path) -> dict:
 def is_recorded(file: Path, entry: Optional[dict]) -> bool:
     """Whether ``file`` is the file a :func:`recorded_files` entry describes (a photo copied over it
     later is not): a pending entry always, an entry without size as before format 2, else by content."""
-    if entry is None or not entry:
+    if not entry:
         return True
     return same_content(file, entry)
 
@@ -313,7 +314,7 @@ def resume_problem(source: Path, output: Path, out_dir: Path, settings: dict) ->
 # ---------------------------------------------------------------------------------------- writing
 
 
-_SIDE_ROLES = ("blur map", "restore mask")
+_SIDE_ROLES = ("blur map", "restore mask")  # in the order blurmap.map_image_paths / save_map_images give them
 
 
 def _write(output: Path, out_dir: Path, payload: dict) -> None:
@@ -344,7 +345,7 @@ def abandon(output: Path, out_dir: Path, earlier: Optional[dict], side_files: Se
     try:
         if earlier is not None and earlier.get("state") != PENDING and isinstance(earlier.get("output_file"), dict) \
                 and same_content(Path(output), earlier["output_file"]) \
-                and all(same_content(Path(out_dir) / s["path"], s) for s in _side_entries(earlier)):
+                and all(same_content(Path(out_dir) / s["path"], s) for s in side_entries(earlier)):
             _write(output, out_dir, earlier)
         elif not any(f.exists() or f.is_symlink() for f in files):
             record_path(output, out_dir).unlink(missing_ok=True)
@@ -355,18 +356,16 @@ def abandon(output: Path, out_dir: Path, earlier: Optional[dict], side_files: Se
 
 def remember(output: Path, out_dir: Path, source: Optional[dict], settings: dict,
              raw_applied: Optional[dict] = None, side_files: Sequence[Path] = ()) -> Optional[str]:
-    """After an output and its side files (``side_files``: those written) are complete: the record,
+    """After an output and its side files (``side_files``: those written, blur map first, as
+    ``save_map_images`` returns them) are complete: the record,
     *done*, with each file's size and sha256. ``source`` is :func:`begin`'s identity (None: nothing
     is written), ``raw_applied`` what LibRaw did for a RAW input. Returns a warning when the record
     cannot be finished (it stays pending: the next run redoes the output)."""
     if source is None:
         return None
     made = file_identity(Path(output))
-    sides = []
-    for p in side_files:
-        ident = file_identity(Path(p))
-        role = "restore mask" if Path(p).stem.endswith("_restoremask") else "blur map"
-        sides.append({"path": _rel(p, out_dir), "role": role, **(ident or {"size": None, "sha256": None})})
+    sides = [{"path": _rel(p, out_dir), "role": role, **(file_identity(Path(p)) or {"size": None, "sha256": None})}
+             for p, role in zip(side_files, _SIDE_ROLES)]
     payload = {"format": FORMAT, "state": DONE, "output": os.fspath(output), "output_file": made,
                "side_files": sides, "source": source, "settings": settings,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

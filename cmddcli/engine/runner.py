@@ -307,9 +307,7 @@ def _stale_side_files(old: Optional[dict], output: Path, out_dir: Path, written:
         return []
     keep = {os.fspath(p.absolute()) for p in written}
     stale = []
-    for entry in old.get("side_files") or []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            continue
+    for entry in resume.side_entries(old):
         p = Path(out_dir) / entry["path"]
         if os.fspath(p.absolute()) not in keep and p.parent == output.parent and resume.same_content(p, entry):
             stale.append(p)
