@@ -1,0 +1,106 @@
+"""Grow trained weights to more blocks per stage (a deeper preset), computing the same function.
+
+    python scripts/grow_blocks.py SRC OUT --preset cpu-deep [--dtype fp32] [--max-diff 1e-5] [--seed 0]
+
+SRC is a weights file or a packaged name (v1, v2, default). cmddcli.model.grow.grow_blocks copies
+every trained tensor into the network of --preset (which may differ from SRC's configuration only
+in its block counts, each at least SRC's) and starts each new block as the identity (its other
+tensors drawn from PyTorch's usual initialisation under --seed, so OUT is reproducible). Before
+writing, source and grown network run on the same seeded random batch (2 x 3 x 96 x 104, eval and
+training mode); OUT is written only if the outputs differ by at most --max-diff (default 1e-5, float
+rounding). Use OUT as a run's init_weights with the same model preset, e.g.
+
+    cmdd train --config training/v3_mix.toml --set model.preset=cpu-deep --set init_weights=OUT ...
+
+OUT keeps SRC's model card (absolute paths cut) and adds "grown": source name and SHA-256, source
+preset, block counts before and after, and the measured difference. Exit status: 0 written; 1 an
+error (one line on stderr; nothing written); 3 the outputs differ by more than --max-diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from cmddcli.atomic import check_writable
+from cmddcli.errors import CmddError, run_script
+from cmddcli.fileutil import sha256_file
+from cmddcli.model import PRESETS
+from cmddcli.model.grow import grow_blocks
+from cmddcli.model.weights import load_weights, resolve_weights, save_weights
+
+_spec = importlib.util.spec_from_file_location("prune_states", Path(__file__).with_name("prune_states.py"))
+_prune = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_prune)
+STORAGE_DTYPES, portable, CARD_SKIP, preset_of = _prune.STORAGE_DTYPES, _prune.portable, _prune.CARD_SKIP, _prune.preset_of
+RULES_NOT_MET = _prune.RULES_NOT_MET
+
+
+def max_difference(a: torch.nn.Module, b: torch.nn.Module, seed: int = 0) -> float:
+    """Largest |a(x) - b(x)| over a seeded random batch (2, 3, 96, 104) in [0, 1], taken in eval
+    mode and in training mode (BatchNorm on batch statistics). Runs on copies: a training-mode
+    forward updates BatchNorm's running statistics, which must not reach the weights written."""
+    x = torch.rand(2, 3, 96, 104, generator=torch.Generator().manual_seed(seed))
+    worst = 0.0
+    with torch.no_grad():
+        for training in (False, True):
+            ca, cb = copy.deepcopy(a).train(training), copy.deepcopy(b).train(training)
+            worst = max(worst, float((ca(x) - cb(x)).abs().max()))
+    return worst
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="weights file or packaged name (v1, v2)")
+    ap.add_argument("out", type=Path, help="grown weights file to write (.safetensors; not SRC)")
+    ap.add_argument("--preset", required=True, choices=list(PRESETS), help="model preset to grow into (e.g. cpu-deep)")
+    ap.add_argument("--dtype", choices=list(STORAGE_DTYPES), default="fp32", help="storage type of OUT (default fp32)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the new blocks' initialisation (default 0)")
+    ap.add_argument("--max-diff", type=float, default=1e-5, help="largest output difference allowed (default 1e-5)")
+    args = ap.parse_args()
+
+    src = resolve_weights(args.src)
+    if args.out.suffix != ".safetensors":
+        raise CmddError(f"{args.out}: the grown weights file must end in .safetensors")
+    if args.out.resolve() == src.resolve():
+        raise CmddError(f"{args.out}: is the source weights file; write the grown weights elsewhere")
+    full, meta = load_weights(src)
+    full = full.float()
+    target = PRESETS[args.preset][0]
+    other = [f for f, v in target.to_dict().items() if f != "blocks" and v != full.config.to_dict()[f]]
+    if other:
+        raise CmddError(f"{src.name}: preset {args.preset} differs from these weights in more than block counts "
+                        f"({', '.join(other)}); growth adds blocks only")
+    torch.manual_seed(args.seed)
+    grown = grow_blocks(full, target.blocks)
+    check_writable(args.out, "grown weights file")
+    diff = max_difference(full, grown)
+    print(f"{src.name} {list(full.config.blocks)} -> {args.preset} {list(target.blocks)}: "
+          f"largest output difference {diff:.3g} (rule <= {args.max_diff:g})", flush=True)
+    if diff > args.max_diff:
+        print("rule NOT met, nothing written.", flush=True)
+        return RULES_NOT_MET
+    card = portable({k: v for k, v in meta.items() if k not in CARD_SKIP})
+    card["note"] = (f"{src.name} grown to {args.preset} (new blocks start as the identity; see 'grown'). "
+                    "The source's note: " + str(card.get("note", "")))
+    card["grown"] = {
+        "from": src.name,
+        "from_sha256": sha256_file(src),
+        "from_preset": meta.get("preset"),
+        "blocks": {"from": list(full.config.blocks), "to": list(target.blocks)},
+        "method": "cmddcli.model.grow.grow_blocks: trained blocks copied, new blocks identity at the start",
+        "seed": args.seed,
+        "max_output_difference": diff,
+        "source_scores": {k: card.pop(k) for k in list(card) if k.startswith("scores_")},
+    }
+    save_weights(grown, args.out, metadata=card, dtype=STORAGE_DTYPES[args.dtype], preset=preset_of(grown.config))
+    print(f"wrote {args.out.name} ({args.out.stat().st_size / 1e6:.2f} MB).", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)  # CmddError / OSError: one line, exit 1

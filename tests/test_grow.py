@@ -1,0 +1,111 @@
+"""Depth growth (cmddcli.model.grow, scripts/grow_blocks.py): a deeper network that starts as the trained one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _nets import random_net
+from cmddcli.errors import CmddError
+from cmddcli.model import model_config
+from cmddcli.model.grow import grow_blocks
+from cmddcli.model.weights import load_weights, read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPER = (2, 3, 1, 2, 2, 1, 3, 2)  # tiny is one block per stage: new blocks in most stages, none in some
+
+
+def _trained_like(seed: int = 0):
+    """A tiny network whose BatchNorm statistics, skip scales and norms are not at their defaults,
+    so a growth that dropped or misplaced any of them would show in the output."""
+    net = random_net("tiny", seed=seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name or "skip_scale" in name or "bn" in name:
+                p.add_(0.2 * torch.randn_like(p))
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_grown_network_computes_the_same_function(training):
+    """Eval mode (running BatchNorm statistics) and training mode (batch statistics): the grown
+    network's output equals the source's within 2e-5 (fp32) on a random batch: the same operations on
+    the same numbers, but oneDNN's rounding can differ with the tensors' memory alignment (measured up
+    to 7e-6 here, 0 in most runs)."""
+    src = _trained_like().train(training)
+    grown = grow_blocks(src, DEEPER)
+    assert grown.training == training
+    assert grown.config == model_config("tiny", blocks=DEEPER)
+    x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = src(x), grown(x)
+    assert (ref - x).abs().max() > 1e-3  # the source is not the identity, so equality means something
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+
+
+def test_grown_blocks_are_new_and_trainable():
+    """The trained blocks are copied (same tensors at the same indices); the new ones are not dead:
+    one backward pass reaches their LayerNorm weight, and after a few SGD steps their conv and
+    Mamba branches carry gradient and the network differs from the source."""
+    src = _trained_like(seed=2)
+    grown = grow_blocks(src, DEEPER).train()
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(grown.state_dict()[k], v, atol=0, rtol=0)
+    new = grown.encoders[0][1]  # a new block
+    assert new.norm.weight.abs().max() == 0 and new.mixer.out_proj.weight.abs().max() == 0
+    opt = torch.optim.SGD(grown.parameters(), lr=0.05)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    target = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    for step in range(3):
+        opt.zero_grad()
+        (grown(x) - target).abs().mean().backward()
+        if step == 0:
+            assert new.norm.weight.grad.abs().max() > 0
+        opt.step()
+    assert new.cnn.conv1.weight.grad.abs().max() > 0
+    assert new.mixer.out_proj.weight.grad.abs().max() > 0
+    with torch.no_grad():
+        assert (grown.eval()(x) - src.eval()(x)).abs().max() > 1e-4
+
+
+def test_growth_rejects_fewer_blocks_and_bad_counts():
+    src = random_net("tiny")
+    with pytest.raises(CmddError, match="cannot remove blocks"):
+        grow_blocks(src, (1, 1, 1, 0, 1, 1, 1, 1))
+    with pytest.raises(CmddError, match="8 integer counts"):
+        grow_blocks(src, (2, 2, 2))
+
+
+def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
+    """The default weights (small-n4) grown to cpu-deep: written, loadable as cpu-deep, same output as
+    the default, card records the source; weights of another state count are refused with exit 1."""
+    out = tmp_path / "deep.safetensors"
+    cmd = [sys.executable, str(ROOT / "scripts" / "grow_blocks.py")]
+    r = subprocess.run(cmd + ["default", str(out), "--preset", "cpu-deep"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = read_metadata(out)
+    assert meta["preset"] == "cpu-deep"
+    grown_card = meta["grown"]
+    assert grown_card["blocks"] == {"from": [1, 1, 1, 2, 1, 1, 1, 1], "to": [2, 2, 2, 2, 2, 2, 2, 1]}
+    assert grown_card["max_output_difference"] <= 1e-5
+    deep, _ = load_weights(out)
+    default, _ = load_weights(None)
+    for k, v in default.state_dict().items():  # every trained tensor (BatchNorm statistics too) as shipped
+        torch.testing.assert_close(deep.state_dict()[k], v.to(deep.state_dict()[k].dtype), atol=0, rtol=0)
+    x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(deep.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
+    json.dumps(meta)  # the card stays JSON
+
+    refused = subprocess.run(cmd + ["v2", str(tmp_path / "x.safetensors"), "--preset", "cpu-deep"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert "d_state" in refused.stderr and refused.stderr.count("\n") == 1
+    assert not (tmp_path / "x.safetensors").exists()
