@@ -597,3 +597,31 @@ def test_a_loader_worker_dies_with_its_parent():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     child = int(out.stdout.split()[0])
     assert not _still_running([child], within=3.0)  # without PR_SET_PDEATHSIG it sleeps on for 60 s
+
+
+def test_ema_update_averages_parameters_and_batchnorm_statistics():
+    """ema_update: parameters and float buffers (BatchNorm running mean / variance) move by
+    (1 - decay) toward the model's (reference: the formula on copies, within 1e-6); the integer
+    batch count is copied; decay 0 copies everything."""
+    import copy
+
+    from _nets import random_net
+    from cmddcli.train.loop import ema_update
+
+    model, ema = random_net("tiny", seed=1), random_net("tiny", seed=2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(), m.running_var.uniform_(0.5, 2.0), m.num_batches_tracked.fill_(7)
+    before = copy.deepcopy(ema.state_dict())
+    ema_update(ema, model, 0.9)
+    target = model.state_dict()
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * target[k], atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(v, target[k]), k
+    assert any("running_var" in k and not torch.equal(v, target[k]) for k, v in ema.state_dict().items())
+    ema_update(ema, model, 0.0)
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(v, target[k], atol=0, rtol=0)
