@@ -109,3 +109,30 @@ def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     assert refused.returncode == 1
     assert "d_state" in refused.stderr and refused.stderr.count("\n") == 1
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_grown_blocks_get_their_own_learning_rate_group():
+    """optim.grown_from / grown_lr_mult: the new blocks' parameters (exactly those) form a second
+    optimizer group with lr_mult; without grown_from there is one group; bad settings are refused."""
+    from cmddcli.train.config import OptimConfig, TrainConfig
+    from cmddcli.train.loop import param_groups
+
+    grown = grow_blocks(random_net("tiny"), DEEPER)
+    o = OptimConfig(grown_from=[1] * 8, grown_lr_mult=20.0)
+    old, new = param_groups(grown, o)
+    assert (old["lr_mult"], new["lr_mult"]) == (1.0, 20.0)
+    fresh = {id(p) for name, p in grown.named_parameters()
+             if any(name.startswith(f"{stage}.{i}.") for stage, n in
+                    zip(["encoders.0", "encoders.1", "encoders.2", "latent", "decoders.0", "decoders.1",
+                         "decoders.2", "refinement"], DEEPER) for i in range(1, n))}
+    assert {id(p) for p in new["params"]} == fresh and fresh
+    assert len(old["params"]) + len(new["params"]) == len(list(grown.parameters()))
+    assert len(param_groups(grown, OptimConfig())) == 1
+    with pytest.raises(CmddError, match="more blocks than the model"):
+        param_groups(random_net("tiny"), OptimConfig(grown_from=[2] * 8, grown_lr_mult=20.0))
+    for bad in ({"grown_from": [1, 1]}, {"grown_lr_mult": 0.0}):
+        cfg = TrainConfig()
+        for k, v in bad.items():
+            setattr(cfg.optim, k, v)
+        with pytest.raises(CmddError, match="grown"):
+            cfg.validate()

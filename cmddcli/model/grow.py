@@ -48,7 +48,7 @@ def identity_block(block: CMDDBlock) -> CMDDBlock:
     return block
 
 
-def _stages(model: CMDDNet) -> list[nn.Sequential]:
+def stages(model: CMDDNet) -> list[nn.Sequential]:
     """The eight block stages in ModelConfig.blocks order: encoders 1-3, latent, decoders 1-3, refinement."""
     return [*model.encoders, model.latent, *model.decoders, model.refinement]
 
@@ -79,7 +79,7 @@ def grow_blocks(model: CMDDNet, blocks: Sequence[int]) -> CMDDNet:
     state = grown.state_dict()
     state.update({k: v.detach().cpu().float() for k, v in model.state_dict().items()})
     grown.load_state_dict(state, strict=True)
-    for stage, n_src in zip(_stages(grown), cfg.blocks):
+    for stage, n_src in zip(stages(grown), cfg.blocks):
         for block in list(stage)[n_src:]:
             identity_block(block)
     return grown.train(model.training)

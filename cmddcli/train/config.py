@@ -110,6 +110,12 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 0.01
     decoupled: bool = False
+    # A run from weights grown deeper (scripts/grow_blocks.py): the source network's 8 block counts;
+    # the blocks beyond them in each stage (new, identity at the start) learn at lr x grown_lr_mult.
+    # Adam moves a weight by about lr per step, so gates that start at zero stay near zero at a
+    # fine-tuning lr (1e-3 after 200 steps at 5e-5: issue 28, session 16, arm G). Empty: no groups.
+    grown_from: List[int] = field(default_factory=list)
+    grown_lr_mult: float = 1.0
 
 
 @dataclass
@@ -243,6 +249,10 @@ class TrainConfig:
             raise CmddError("optim.betas must be two numbers in [0, 1)")
         if o.lr <= 0 or o.weight_decay < 0 or o.grad_clip < 0:
             raise CmddError("optim: lr must be > 0, weight_decay and grad_clip >= 0")
+        if o.grown_from and (len(o.grown_from) != 8 or any(not isinstance(b, int) or b < 0 for b in o.grown_from)):
+            raise CmddError(f"optim.grown_from must be the 8 block counts of the network grown from, got {o.grown_from!r}")
+        if not o.grown_lr_mult > 0:
+            raise CmddError(f"optim.grown_lr_mult must be > 0, got {o.grown_lr_mult}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise CmddError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.loss not in ("l1", "l1_fft", "l1_halo"):

@@ -124,6 +124,26 @@ def build_model(cfg: TrainConfig, load_init: bool = True) -> nn.Module:
 # ---------------------------------------------------------------- small helpers
 
 
+def param_groups(model: nn.Module, optim) -> list[dict]:
+    """The optimizer's parameter groups: one, or, with ``optim.grown_from`` (a run from weights grown
+    deeper), the blocks beyond those counts in each stage apart with ``lr_mult = optim.grown_lr_mult``
+    (the schedule's lr times it; see OptimConfig). Raises CmddError if ``grown_from`` has a stage
+    with more blocks than the model."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not optim.grown_from or optim.grown_lr_mult == 1.0:
+        return [{"params": trainable, "lr_mult": 1.0}]
+    from ..model.grow import stages
+
+    stage_list = stages(model)
+    if any(n > len(st) for n, st in zip(optim.grown_from, stage_list)):
+        raise CmddError(f"optim.grown_from {list(optim.grown_from)} has more blocks than the model "
+                        f"({[len(st) for st in stage_list]})")
+    fresh = {id(p) for n, st in zip(optim.grown_from, stage_list) for block in list(st)[n:]
+             for p in block.parameters() if p.requires_grad}
+    return [{"params": [p for p in trainable if id(p) not in fresh], "lr_mult": 1.0},
+            {"params": [p for p in trainable if id(p) in fresh], "lr_mult": float(optim.grown_lr_mult)}]
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """One EMA step: ``ema = decay * ema + (1 - decay) * model`` for every parameter and every
@@ -202,7 +222,8 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         opt_cls = torch.optim.AdamW if o.decoupled else torch.optim.Adam
-        self.opt = opt_cls(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.opt = opt_cls(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                           weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.ema: Optional[nn.Module] = None
         if cfg.ema_decay > 0:
@@ -395,7 +416,7 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         lr = self.schedule(it)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
