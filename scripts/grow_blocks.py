@@ -36,8 +36,7 @@ from cmddcli.model.weights import load_weights, resolve_weights, save_weights
 _spec = importlib.util.spec_from_file_location("prune_states", Path(__file__).with_name("prune_states.py"))
 _prune = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_prune)
-STORAGE_DTYPES, portable, CARD_SKIP, preset_of = _prune.STORAGE_DTYPES, _prune.portable, _prune.CARD_SKIP, _prune.preset_of
-RULES_NOT_MET = _prune.RULES_NOT_MET
+STORAGE_DTYPES, preset_of, RULES_NOT_MET = _prune.STORAGE_DTYPES, _prune.preset_of, _prune.RULES_NOT_MET
 
 
 def max_difference(a: torch.nn.Module, b: torch.nn.Module, seed: int = 0) -> float:
@@ -64,10 +63,7 @@ def main() -> int:
     args = ap.parse_args()
 
     src = resolve_weights(args.src)
-    if args.out.suffix != ".safetensors":
-        raise CmddError(f"{args.out}: the grown weights file must end in .safetensors")
-    if args.out.resolve() == src.resolve():
-        raise CmddError(f"{args.out}: is the source weights file; write the grown weights elsewhere")
+    _prune.check_out_path(src, args.out, "grown")
     full, meta = load_weights(src)
     full = full.float()
     target = PRESETS[args.preset][0]
@@ -84,7 +80,7 @@ def main() -> int:
     if diff > args.max_diff:
         print("rule NOT met, nothing written.", flush=True)
         return RULES_NOT_MET
-    card = portable({k: v for k, v in meta.items() if k not in CARD_SKIP})
+    card = _prune.inherited_card(meta)
     card["note"] = (f"{src.name} grown to {args.preset} (new blocks start as the identity; see 'grown'). "
                     "The source's note: " + str(card.get("note", "")))
     card["grown"] = {

@@ -68,6 +68,22 @@ RULES_NOT_MET = 3
 COLUMNS = ("pruned fp32", "pruned bf16", "full bf16")
 
 
+def check_out_path(src: Path, out: Path, what: str) -> None:
+    """A derived weights file OUT (``what``: pruned, grown, recalibrated) must be a .safetensors file
+    other than its source SRC. Raises CmddError otherwise. Shared by this script, grow_blocks.py and
+    recalibrate_bn.py."""
+    if out.suffix != ".safetensors":
+        raise CmddError(f"{out}: the {what} weights file must end in .safetensors")
+    if out.resolve() == src.resolve():
+        raise CmddError(f"{out}: is the source weights file; write the {what} weights elsewhere")
+
+
+def inherited_card(meta: dict) -> dict:
+    """The source's model card for a derived weights file: absolute paths cut, without the fields
+    save_weights writes anew (CARD_SKIP)."""
+    return portable({k: v for k, v in meta.items() if k not in CARD_SKIP})
+
+
 def preset_of(config) -> str | None:
     return next((name for name, (cfg, _) in PRESETS.items() if cfg == config), None)
 
@@ -103,10 +119,7 @@ def main() -> int:
 
     # Everything that can fail on the arguments, before the minutes of photos.
     src = resolve_weights(args.src)
-    if args.out.suffix != ".safetensors":
-        raise CmddError(f"{args.out}: the pruned weights file must end in .safetensors")
-    if args.out.resolve() == src.resolve():
-        raise CmddError(f"{args.out}: is the source weights file; write the pruned weights elsewhere")
+    check_out_path(src, args.out, "pruned")
     clobbered = {src.resolve(): "source", args.out.resolve(): "pruned"}.get(args.report.resolve()) if args.report else None
     if clobbered:
         raise CmddError(f"{args.report}: the report would overwrite the {clobbered} weights file")
@@ -167,7 +180,7 @@ def main() -> int:
     if not ok:
         report("rules NOT met, nothing written.")
         return RULES_NOT_MET
-    card = portable({k: v for k, v in meta.items() if k not in CARD_SKIP})
+    card = inherited_card(meta)
     card["note"] = (f"{src.name} pruned to {args.states} of its {N} SSM states (see 'pruned'; scores of these "
                     "weights under 'scores_real_dpdd' when measured). The source's note: " + str(card.get("note", "")))
     card["pruned"] = {

@@ -31,7 +31,7 @@ from cmddcli.train.precise_bn import recalibrate_batchnorm, training_batches
 _spec = importlib.util.spec_from_file_location("prune_states", Path(__file__).with_name("prune_states.py"))
 _prune = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_prune)
-STORAGE_DTYPES, portable, CARD_SKIP, preset_of = _prune.STORAGE_DTYPES, _prune.portable, _prune.CARD_SKIP, _prune.preset_of
+STORAGE_DTYPES, portable, preset_of = _prune.STORAGE_DTYPES, _prune.portable, _prune.preset_of
 
 
 def main() -> int:
@@ -49,12 +49,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     src = resolve_weights(args.weights)
-    if args.out.suffix != ".safetensors":
-        raise CmddError(f"{args.out}: the weights file to write must end in .safetensors")
-    if args.out.resolve() == src.resolve():
-        raise CmddError(f"{args.out}: is the source weights file; write the recalibrated weights elsewhere")
-    if args.batches < 1:
-        raise CmddError(f"--batches must be >= 1, got {args.batches}")
+    _prune.check_out_path(src, args.out, "recalibrated")
     if args.config is None and args.preset is None:
         raise CmddError("name the training data: --config FILE or --preset NAME")
     cfg = build_config(config=args.config, preset=args.preset, overrides=args.sets)
@@ -62,7 +57,7 @@ def main() -> int:
     model = model.float()
     check_writable(args.out, "weights file")
     recalibrate_batchnorm(model, training_batches(cfg, args.seed), args.batches)
-    card = portable({k: v for k, v in meta.items() if k not in CARD_SKIP})
+    card = _prune.inherited_card(meta)
     card["batchnorm_recalibrated"] = {
         "from": src.name,
         "from_sha256": sha256_file(src),

@@ -87,11 +87,9 @@ def training_batches(cfg, seed: int) -> Iterator[torch.Tensor]:
     from torch.utils.data import DataLoader
 
     from .collate import collate_pairs
-    from .config import stage_bounds
     from .data import data_source
     from .sampling import SampleStream, SeededDataset
 
-    stage_bounds(cfg)  # validates the stage lists
     patch, batch = cfg.stages.patch[0], cfg.stages.batch[0]
     ds = data_source(cfg).train_dataset(patch, 0)
     stream = SampleStream(len(ds), batch, seed, 0)
