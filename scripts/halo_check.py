@@ -73,7 +73,7 @@ def main() -> int:
                 over.append(o.ravel())
             u, o = np.concatenate(under), np.concatenate(over)
             lines.append(f"| {Path(w).name} | {Path(d).name} | {len(items)} | {u.mean():.3f} | {o.mean():.3f} | "
-                         f"{100 * (u > 4).mean():.2f} % | {100 * (o > 4).mean():.2f} % |")
+                         f"{100 * (u > 4).mean():.3f} % | {100 * (o > 4).mean():.3f} % |")
             print(lines[-1], flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -628,7 +628,7 @@ def test_sigterm_ends_a_deblur_batch_with_a_message_and_exit_143(tmp_path, tiny_
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".cmdd"]  # no temp files
 
 
-@pytest.mark.parametrize("opt", [["--precision", "fp8"], ["--device", "gpu"], ["--weights", "v3"]])
+@pytest.mark.parametrize("opt", [["--precision", "fp8"], ["--device", "gpu"], ["--weights", "v9"]])
 def test_bad_engine_settings_fail_before_the_output_folder_is_made(tmp_path, opt):
     Image.fromarray(img()).save(tmp_path / "a.png")
     r = run([tmp_path / "a.png", "-o", tmp_path / "out", *opt])

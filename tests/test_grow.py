@@ -75,6 +75,36 @@ def test_grown_blocks_are_new_and_trainable():
         assert (grown.eval()(x) - src.eval()(x)).abs().max() > 1e-4
 
 
+def test_near_identity_growth_engages_both_gates_from_the_first_step():
+    """norm_weight > 0: the new blocks' LayerNorm weight starts there (trained blocks still copied
+    exactly), the output moves off the source's by an amount that grows with norm_weight, and
+    the first backward pass already reaches the second gate of each branch (ConvBranch gamma, Mamba
+    out_proj). With norm_weight = 0 the ConvBranch's gamma gets no gradient (its input is zero) and
+    out_proj only a position-independent one (its input is the constant the branch makes of zero)."""
+    src = _trained_like(seed=4).eval()
+    x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(6))
+    diffs = []
+    for w in (0.0, 0.03, 0.1):
+        torch.manual_seed(0)
+        grown = grow_blocks(src, DEEPER, norm_weight=w)
+        new = grown.encoders[0][1]
+        assert torch.all(new.norm.weight == w) and new.norm.bias.abs().max() == 0
+        for k, v in src.state_dict().items():
+            torch.testing.assert_close(grown.state_dict()[k], v, atol=0, rtol=0)
+        with torch.no_grad():
+            diffs.append(float((grown(x) - src(x)).abs().max()))
+        grown.train().zero_grad()
+        grown(x).abs().mean().backward()
+        gamma, out_proj = new.cnn.bn2.weight.grad.abs().max(), new.mixer.out_proj.weight.grad.abs().max()
+        if w == 0:
+            assert gamma == 0
+        else:
+            assert gamma > 0 and out_proj > 0
+    assert diffs[0] <= 2e-5 < diffs[1] < diffs[2], diffs
+    with pytest.raises(CmddError, match="norm_weight"):
+        grow_blocks(src, DEEPER, norm_weight=-0.1)
+
+
 def test_growth_rejects_fewer_blocks_and_bad_counts():
     src = random_net("tiny")
     with pytest.raises(CmddError, match="cannot remove blocks"):
@@ -103,6 +133,14 @@ def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(deep.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
     json.dumps(meta)  # the card stays JSON
+
+    near = tmp_path / "near.safetensors"  # near-identity: written although it differs (not held to --max-diff)
+    r = subprocess.run(cmd + ["default", str(near), "--preset", "cpu-deep", "--norm-weight", "0.1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    near_card = read_metadata(near)["grown"]
+    assert near_card["norm_weight"] == 0.1 and near_card["max_output_difference"] > 1e-5
+    assert "near the identity" in near_card["method"]
 
     refused = subprocess.run(cmd + ["v2", str(tmp_path / "x.safetensors"), "--preset", "cpu-deep"],
                              capture_output=True, text=True, timeout=300)

@@ -140,25 +140,31 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
 
 
 def test_default_weights_are_the_default_network_with_their_lineage():
-    """The shipped default (weights v3, issue 28) is the `small-n4` network (4 SSM states: the network of
-    the 12-megapixel benchmark) fine-tuned from v2 pruned to four states: its card names that parent by
-    SHA-256 and the packaged v2 it was pruned from, says it was trained on real DPDD test_c scenes, and
+    """The shipped default (weights v4, issue 28, session 17) is the `small-n4` network (4 SSM states:
+    the network of the 12-megapixel benchmark) fine-tuned from arm J's pick, itself fine-tuned from v3
+    (packaged as `v3`), which was fine-tuned from v2 pruned to four states: each card names its parent
+    by SHA-256 down to the packaged v2; the card says it was trained on real DPDD test_c scenes and
     records per-image validation and test gains all above zero (no image worse than its input), as its
-    ship rule asks. v1 and v2 stay loadable by name."""
+    ship rule asks. v1, v2 and v3 stay loadable by name."""
     from cmddcli.fileutil import sha256_file
     from cmddcli.model.weights import default_weights_path, load_weights, packaged_weights, read_metadata
 
     names = packaged_weights()
-    if not {"v1", "v2"} <= set(names) or not default_weights_path().is_file():
+    if not {"v1", "v2", "v3"} <= set(names) or not default_weights_path().is_file():
         pytest.skip("no packaged weights in this copy")
     meta = read_metadata(default_weights_path())
     assert meta["preset"] == "small-n4" and meta["config"]["d_state"] == 4
-    parent = meta["fine_tuned_from"]
-    assert parent["preset"] == "small-n4" and parent["pruned_from"]["from"] == names["v2"].name
-    assert parent["pruned_from"]["from_sha256"] == sha256_file(names["v2"])
-    init = ROOT / "training" / "v3" / "init_v2n4.safetensors"
-    if init.is_file():
-        assert parent["sha256"] == sha256_file(init)
+    j = meta["fine_tuned_from"]  # arm J's pick
+    v3 = j["fine_tuned_from"]
+    v2n4 = v3["fine_tuned_from"]
+    assert j["preset"] == v3["preset"] == v2n4["preset"] == "small-n4"
+    assert v3["sha256"] == sha256_file(names["v3"])
+    assert v2n4["pruned_from"]["from"] == names["v2"].name
+    assert v2n4["pruned_from"]["from_sha256"] == sha256_file(names["v2"])
+    for file, card in ((ROOT / "training" / "v3" / "init_v3j800.safetensors", j),
+                       (ROOT / "training" / "v3" / "init_v2n4.safetensors", v2n4)):
+        if file.is_file():
+            assert card["sha256"] == sha256_file(file)
     assert "test_c" in meta["training_data"] and "never be compared" in meta["training_data"]
     for key in ("scores_real_dpdd_validation_per_image", "scores_real_dpdd_test_per_image"):
         gains = [row["gain_psnr"] for row in meta[key]]
@@ -166,3 +172,5 @@ def test_default_weights_are_the_default_network_with_their_lineage():
     for name in ("v1", "v2"):
         net, card = load_weights(name)
         assert card["preset"] == "small" and net.config.d_state == 16
+    net, card = load_weights("v3")
+    assert card["preset"] == "small-n4" and net.config.d_state == 4

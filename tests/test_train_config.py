@@ -162,7 +162,7 @@ def test_loss_option_and_fft_amplitude_loss():
     make_loss("l1_fft")(pred, y).backward()
     assert torch.isfinite(pred.grad).all()
     with pytest.raises(CmddError, match="loss"):
-        apply_overrides(train_preset("tiny"), ["loss=l2"]).validate()
+        apply_overrides(train_preset("tiny"), ["loss=l1_l2"]).validate()
     with pytest.raises(CmddError, match="fft_weight"):
         apply_overrides(train_preset("tiny"), ["fft_weight=-1"]).validate()
 
@@ -344,3 +344,30 @@ def test_trainer_passes_the_input_to_the_halo_loss():
     from cmddcli.train.losses import range_excursion
     u, o = range_excursion(pred, x, y, 5)
     assert loss == pytest.approx(((pred - y).abs().mean() + 3 * (u + o).mean()).item(), rel=1e-5)
+
+
+def test_l2_loss_is_the_mean_squared_error_and_validates():
+    """loss = "l2": the mean squared error (with or without the target's colour aligned first);
+    "l2_halo" adds the halo term; an unknown loss is refused by name."""
+    import torch
+
+    from cmddcli.train.losses import align_photometry, make_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target, inp = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(3))
+    assert make_loss("l2")(pred, target).item() == pytest.approx(((pred - target) ** 2).mean().item(), rel=1e-6)
+    aligned = make_loss("l2", target_align="colour")(pred, target, inp).item()
+    assert aligned == pytest.approx(((pred - align_photometry(target, inp)) ** 2).mean().item(), rel=1e-6)
+    assert aligned != pytest.approx(make_loss("l2")(pred, target).item(), rel=1e-3)
+    apply_overrides(train_preset("tiny"), ["loss=l2"]).validate()
+    # l2_halo: the MSE plus the l1_halo penalty term (charged where pred leaves the local range)
+    from cmddcli.train.losses import range_excursion
+
+    under, over = range_excursion(pred, inp, target, 9)
+    assert make_loss("l2_halo", halo_weight=0.5)(pred, target, inp).item() == pytest.approx(
+        ((pred - target) ** 2).mean().item() + 0.5 * (under + over).mean().item(), rel=1e-6)
+    assert (under + over).mean() > 0
+    with pytest.raises(CmddError, match="blurred input"):
+        make_loss("l2_halo")(pred, target)
+    with pytest.raises(CmddError, match="'l2'"):
+        apply_overrides(train_preset("tiny"), ["loss=l3"]).validate()

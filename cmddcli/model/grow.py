@@ -16,6 +16,13 @@ with ``skip_scale = 1`` and three tensors at zero, everything else at its usual 
   to unit scale, so without this the branch would jump to full size on the first step;
 * ``out_proj.weight`` of the MambaBranch (its LayerNorm ``out_norm`` is scale-invariant in the same way).
 
+With ``norm_weight > 0`` (``--norm-weight`` of scripts/grow_blocks.py) the new blocks' LayerNorm weight
+starts at that value instead of zero: no longer the identity (the ConvBranch's residual adds
+``LeakyReLU(norm_weight * LN(x))``), but neither gate of a branch is then at zero together with the
+other, so gradient reaches ``bn2.weight`` and ``out_proj.weight`` from the first step. With both at zero
+the branch output is a product of two zero gates, a saddle Adam leaves slowly (issue 28, session 16,
+arms G and H: gates ~1e-2 after 400 steps at 1e-3).
+
 Only the number of blocks may change (``ModelConfig.blocks``, stage by stage, never fewer); width,
 states and mixer stay. The trained blocks keep their order at the start of each stage; the new
 identity blocks follow them.
@@ -34,12 +41,15 @@ from .blocks import CMDDBlock
 from .cmddnet import CMDDNet
 
 
-def identity_block(block: CMDDBlock) -> CMDDBlock:
+def identity_block(block: CMDDBlock, norm_weight: float = 0.0) -> CMDDBlock:
     """Zero, in place, the tensors that make ``block`` the identity map (see the module docstring);
-    returns the block. Its other parameters keep their initialisation, so all of them train."""
+    returns the block. Its other parameters keep their initialisation, so all of them train.
+    ``norm_weight`` > 0 starts the LayerNorm weight there instead (near-identity, module docstring)."""
+    if not norm_weight >= 0.0:
+        raise CmddError(f"norm_weight must be >= 0, got {norm_weight}")
     with torch.no_grad():
         block.skip_scale.fill_(1.0)
-        nn.init.zeros_(block.norm.weight)
+        nn.init.constant_(block.norm.weight, norm_weight)
         nn.init.zeros_(block.norm.bias)
         if block.cnn is not None:
             nn.init.zeros_(block.cnn.bn2.weight)
@@ -53,19 +63,22 @@ def stages(model: CMDDNet) -> list[nn.Sequential]:
     return [*model.encoders, model.latent, *model.decoders, model.refinement]
 
 
-def grow_blocks(model: CMDDNet, blocks: Sequence[int]) -> CMDDNet:
-    """A new CMDDNet with ``blocks`` per stage, computing what ``model`` computes.
+def grow_blocks(model: CMDDNet, blocks: Sequence[int], norm_weight: float = 0.0) -> CMDDNet:
+    """A new CMDDNet with ``blocks`` per stage, computing what ``model`` computes (``norm_weight`` 0).
 
     Args:
         model: a CMDDNet (unchanged).
         blocks: 8 block counts (ModelConfig.blocks order), each >= the model's for that stage.
+        norm_weight: the new blocks' LayerNorm weight at the start; 0 (default) = exactly the
+            source's function, > 0 = near it (module docstring).
 
     Returns:
         The grown network on the CPU in float32, in the training mode of ``model``; its
         ``config`` equals ``model.config`` but for ``blocks``.
 
     Raises:
-        CmddError: a count below the source's, or not 8 counts (ModelConfig's own check).
+        CmddError: a count below the source's, or not 8 counts (ModelConfig's own check), or a
+            negative ``norm_weight``.
     """
     cfg = model.config
     new_cfg = dataclasses.replace(cfg, blocks=tuple(blocks))  # ModelConfig validates the counts
@@ -81,5 +94,5 @@ def grow_blocks(model: CMDDNet, blocks: Sequence[int]) -> CMDDNet:
     grown.load_state_dict(state, strict=True)
     for stage, n_src in zip(stages(grown), cfg.blocks):
         for block in list(stage)[n_src:]:
-            identity_block(block)
+            identity_block(block, norm_weight)
     return grown.train(model.training)

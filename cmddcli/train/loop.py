@@ -420,7 +420,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
-        loss = self.loss_fn(out.float(), y, x)  # cfg.loss: l1, l1 + FFT-amplitude L1, or l1 + halo penalty
+        loss = self.loss_fn(out.float(), y, x)  # cfg.loss: l1 / l2, l1 + FFT-amplitude L1, or l1 / l2 + halo penalty
         mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size
         lv = float(mean_loss.item())  # one sync per step: the non-finite check needs it
         if not math.isfinite(lv):

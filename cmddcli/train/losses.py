@@ -1,5 +1,15 @@
-"""Training losses: the paper's L1, L1 plus an FFT-amplitude L1 (MIMO-UNet, NAFNet), and L1 plus a
-local-range (halo) penalty.
+"""Training losses: the paper's L1, L1 plus an FFT-amplitude L1 (MIMO-UNet, NAFNet), L1 plus a
+local-range (halo) penalty, and the mean squared error.
+
+``l2``: ``mean (pred − y)²``, the loss whose optimum is the conditional mean and whose minimum is the
+highest PSNR (the published metric; NAFNet trains on the PSNR of each image, Chen et al., ECCV 2022).
+L1's optimum is the conditional median: where the network cannot tell whether a region is blurred
+(DPDD frames are mostly in focus), the median correction is often none while the mean is a partial
+one, so an L1-trained network corrects too little by the PSNR's measure. Measured on v3 (L1, real
+pairs): the least-squares scale of its correction is 1.30 on its own 60 training pairs and 1.28 on
+validation (``scripts/residual_gain.py``; issue 28, session 17). ``l2_halo``: ``l2`` plus the halo
+term of ``l1_halo`` (the MSE's gradient per pixel is ``2 (pred − y)``, ~20x smaller than L1's for
+errors of a few levels, so a weight ~1/20 of an ``l1_halo`` weight charges rims alike).
 
 ``l1_fft``: ``mean|pred − y| + w · mean| |rfft2(pred)| − |rfft2(y)| |``, the FFT over the last two
 dimensions of (B, 3, P, P) in float32 with torch's default ("backward", unnormalised) scaling as in
@@ -35,7 +45,7 @@ from ..errors import CmddError
 __all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES",
            "TARGET_ALIGNS", "align_photometry"]
 
-LOSSES = ("l1", "l1_fft", "l1_halo")
+LOSSES = ("l1", "l1_fft", "l1_halo", "l2", "l2_halo")
 TARGET_ALIGNS = ("none", "colour")  # TrainConfig.target_align: see align_photometry
 
 LossFn = Callable[..., torch.Tensor]
@@ -139,14 +149,20 @@ def _base_loss(kind: str, fft_weight: float, halo_weight: float, halo_window: in
             return F.l1_loss(pred, target) + fft_weight * fft_amplitude_l1(pred, target)
 
         return l1_fft
-    if kind == "l1_halo":
+    if kind in ("l1_halo", "l2_halo"):
         check_window(halo_window)  # now, not at step 1
+        pixel = F.l1_loss if kind == "l1_halo" else F.mse_loss
 
-        def l1_halo(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
+        def with_halo(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
             if inp is None:
-                raise CmddError("loss l1_halo needs the blurred input")
+                raise CmddError(f"loss {kind} needs the blurred input")
             under, over = range_excursion(pred, inp.float(), target, halo_window)
-            return F.l1_loss(pred, target) + halo_weight * (under + over).mean()
+            return pixel(pred, target) + halo_weight * (under + over).mean()
 
-        return l1_halo
+        return with_halo
+    if kind == "l2":
+        def l2(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
+            return F.mse_loss(pred, target)
+
+        return l2
     raise CmddError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
