@@ -35,7 +35,7 @@ from cmddcli.engine import Deblurrer
 from cmddcli.errors import CmddError, run_script
 from cmddcli.eval.protocol import items_from_data, load_for_eval
 from cmddcli.fileutil import sha256_file
-from cmddcli.model.residual_gain import gain_curve, scale_residual
+from cmddcli.model.residual_gain import check_gain, gain_curve, scale_residual
 from cmddcli.model.weights import load_weights, resolve_weights, save_weights
 
 _spec = importlib.util.spec_from_file_location("prune_states", Path(__file__).with_name("prune_states.py"))
@@ -61,9 +61,8 @@ def parse_gains(spec: str) -> list[float]:
     return sorted(set(gains) | {1.0})
 
 
-def score_set(engine: Deblurrer, data: str, gains: list[float]) -> dict:
-    """Run the network on every pair of ``data`` and score each gain (module docstring)."""
-    items = items_from_data(data)
+def score_set(engine: Deblurrer, data: str, items: list, gains: list[float]) -> dict:
+    """Run the network on every pair (``items``, found in ``data``) and score each gain (module docstring)."""
     per_image, num, den = [], 0.0, 0.0
     for it in items:
         x = load_for_eval(it.source)
@@ -125,17 +124,15 @@ def main() -> int:
                 fixed = float(args.gain)
             except ValueError:
                 raise CmddError(f"--gain must be a number or 'fit', got {args.gain!r}")
-            if not (np.isfinite(fixed) and fixed > 0):
-                raise CmddError(f"--gain must be > 0, got {args.gain!r}")
+            check_gain(fixed)  # before the long part; scale_residual checks the same
     elif args.gain is not None:
         raise CmddError("--gain is for --write")
     if args.report is not None:
         check_writable(args.report, "report")
-    for d in args.data:
-        items_from_data(d)  # every set found before the long part
+    found = [(d, items_from_data(d)) for d in args.data]  # every set found before the long part
 
     engine = Deblurrer(src, device="cpu", precision="fp32", tile=0, threads=args.threads)  # whole image: the protocol
-    sets = [score_set(engine, d, gains) for d in args.data]
+    sets = [score_set(engine, d, items, gains) for d, items in found]
     for s in sets:
         best = max(s["curve"], key=lambda r: r["psnr_cf_gain"])
         print(f"{s['data']}: {s['images']} pairs, least-squares gain {s['least_squares_gain']:.3f}; "

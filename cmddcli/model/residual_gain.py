@@ -28,6 +28,12 @@ from ..errors import CmddError
 from .cmddnet import CMDDNet
 
 
+def check_gain(gain: float) -> None:
+    """Raise CmddError unless ``gain`` is a finite number > 0 (a residual gain)."""
+    if not (np.isfinite(gain) and gain > 0):
+        raise CmddError(f"residual gain must be a finite number > 0, got {gain}")
+
+
 def scale_residual(model: CMDDNet, gain: float) -> CMDDNet:
     """Multiply, in place, the output convolution of ``model`` by ``gain`` (> 0); returns the model.
 
@@ -38,8 +44,7 @@ def scale_residual(model: CMDDNet, gain: float) -> CMDDNet:
         CmddError: ``gain`` not a finite number > 0, or an output convolution with a bias (the
             residual would not scale exactly).
     """
-    if not (np.isfinite(gain) and gain > 0):
-        raise CmddError(f"residual gain must be a finite number > 0, got {gain}")
+    check_gain(gain)
     conv = model.output
     if conv.bias is not None:
         raise CmddError("the output convolution has a bias: scaling it would not scale the residual exactly")

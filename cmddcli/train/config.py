@@ -37,9 +37,9 @@ path = "data/dpdd/manifest.json"
 # sharp photographs, synth = "v2", val_synth = "heldout", val_sharp = "...", sharp_tiles = 256
 ```
 
-Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``loss = "l2"``, ``loss = "l1_halo"`` / ``"l2_halo"`` (+ ``halo_weight``,
-``halo_window``), ``optim.decoupled = true`` (AdamW), ``schedule.kind = "cosine"`` (one cosine decay
-to ``schedule.eta_mins[-1]``).
+Other recipes: ``loss = "l1_fft"`` (+ ``fft_weight``), ``loss = "l2"``, ``loss = "l1_halo"`` /
+``"l2_halo"`` (+ ``halo_weight``, ``halo_window``), ``optim.decoupled = true`` (AdamW),
+``schedule.kind = "cosine"`` (one cosine decay to ``schedule.eta_mins[-1]``).
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ class TrainConfig:
     only). ema_decay: 0 disables the EMA of the weights. loss: "l1" (the paper's) or "l1_fft" (L1 +
     ``fft_weight`` × L1 between FFT amplitudes, MIMO-UNet / NAFNet) or "l1_halo" (L1 + ``halo_weight`` ×
     the mean excursion beyond the input's and target's range within ``halo_window`` px, a penalty on
-    over-sharpening rims) or "l2" (mean squared error, the PSNR's own loss) or "l2_halo" (l2 + the halo term); see :mod:`cmddcli.train.losses`. target_align: "none" or "colour" (before
+    over-sharpening rims) or "l2" (mean squared error, the PSNR's own loss) or "l2_halo" (l2 + the halo
+    term); see :mod:`cmddcli.train.losses`. target_align: "none" or "colour" (before
     the loss, give each target crop the input's exposure and colour: a per-channel gain and offset
     fitted between their low-passed versions, :func:`cmddcli.train.losses.align_photometry`).
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
@@ -258,7 +259,7 @@ class TrainConfig:
         from .losses import LOSSES, TARGET_ALIGNS
 
         if self.loss not in LOSSES:
-            raise CmddError(f"loss must be 'l1' (the paper's), 'l1_fft', 'l1_halo', 'l2' or 'l2_halo', got {self.loss!r}")
+            raise CmddError(f"loss must be one of {', '.join(map(repr, LOSSES))} (l1 is the paper's), got {self.loss!r}")
 
         if self.target_align not in TARGET_ALIGNS:
             raise CmddError(f"target_align must be one of {', '.join(TARGET_ALIGNS)}, got {self.target_align!r}")
