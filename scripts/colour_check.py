@@ -31,28 +31,10 @@ import numpy as np
 
 from cmddcli.atomic import atomic_path
 from cmddcli.errors import InputError, run_script
+from cmddcli.eval.checks import channel_shift
 from cmddcli.photo import read_photo
 
 RULE_BROKEN = 3
-
-
-def channel_shift(out: np.ndarray, inp: np.ndarray, block: int = 32) -> tuple[np.ndarray, float]:
-    """(mean difference per channel, largest |difference| of a block's channel mean), 8-bit levels.
-    The colour cast is ``np.ptp`` of the first.
-
-    Args: ``out``, ``inp``: (H, W, 3) float in [0, 1], one size; ``block``: block side in px (blocks
-    that do not fit at the right / bottom edge are left out).
-    Raises: ValueError when the sizes differ.
-    """
-    if out.shape != inp.shape:
-        raise ValueError(f"sizes differ: {out.shape[1]}x{out.shape[0]} vs {inp.shape[1]}x{inp.shape[0]}")
-    diff = (out.astype(np.float64) - inp.astype(np.float64)) * 255.0
-    whole = diff.reshape(-1, diff.shape[-1]).mean(0)
-    h, w = (diff.shape[0] // block) * block, (diff.shape[1] // block) * block
-    if h == 0 or w == 0:
-        return whole, float(np.abs(whole).max())
-    blocks = diff[:h, :w].reshape(h // block, block, w // block, block, -1).mean((1, 3))
-    return whole, float(np.abs(blocks).max())
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:

@@ -8,8 +8,10 @@ in the neighbourhood, in the sharp target *and* in the blurred input. A correct 
 within the target's local range, and blur stays within the input's (both up to noise), so for every
 pixel we take the range [min, max] of the target and the input together over a ``--window`` square
 (default 9 px) and measure how far the output's luma (Rec. 601, 8-bit levels) falls below it
-("under", dark rims) or above it ("over", bright rims). Reported per weights and set: the mean
-excursion in 8-bit levels over all pixels, and the share of pixels more than 4 levels outside.
+("under", dark rims) or above it ("over", bright rims): :func:`cmddcli.eval.checks.halo_excursions`.
+Reported per weights and set: the mean excursion in 8-bit levels over all pixels, and the share of
+pixels more than 4 levels outside. ``scripts/ship_check.py`` measures the same beside the rule's
+other clauses.
 
 DIR is a folder of pairs as ``cmdd eval --data`` reads them (``source/``+``target/``,
 ``blur/``+``sharp/``...). Use validation pairs only (e.g. ../shared/samples/defocus/dpdd_1024, or
@@ -23,28 +25,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
-
 
 from cmddcli.engine import Deblurrer
 from cmddcli.errors import run_script
+from cmddcli.eval.checks import halo_excursions, halo_share
 from cmddcli.eval.protocol import gather_items, load_for_eval
-from cmddcli.train.losses import check_window, range_excursion
-
-LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601
-
-
-def excursions(out: np.ndarray, inp: np.ndarray, target: np.ndarray, window: int = 9) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel (under, over) in 8-bit luma levels: how far ``out`` falls below the smallest / rises
-    above the largest value of ``inp`` and ``target`` within a ``window`` square (the training loss
-    ``l1_halo``'s :func:`cmddcli.train.losses.range_excursion`, here on luma).
-
-    Args: three (H, W, 3) float arrays in [0, 1]; ``window`` odd, >= 1.
-    Returns: two (H, W) float arrays >= 0.
-    """
-    y = [torch.from_numpy(255.0 * (a @ LUMA))[None, None] for a in (out, inp, target)]  # (1, 1, H, W)
-    under, over = range_excursion(y[0], y[1], y[2], window)
-    return under[0, 0].numpy(), over[0, 0].numpy()
+from cmddcli.train.losses import check_window
 
 
 def main() -> int:
@@ -68,12 +54,13 @@ def main() -> int:
             for it in items:
                 inp, tgt = load_for_eval(it.source), load_for_eval(it.target)
                 out = engine.restore(inp.astype(np.float32)).astype(np.float64)
-                u, o = excursions(out, inp, tgt, args.window)
+                u, o = halo_excursions(out, inp, tgt, args.window)
                 under.append(u.ravel())
                 over.append(o.ravel())
             u, o = np.concatenate(under), np.concatenate(over)
+            su, so = halo_share(u, o)
             lines.append(f"| {Path(w).name} | {Path(d).name} | {len(items)} | {u.mean():.3f} | {o.mean():.3f} | "
-                         f"{100 * (u > 4).mean():.3f} % | {100 * (o > 4).mean():.3f} % |")
+                         f"{su:.3f} % | {so:.3f} % |")
             print(lines[-1], flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -1,6 +1,5 @@
-"""scripts/colour_check.py: the mean colour shift of deblurred photos against their inputs (issue 28's ship rule)."""
+"""scripts/colour_check.py and cmddcli.eval.checks.channel_shift: the mean colour shift of deblurred photos against their inputs (issue 28's ship rule)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +8,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
+from cmddcli.eval.checks import channel_shift
 from cmddcli.photo.arrays import write_png
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "colour_check.py"
-spec = importlib.util.spec_from_file_location("colour_check", SCRIPT)
-colour = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(colour)
 
 
 def _photo(seed=0):
@@ -25,18 +22,18 @@ def _photo(seed=0):
 def test_sharpening_is_no_colour_shift_but_a_tint_is():
     inp = _photo()
     sharpened = np.clip(inp + 1.5 * (inp - uniform_filter(inp, size=(3, 3, 1))), 0, 1)
-    whole, _ = colour.channel_shift(sharpened, inp)
+    whole, _ = channel_shift(sharpened, inp)
     assert np.abs(whole).max() < 0.2
     warmer = inp.copy()
     warmer[..., 0] += 2 / 255  # +2 levels of red
-    whole, local = colour.channel_shift(warmer, inp)
+    whole, local = channel_shift(warmer, inp)
     assert whole == pytest.approx([2, 0, 0], abs=1e-6) and local == pytest.approx(2, abs=1e-6)
     region = inp.copy()
     region[:32, :32, 2] += 8 / 255  # one block bluer: small whole-image shift, large local one
-    whole, local = colour.channel_shift(region, inp)
+    whole, local = channel_shift(region, inp)
     assert whole[2] == pytest.approx(8 * 32 * 32 / (64 * 96), abs=1e-6) and local == pytest.approx(8, abs=1e-6)
     with pytest.raises(ValueError, match="sizes differ"):
-        colour.channel_shift(inp[:32], inp)
+        channel_shift(inp[:32], inp)
 
 
 def test_the_script_rules_on_the_colour_cast_not_brightness(tmp_path):

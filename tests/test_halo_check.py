@@ -1,15 +1,9 @@
-"""scripts/halo_check.py: output excursions beyond the local range of input and target."""
-
-import importlib.util
-from pathlib import Path
+"""cmddcli.eval.checks.halo_excursions (scripts/halo_check.py, scripts/ship_check.py): output excursions beyond the local range of input and target."""
 
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-spec = importlib.util.spec_from_file_location(
-    "halo_check", Path(__file__).resolve().parents[1] / "scripts" / "halo_check.py")
-halo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(halo)
+from cmddcli.eval.checks import halo_excursions, halo_share
 
 
 def _edge():
@@ -22,7 +16,7 @@ def _edge():
 def test_restoration_and_blur_stay_in_range():
     blurred, target = _edge()
     for out in (target, blurred, 0.5 * (target + blurred)):
-        under, over = halo.excursions(out, blurred, target)
+        under, over = halo_excursions(out, blurred, target)
         assert under.max() == 0 and over.max() == 0
 
 
@@ -30,9 +24,15 @@ def test_a_dark_rim_is_measured_in_8bit_levels():
     blurred, target = _edge()
     out = target.copy()
     out[:, 14:16] = -0.04  # a dark rim two pixels wide, 0.04 below black next to the edge
-    under, over = halo.excursions(out, blurred, target)
+    under, over = halo_excursions(out, blurred, target)
     assert np.allclose(under[:, 14:16], 0.04 * 255) and under[:, :14].max() == 0 and under[:, 16:].max() == 0
     assert over.max() == 0
     bright = target.copy()
     bright[:, 16:18] = 0.9
-    assert np.allclose(halo.excursions(bright, blurred, target)[1][:, 16:18], 0.1 * 255)
+    assert np.allclose(halo_excursions(bright, blurred, target)[1][:, 16:18], 0.1 * 255)
+
+
+def test_halo_share_counts_pixels_beyond_four_levels_in_percent():
+    under = np.array([[0.0, 4.0], [4.5, 10.0]])
+    over = np.zeros((2, 2))
+    assert halo_share(under, over) == (50.0, 0.0)  # 4.0 is not beyond 4 levels
