@@ -1,4 +1,5 @@
-"""scripts/colour_check.py and cmddcli.eval.checks.channel_shift: the mean colour shift of deblurred photos against their inputs (issue 28's ship rule)."""
+"""scripts/colour_check.py and cmddcli.eval.checks.channel_shift: the mean colour shift of deblurred
+photos against their inputs (issue 28's ship rule)."""
 
 import subprocess
 import sys

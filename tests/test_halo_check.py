@@ -1,4 +1,5 @@
-"""cmddcli.eval.checks.halo_excursions (scripts/halo_check.py, scripts/ship_check.py): output excursions beyond the local range of input and target."""
+"""cmddcli.eval.checks.halo_excursions (scripts/halo_check.py, scripts/ship_check.py): output
+excursions beyond the local range of input and target."""
 
 import numpy as np
 from scipy.ndimage import uniform_filter
