@@ -80,9 +80,15 @@ class _Capture:
         return y
 
 
-def validation(weights: str, items, threads: Optional[int], window: int = 9) -> Scores:
-    """Validation gains, worst image and halo of ``weights`` on ``items`` (one network pass each)."""
-    cap = _Capture(Deblurrer(weights, device="cpu", precision="fp32", tile=0, threads=threads))
+def protocol_engine(weights: str, threads: Optional[int]) -> Deblurrer:
+    """The network as ``cmdd eval`` runs it: CPU, fp32, whole image."""
+    return Deblurrer(weights, device="cpu", precision="fp32", tile=0, threads=threads)
+
+
+def validation(engine: Deblurrer, weights: str, items, window: int = 9) -> Scores:
+    """Validation gains, worst image and halo of ``engine`` (loaded from ``weights``) on ``items``
+    (one network pass each)."""
+    cap = _Capture(engine)
     report = evaluate_model(cap, items, EvalSettings(metrics=("psnr", "psnr_cf"), device="cpu"))
     s = Scores(weights, report.overall().gain("psnr"), report.overall().gain("psnr_cf"))
     s.worst = min(r.scores["psnr"] - r.input_scores["psnr"] for r in report.rows)
@@ -96,8 +102,7 @@ def validation(weights: str, items, threads: Optional[int], window: int = 9) -> 
     return s
 
 
-def probe_gain(weights: str, items, threads: Optional[int]) -> float:
-    engine = Deblurrer(weights, device="cpu", precision="fp32", tile=0, threads=threads)
+def probe_gain(engine: Deblurrer, items) -> float:
     return evaluate_model(engine, items, EvalSettings(metrics=("psnr",), device="cpu")).overall().gain("psnr")
 
 
@@ -158,7 +163,7 @@ def main() -> int:
     if not photos:
         raise InputError(args.photos, "holds no photos")
 
-    bar = validation(args.bar, val_items, args.threads)
+    bar = validation(protocol_engine(args.bar, args.threads), args.bar, val_items)
     rows = ["| weights | validation gain / cf | worst image / cf | halo under + over | synthetic probe | "
             "colour cast | clauses not met |", "|---|---|---|---|---|---|---|",
             f"| bar: {args.bar} | {bar.gain:+.3f} / {bar.gain_cf:+.3f} | {bar.worst:+.3f} / {bar.worst_cf:+.3f} | "
@@ -166,8 +171,9 @@ def main() -> int:
     print("\n".join(rows), flush=True)
     cands = []
     for w in args.weights:
-        s = validation(w, val_items, args.threads)
-        s.probe = probe_gain(w, probe_items, args.threads) if probe_items else None
+        engine = protocol_engine(w, args.threads)  # weights loaded once for validation and probe
+        s = validation(engine, w, val_items)
+        s.probe = probe_gain(engine, probe_items) if probe_items else None
         s.cast = colour_cast(w, photos, args.threads)
         judge(s, bar, args)
         cands.append(s)
