@@ -336,7 +336,7 @@ def test_trainer_passes_the_input_to_the_halo_loss():
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     seen = []
     plain = t.loss_fn
-    t.loss_fn = lambda pred, target, inp=None: seen.append((pred.detach(), target, inp)) or plain(pred, target, inp)
+    t.loss_fn = lambda pred, target, inp=None, ref=None: seen.append((pred.detach(), target, inp)) or plain(pred, target, inp)
     loss, gn, lr = t.iteration(x, y, 1)
     assert math.isfinite(loss)
     pred, target, inp = seen[0]
@@ -371,3 +371,49 @@ def test_l2_loss_is_the_mean_squared_error_and_validates():
         make_loss("l2_halo")(pred, target)
     with pytest.raises(CmddError, match="'l2'"):
         apply_overrides(train_preset("tiny"), ["loss=l3"]).validate()
+
+
+def test_anchor_term_holds_the_reference_away_from_its_rims():
+    """anchor_term: (pred - ref)² where ref draws no rim; nothing within the halo window of ref's rims;
+    make_loss adds it with its weight (against the aligned target) and refuses a missing ref."""
+    import torch
+
+    from cmddcli.train.losses import anchor_term, make_loss
+
+    x = torch.linspace(0, 1, 48)
+    target = (x > 0.5).float().expand(1, 3, 16, 48).contiguous()  # a step edge at column 24
+    blurred = x.clamp(0.3, 0.7).sub(0.3).div(0.4).expand(1, 3, 16, 48).contiguous()
+    ref = target.clone()
+    assert anchor_term(ref, ref, blurred, target, 9).item() == 0
+    pred = ref + 0.1
+    assert anchor_term(pred, ref, blurred, target, 9).item() == pytest.approx(0.01, rel=1e-5)  # no rim: all kept
+    rimmed = ref.clone()
+    rimmed[..., 23] = -0.2  # a dark rim beside the edge (below input and target)
+    full = anchor_term(pred, rimmed, blurred, target, 9)
+    moved = pred.clone()
+    moved[..., 19:28] = 5.0  # anything within 4 px of the rim column is free
+    assert anchor_term(moved, rimmed, blurred, target, 9).item() == pytest.approx(full.item(), rel=1e-6)
+    moved[..., 18] = 5.0  # 5 px away: held
+    assert anchor_term(moved, rimmed, blurred, target, 9).item() > full.item()
+    # a tolerance of one 8-bit level: a ref 0.5 level outside the range is no rim
+    faint = ref.clone()
+    faint[..., 23] = -0.5 / 255
+    assert anchor_term(faint + 0.1, faint, blurred, target, 9).item() == pytest.approx(0.01, rel=1e-4)
+
+    g = torch.Generator().manual_seed(0)
+    p, t, i, r = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(4))
+    loss = make_loss("l2_halo", halo_weight=0.5, target_align="colour", anchor_weight=2.0)
+    plain = make_loss("l2_halo", halo_weight=0.5, target_align="colour")
+    from cmddcli.train.losses import align_photometry
+
+    expect = plain(p, t, i).item() + 2.0 * anchor_term(p, r, i, align_photometry(t, i), 9).item()
+    assert loss(p, t, i, r).item() == pytest.approx(expect, rel=1e-6)
+    assert loss(p, t, i, p).item() == pytest.approx(plain(p, t, i).item(), rel=1e-6)
+    with pytest.raises(CmddError, match="reference output"):
+        loss(p, t, i)
+    with pytest.raises(CmddError, match="anchor_weight"):
+        make_loss("l2", anchor_weight=-1)
+    with pytest.raises(CmddError, match="anchor_weight"):
+        apply_overrides(train_preset("tiny"), ["anchor_weight=-0.5"]).validate()
+    with pytest.raises(CmddError, match="init_weights"):
+        apply_overrides(train_preset("tiny"), ["anchor_weight=1"]).validate()

@@ -107,6 +107,30 @@ def test_a_resume_needs_no_init_weights_file(tmp_path):
         train(tiny_cfg(tmp_path / "c", *common))
 
 
+def test_the_anchor_starts_at_zero_and_resumes_exactly(tmp_path):
+    """anchor_weight > 0: the frozen start's output equals the network's at step 1 (both in train mode),
+    so the first loss is the plain loss's; later it differs; a resumed run (the anchor rebuilt from
+    init_weights) repeats the straight run's losses bit for bit."""
+    from cmddcli.model.weights import save_weights
+    from _nets import random_net
+
+    init = tmp_path / "init.safetensors"
+    net = random_net("tiny", seed=7)
+    with torch.no_grad():
+        net.output.weight.mul_(1e-3)  # a small correction: few rims, so the anchor holds most pixels
+    save_weights(net, init, preset="tiny")
+    common = ["iters=6", "ema_decay=0", "val_every=0", "ckpt_every=3", f'init_weights="{init}"', "loss=l2_halo",
+              "halo_weight=0.5", "optim.lr=0.01"]
+    plain = train(tiny_cfg(tmp_path / "p", *common))
+    straight = train(tiny_cfg(tmp_path / "a", *common, "anchor_weight=50"))
+    assert straight.losses[0] == pytest.approx(plain.losses[0], rel=1e-6)
+    assert straight.losses[1:] != pytest.approx(plain.losses[1:], rel=1e-4)
+    cfg_b = tiny_cfg(tmp_path / "b", *common, "anchor_weight=50")
+    part1 = train(cfg_b, stop_at=3)
+    part2 = train(cfg_b, resume=str(tmp_path / "b"))
+    assert part1.losses + part2.losses == straight.losses
+
+
 def test_resume_is_exact_and_stages_change_on_time(tmp_path):
     """10 steps + resume + 10 steps == 20 straight steps, bit for bit (weights, EMA, losses)."""
     common = ["iters=20", "ema_decay=0.9", "val_every=5", "ckpt_every=5", "keep_last=2"]

@@ -198,6 +198,9 @@ class TrainConfig:
     term); see :mod:`cmddcli.train.losses`. target_align: "none" or "colour" (before
     the loss, give each target crop the input's exposure and colour: a per-channel gain and offset
     fitted between their low-passed versions, :func:`cmddcli.train.losses.align_photometry`).
+    anchor_weight: > 0 adds ``anchor_weight`` × the squared distance from the output of a frozen copy of
+    ``init_weights`` on the same crop, away from that copy's own rims (needs ``init_weights``, also on
+    resume; :func:`cmddcli.train.losses.anchor_term`): a rim term that may not shrink the correction.
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
     keep_last: periodic checkpoints kept (plus best).
     """
@@ -215,6 +218,7 @@ class TrainConfig:
     halo_weight: float = 1.0
     halo_window: int = 9
     target_align: str = "none"
+    anchor_weight: float = 0.0
     init_weights: str = ""
     log_every: int = 100
     val_every: int = 5000
@@ -269,6 +273,10 @@ class TrainConfig:
             raise CmddError(f"halo_weight must be >= 0, got {self.halo_weight}")
         if self.halo_window < 1 or self.halo_window % 2 == 0:
             raise CmddError(f"halo_window must be odd and >= 1, got {self.halo_window}")
+        if not self.anchor_weight >= 0:
+            raise CmddError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight > 0 and not self.init_weights:
+            raise CmddError("anchor_weight > 0 needs init_weights (the frozen start the anchor holds to)")
         if not 0 <= self.ema_decay < 1:
             raise CmddError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data.kind not in ("manifest", "pairs", "synth"):

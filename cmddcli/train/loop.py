@@ -209,7 +209,8 @@ class Trainer:
         self.ckpts = CheckpointManager(self.out / CHECKPOINT_DIR, cfg.keep_last, period=cfg.ckpt_every)
         self.schedule = LRSchedule.from_config(cfg)
         self.stages = stages_of(cfg)
-        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window, cfg.target_align)
+        self.loss_fn = make_loss(cfg.loss, cfg.fft_weight, cfg.halo_weight, cfg.halo_window, cfg.target_align,
+                                 cfg.anchor_weight)
 
         precision = cfg.precision
         if precision == "fp16" and self.device.type != "cuda":
@@ -225,6 +226,11 @@ class Trainer:
         self.opt = opt_cls(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                            weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self.anchor: Optional[nn.Module] = None  # cfg.anchor_weight: the frozen start (losses.anchor_term)
+        if cfg.anchor_weight > 0:
+            self.anchor = build_model(cfg).to(self.device)  # init_weights, also when resuming
+            for p in self.anchor.parameters():
+                p.requires_grad_(False)
         self.ema: Optional[nn.Module] = None
         if cfg.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval()
@@ -420,7 +426,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
-        loss = self.loss_fn(out.float(), y, x)  # cfg.loss: l1 / l2, l1 + FFT-amplitude L1, or l1 / l2 + halo penalty
+            ref = None
+            if self.anchor is not None:  # train mode as the network (batch statistics): equal outputs at step 0
+                with torch.no_grad():
+                    ref = self.anchor.train()(x)
+        # cfg.loss: l1 / l2, l1 + FFT-amplitude L1, or l1 / l2 + halo penalty; + the anchor to ref
+        loss = self.loss_fn(out.float(), y, x, ref)
         mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size
         lv = float(mean_loss.item())  # one sync per step: the non-finite check needs it
         if not math.isfinite(lv):

@@ -31,6 +31,15 @@ shots (f/4 and f/22) with their own exposure and white balance. :func:`align_pho
 target crop the input's photometry before the loss, so the network learns to remove blur, not to
 reproduce each scene's exposure accident (cmdd's own; the same idea as the colour-fair PSNR
 of :mod:`cmddcli.eval.metrics`, fitted on low-passed images because the input is blurred).
+
+Anchor (``TrainConfig.anchor_weight`` > 0, any loss): ``+ w · mean(keep · (pred − ref)²)``, where ``ref``
+is the output of a frozen copy of the run's starting weights on the same crop and ``keep`` is 0 within
+``halo_window`` px of a pixel where ``ref`` itself leaves the input's and target's local range by more
+than one 8-bit level, 1 elsewhere (:func:`anchor_term`). A rim term alone lets a small network answer
+rims by shrinking its whole correction (v4's least-squares residual gain is 1.28 on validation, as
+v3's; issue 28, session 18); the anchor holds the start's correction away from its rims, so only the
+rims themselves are free to change. (A distillation term from the start weights, as in "learning
+without forgetting", Li & Hoiem, ECCV 2016, restricted here to where the start draws no rim; cmdd's own.)
 """
 
 from __future__ import annotations
@@ -43,12 +52,13 @@ import torch.nn.functional as F
 from ..errors import CmddError
 
 __all__ = ["fft_amplitude_l1", "check_window", "local_range", "range_excursion", "make_loss", "LOSSES",
-           "TARGET_ALIGNS", "align_photometry"]
+           "TARGET_ALIGNS", "align_photometry", "anchor_term", "RIM_LEVEL"]
 
 LOSSES = ("l1", "l1_fft", "l1_halo", "l2", "l2_halo")
 TARGET_ALIGNS = ("none", "colour")  # TrainConfig.target_align: see align_photometry
 
 LossFn = Callable[..., torch.Tensor]
+RIM_LEVEL = 1.0 / 255.0  # anchor_term: a reference pixel this far outside the local range is a rim
 
 
 def fft_amplitude_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -116,26 +126,56 @@ def align_photometry(target: torch.Tensor, inp: torch.Tensor, pool: int = 0,
     return target * a + b
 
 
-def make_loss(kind: str = "l1", fft_weight: float = 0.1, halo_weight: float = 1.0,
-              halo_window: int = 9, target_align: str = "none") -> LossFn:
-    """The loss function ``(pred, target, inp=None) -> scalar`` named by ``TrainConfig.loss``.
+def anchor_term(pred: torch.Tensor, ref: torch.Tensor, inp: torch.Tensor, target: torch.Tensor,
+                window: int = 9) -> torch.Tensor:
+    """``mean(keep · (pred − ref)²)``: the squared distance of ``pred`` from the reference output
+    ``ref`` away from ``ref``'s rims (module docstring, "Anchor").
 
-    ``inp`` (the blurred input, (B, 3, P, P)) is needed by ``l1_halo`` and by ``target_align =
-    "colour"`` (:func:`align_photometry` applied to the target first).
-    Raises CmddError for an unknown kind or alignment, and (at call time) when ``inp`` is needed and missing.
+    ``keep`` (B, 1, P, P) is 0 within ``window`` px of any pixel where ``ref`` lies more than
+    :data:`RIM_LEVEL` outside the local range of ``inp`` and ``target`` (:func:`range_excursion`, any
+    channel), else 1. Args: four (B, C, P, P) tensors in [0, 1] units; ``ref`` carries no gradient.
+    Returns a scalar tensor (the mean over every element, masked ones counting as 0).
+    """
+    with torch.no_grad():
+        under, over = range_excursion(ref, inp, target, window)
+        rim = ((under + over).amax(1, keepdim=True) > RIM_LEVEL).float()  # (B, 1, P, P)
+        keep = 1.0 - F.max_pool2d(rim, window, stride=1, padding=window // 2)
+    return (keep * (pred - ref.detach()) ** 2).mean()
+
+
+def make_loss(kind: str = "l1", fft_weight: float = 0.1, halo_weight: float = 1.0,
+              halo_window: int = 9, target_align: str = "none", anchor_weight: float = 0.0) -> LossFn:
+    """The loss function ``(pred, target, inp=None, ref=None) -> scalar`` named by ``TrainConfig.loss``.
+
+    ``inp`` (the blurred input, (B, 3, P, P)) is needed by ``l1_halo`` / ``l2_halo``, by ``target_align =
+    "colour"`` (:func:`align_photometry` applied to the target first) and by the anchor; ``ref`` (the
+    frozen start's output, (B, 3, P, P)) by ``anchor_weight`` > 0 (:func:`anchor_term`, against the
+    aligned target).
+    Raises CmddError for an unknown kind or alignment or a negative anchor weight, and (at call time)
+    when ``inp`` or ``ref`` is needed and missing.
     """
     base = _base_loss(kind, fft_weight, halo_weight, halo_window)
-    if target_align == "none":
-        return base
     if target_align not in TARGET_ALIGNS:
         raise CmddError(f"target_align must be one of {', '.join(TARGET_ALIGNS)}, got {target_align!r}")
+    if not anchor_weight >= 0:
+        raise CmddError(f"anchor_weight must be >= 0, got {anchor_weight}")
+    if anchor_weight > 0:
+        check_window(halo_window)
 
-    def aligned(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if inp is None:
-            raise CmddError("target_align = colour needs the blurred input")
-        return base(pred, align_photometry(target, inp), inp)
+    def loss(pred: torch.Tensor, target: torch.Tensor, inp: Optional[torch.Tensor] = None,
+             ref: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if target_align == "colour":
+            if inp is None:
+                raise CmddError("target_align = colour needs the blurred input")
+            target = align_photometry(target, inp)
+        value = base(pred, target, inp)
+        if anchor_weight > 0:
+            if inp is None or ref is None:
+                raise CmddError("anchor_weight > 0 needs the blurred input and the reference output")
+            value = value + anchor_weight * anchor_term(pred, ref.float(), inp.float(), target, halo_window)
+        return value
 
-    return aligned
+    return loss
 
 
 def _base_loss(kind: str, fft_weight: float, halo_weight: float, halo_window: int) -> LossFn:
