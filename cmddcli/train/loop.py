@@ -228,7 +228,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.anchor: Optional[nn.Module] = None  # cfg.anchor_weight: the frozen start (losses.anchor_term)
         if cfg.anchor_weight > 0:
-            self.anchor = build_model(cfg).to(self.device)  # init_weights, also when resuming
+            # init_weights, also when resuming; training mode as the network (batch statistics), so
+            # both give equal outputs at step 0
+            self.anchor = build_model(cfg).to(self.device).train()
             for p in self.anchor.parameters():
                 p.requires_grad_(False)
         self.ema: Optional[nn.Module] = None
@@ -427,9 +429,9 @@ class Trainer:
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
             ref = None
-            if self.anchor is not None:  # train mode as the network (batch statistics): equal outputs at step 0
+            if self.anchor is not None:
                 with torch.no_grad():
-                    ref = self.anchor.train()(x)
+                    ref = self.anchor(x)
         # cfg.loss: l1 / l2, l1 + FFT-amplitude L1, or l1 / l2 + halo penalty; + the anchor to ref
         loss = self.loss_fn(out.float(), y, x, ref)
         mean_loss = all_reduce_sum(loss.detach().clone(), self.info) / self.info.world_size

@@ -36,8 +36,8 @@ Anchor (``TrainConfig.anchor_weight`` > 0, any loss): ``+ w · mean(keep · (pre
 is the output of a frozen copy of the run's starting weights on the same crop and ``keep`` is 0 within
 ``halo_window`` px of a pixel where ``ref`` itself leaves the input's and target's local range by more
 than one 8-bit level, 1 elsewhere (:func:`anchor_term`). A rim term alone lets a small network answer
-rims by shrinking its whole correction (v4's least-squares residual gain is 1.28 on validation, as
-v3's; issue 28, session 18); the anchor holds the start's correction away from its rims, so only the
+rims by shrinking its whole correction (v4's least-squares residual gain is 1.28 on its training
+pairs and 1.30 on validation, as v3's; issue 28, session 18); the anchor holds the start's correction away from its rims, so only the
 rims themselves are free to change. (A distillation term from the start weights, as in "learning
 without forgetting", Li & Hoiem, ECCV 2016, restricted here to where the start draws no rim; cmdd's own.)
 """
