@@ -140,12 +140,13 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
 
 
 def test_default_weights_are_the_default_network_with_their_lineage():
-    """The shipped default (weights v4, issue 28, session 17) is the `small-n4` network (4 SSM states:
-    the network of the 12-megapixel benchmark) fine-tuned from arm J's pick, itself fine-tuned from v3
-    (packaged as `v3`), which was fine-tuned from v2 pruned to four states: each card names its parent
-    by SHA-256 down to the packaged v2; the card says it was trained on real DPDD test_c scenes and
-    records per-image validation and test gains all above zero (no image worse than its input), as its
-    ship rule asks. v1, v2 and v3 stay loadable by name."""
+    """The shipped default (weights v6, issue 28, session 20) is the `small-n4` network (4 SSM states:
+    the network of the 12-megapixel benchmark) fine-tuned through a chain of intermediates (arms Q, N,
+    J) from v3 (packaged as `v3`), which was fine-tuned from v2 pruned to four states: each card names
+    its parent by SHA-256 down to the packaged v2, every intermediate committed in training/v3 is the
+    file its child's card names; the card says it was trained on real DPDD test_c scenes and records
+    per-image validation and test gains all above zero (no image worse than its input), as its ship
+    rule asks. v1, v2 and v3 stay loadable by name."""
     from cmddcli.fileutil import sha256_file
     from cmddcli.model.weights import default_weights_path, load_weights, packaged_weights, read_metadata
 
@@ -154,17 +155,21 @@ def test_default_weights_are_the_default_network_with_their_lineage():
         pytest.skip("no packaged weights in this copy")
     meta = read_metadata(default_weights_path())
     assert meta["preset"] == "small-n4" and meta["config"]["d_state"] == 4
-    j = meta["fine_tuned_from"]  # arm J's pick
-    v3 = j["fine_tuned_from"]
+    v3_sha = sha256_file(names["v3"])
+    chain, card = [], meta["fine_tuned_from"]
+    while card["sha256"] != v3_sha:  # the intermediates between the default and v3, newest first
+        chain.append(card)
+        card = card["fine_tuned_from"]  # KeyError: the lineage does not reach v3
+    v3 = card
     v2n4 = v3["fine_tuned_from"]
-    assert j["preset"] == v3["preset"] == v2n4["preset"] == "small-n4"
-    assert v3["sha256"] == sha256_file(names["v3"])
+    assert [c["name"] for c in chain][-1] == "init_v3j800.safetensors"  # arm J's pick, v3's child
+    assert all(c["preset"] == "small-n4" for c in chain + [v3, v2n4])
     assert v2n4["pruned_from"]["from"] == names["v2"].name
     assert v2n4["pruned_from"]["from_sha256"] == sha256_file(names["v2"])
-    for file, card in ((ROOT / "training" / "v3" / "init_v3j800.safetensors", j),
-                       (ROOT / "training" / "v3" / "init_v2n4.safetensors", v2n4)):
+    for card in chain + [v2n4]:
+        file = ROOT / "training" / "v3" / card["name"]
         if file.is_file():
-            assert card["sha256"] == sha256_file(file)
+            assert card["sha256"] == sha256_file(file), card["name"]
     assert "test_c" in meta["training_data"] and "never be compared" in meta["training_data"]
     for key in ("scores_real_dpdd_validation_per_image", "scores_real_dpdd_test_per_image"):
         gains = [row["gain_psnr"] for row in meta[key]]
