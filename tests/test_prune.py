@@ -162,7 +162,7 @@ def test_default_weights_are_the_default_network_with_their_lineage():
         card = card["fine_tuned_from"]  # KeyError: the lineage does not reach v3
     v3 = card
     v2n4 = v3["fine_tuned_from"]
-    assert [c["name"] for c in chain][-1] == "init_v3j800.safetensors"  # arm J's pick, v3's child
+    assert chain and chain[-1]["name"] == "init_v3j800.safetensors"  # arm J's pick, v3's child
     assert all(c["preset"] == "small-n4" for c in chain + [v3, v2n4])
     assert v2n4["pruned_from"]["from"] == names["v2"].name
     assert v2n4["pruned_from"]["from_sha256"] == sha256_file(names["v2"])
