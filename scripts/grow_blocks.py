@@ -35,7 +35,7 @@ from cmddcli.atomic import check_writable
 from cmddcli.errors import CmddError, run_script
 from cmddcli.fileutil import sha256_file
 from cmddcli.model import PRESETS
-from cmddcli.model.grow import grow_blocks
+from cmddcli.model.grow import grow_blocks, widen
 from cmddcli.model.weights import load_weights, resolve_weights, save_weights
 
 _spec = importlib.util.spec_from_file_location("prune_states", Path(__file__).with_name("prune_states.py"))
@@ -75,32 +75,49 @@ def main() -> int:
     full, meta = load_weights(src)
     full = full.float()
     target = PRESETS[args.preset][0]
-    other = [f for f, v in target.to_dict().items() if f != "blocks" and v != full.config.to_dict()[f]]
-    if other:
+    src_cfg = full.config.to_dict()
+    other = [f for f, v in target.to_dict().items() if f not in ("blocks", "width") and v != src_cfg[f]]
+    wider = target.width != full.config.width
+    if other or (wider and target.blocks != full.config.blocks):
+        what = ", ".join(other) or "both width and block counts"
         raise CmddError(f"{src.name}: preset {args.preset} differs from these weights in more than block counts "
-                        f"({', '.join(other)}); growth adds blocks only")
+                        f"or width ({what}); growth changes one of the two")
+    if wider and target.width % full.config.width:
+        raise CmddError(f"{src.name}: width {full.config.width} -> {target.width} is not an integer multiple; "
+                        "width growth copies every channel the same number of times")
     torch.manual_seed(args.seed)
-    grown = grow_blocks(full, target.blocks, norm_weight=args.norm_weight)
+    if wider:
+        grown = widen(full, target.width // full.config.width, seed=args.seed)
+    else:
+        grown = grow_blocks(full, target.blocks, norm_weight=args.norm_weight)
     check_writable(args.out, "grown weights file")
     diff = max_difference(full, grown)
-    exact = args.norm_weight == 0.0
+    exact = args.norm_weight == 0.0 or wider
     rule = f"rule <= {args.max_diff:g}" if exact else f"near-identity, LayerNorm weight {args.norm_weight:g}: not held to a rule"
-    print(f"{src.name} {list(full.config.blocks)} -> {args.preset} {list(target.blocks)}: "
-          f"largest output difference {diff:.3g} ({rule})", flush=True)
+    size = (f"width {full.config.width} -> {target.width}" if wider
+            else f"{list(full.config.blocks)} -> {list(target.blocks)}")
+    print(f"{src.name} -> {args.preset}, {size}: largest output difference {diff:.3g} ({rule})", flush=True)
     if exact and diff > args.max_diff:
         print("rule NOT met, nothing written.", flush=True)
         return RULES_NOT_MET
     card = _prune.inherited_card(meta)
-    start = "the identity" if exact else f"near the identity (LayerNorm weight {args.norm_weight:g})"
-    card["note"] = (f"{src.name} grown to {args.preset} (new blocks start as {start}; see 'grown'). "
+    if wider:
+        start = f"every channel copied {target.width // full.config.width} times, summed weights split"
+        method = f"cmddcli.model.grow.widen (Net2WiderNet): {start}, the same function at the start"
+    else:
+        start = "the identity" if exact else f"near the identity (LayerNorm weight {args.norm_weight:g})"
+        method = f"cmddcli.model.grow.grow_blocks: trained blocks copied, new blocks {start} at the start"
+    what = start if wider else f"new blocks start as {start}"
+    card["note"] = (f"{src.name} grown to {args.preset} ({what}; see 'grown'). "
                     "The source's note: " + str(card.get("note", "")))
     card["grown"] = {
         "from": src.name,
         "from_sha256": sha256_file(src),
         "from_preset": meta.get("preset"),
         "blocks": {"from": list(full.config.blocks), "to": list(target.blocks)},
-        "method": f"cmddcli.model.grow.grow_blocks: trained blocks copied, new blocks {start} at the start",
-        "norm_weight": args.norm_weight,
+        "width": {"from": full.config.width, "to": target.width},
+        "method": method,
+        "norm_weight": 0.0 if wider else args.norm_weight,
         "seed": args.seed,
         "max_output_difference": diff,
         "source_scores": {k: card.pop(k) for k in list(card) if k.startswith("scores_")},

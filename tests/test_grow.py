@@ -1,4 +1,5 @@
-"""Depth growth (cmddcli.model.grow, scripts/grow_blocks.py): a deeper network that starts as the trained one."""
+"""Depth and width growth (cmddcli.model.grow, scripts/grow_blocks.py): a deeper or wider network that
+starts as the trained one."""
 
 import json
 import subprocess
@@ -11,7 +12,7 @@ import torch
 from _nets import random_net
 from cmddcli.errors import CmddError
 from cmddcli.model import model_config
-from cmddcli.model.grow import grow_blocks
+from cmddcli.model.grow import grow_blocks, widen
 from cmddcli.model.weights import load_weights, read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,50 @@ def test_growth_rejects_fewer_blocks_and_bad_counts():
         grow_blocks(src, (2, 2, 2))
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widened_network_computes_the_same_function(training, factor):
+    """Width growth (Net2WiderNet): every channel copied ``factor`` times, summed weights split. Eval and
+    training mode, the output equals the source's within 1e-5 of the output's largest value (fp32
+    rounding: the split sums run in another order; measured up to 4e-6 of it) on a random batch. tiny's dt rank grows with the width at factor 3 (ceil(24/16) = 2 > 1), which the
+    new zero rows of x_proj must absorb."""
+    src = _trained_like(seed=3).train(training)
+    wide = widen(src, factor, seed=4)
+    assert wide.training == training
+    assert wide.config == model_config("tiny", width=8 * factor)
+    x = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = src(x), wide(x)
+    assert (ref - x).abs().max() > 1e-3
+    torch.testing.assert_close(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
+
+
+def test_widened_copies_separate_under_training():
+    """The split shares differ per element, so the copies of a channel get different gradients: after
+    a few SGD steps the two halves of a widened conv's output channels are no longer equal (plain
+    copies with equal halves would stay equal forever). Bad factors and window attention are refused."""
+    src = _trained_like(seed=5)
+    wide = widen(src, 2, seed=6).train()
+    w0 = wide.encoders[0][0].cnn.conv1.weight
+    c = w0.shape[0] // 2
+    torch.testing.assert_close(w0[:c], w0[c:], atol=0, rtol=0)  # output channels start as exact copies
+    opt = torch.optim.SGD(wide.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        x = torch.rand(2, 3, 32, 32, generator=g)
+        loss = (wide(x) - x.flip(-1)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w1 = wide.encoders[0][0].cnn.conv1.weight.detach()
+    assert (w1[:c] - w1[c:]).abs().max() > 1e-6
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(CmddError, match="integer >= 2"):
+            widen(src, bad)
+    with pytest.raises(CmddError, match="SS2D mixers only"):
+        widen(random_net("tiny", mixer="window_attention"), 2)
+
+
 def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     """The default weights (small-n4) grown to cpu-deep: written, loadable as cpu-deep, same output as
     the default, card records the source; weights of another state count are refused with exit 1."""
@@ -147,6 +192,30 @@ def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     assert refused.returncode == 1
     assert "d_state" in refused.stderr and refused.stderr.count("\n") == 1
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_grow_script_writes_the_wider_preset(tmp_path):
+    """The default weights (small-n4, width 16) widened to cpu-w32: written, loadable as cpu-w32, same
+    output as the default, the card records both widths; a width that is not a multiple (cpu-wide, 24)
+    and a preset that changes width and blocks at once are refused with one line and exit 1."""
+    out = tmp_path / "w32.safetensors"
+    cmd = [sys.executable, str(ROOT / "scripts" / "grow_blocks.py")]
+    r = subprocess.run(cmd + ["default", str(out), "--preset", "cpu-w32"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    meta = read_metadata(out)
+    assert meta["preset"] == "cpu-w32"
+    assert meta["grown"]["width"] == {"from": 16, "to": 32}
+    assert meta["grown"]["max_output_difference"] <= 1e-5 and "Net2WiderNet" in meta["grown"]["method"]
+    wide, _ = load_weights(out)
+    default, _ = load_weights(None)
+    x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
+    for preset, why in (("cpu-wide", "not an integer multiple"), ("w24", "more than block counts")):
+        bad = tmp_path / f"{preset}.safetensors"
+        r = subprocess.run(cmd + ["default", str(bad), "--preset", preset], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not bad.exists()
 
 
 def test_grown_blocks_get_their_own_learning_rate_group():

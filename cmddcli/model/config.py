@@ -105,6 +105,8 @@ PRESETS: dict = {
                  "small with 4 SSM states: the default weights, pruned from small (cmddcli.model.prune)"),
     "cpu-wide": (ModelConfig(width=24, blocks=(1, 1, 1, 2, 1, 1, 1, 1), d_state=4),
                  "small-n4 at width 24: the wider CPU candidate for real-pair training"),
+    "cpu-w32": (ModelConfig(width=32, blocks=(1, 1, 1, 2, 1, 1, 1, 1), d_state=4),
+                "small-n4 at width 32: the default network widened twice, exactly (scripts/grow_blocks.py)"),
     "cpu-deep": (ModelConfig(width=16, blocks=(2, 2, 2, 2, 2, 2, 2, 1), d_state=4),
                  "small-n4 with two blocks per stage: the deeper CPU candidate for real-pair training"),
     "tiny": (ModelConfig(width=8, blocks=(1, 1, 1, 1, 1, 1, 1, 1), d_state=4), "for tests: width 8, N=4"),

@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CmddError
-from .blocks import CMDDBlock
+from .blocks import SS2D, CMDDBlock, MambaBranch
+from .ssm import K_DIRECTIONS
 from .cmddnet import CMDDNet
 
 
@@ -96,3 +97,106 @@ def grow_blocks(model: CMDDNet, blocks: Sequence[int], norm_weight: float = 0.0)
         for block in list(stage)[n_src:]:
             identity_block(block, norm_weight)
     return grown.train(model.training)
+
+
+# --- Width growth -------------------------------------------------------------------------------
+#
+# "Net2WiderNet" (Chen, Goodfellow and Shlens 2016), exact for CMDDNet when every channel is copied
+# the same number of times: the wider network holds each channel of the source ``factor`` times, in
+# blocks (new channel j of a c-channel axis is source channel j mod c). Then every LayerNorm over
+# channels sees the same mean and (biased) variance, every BatchNorm and depthwise convolution acts
+# per copy, PixelShuffle/PixelUnshuffle keep the block layout (their channel groups are contiguous and
+# never straddle a block), and a weight that *sums* over a copied axis is split across the copies
+# with random positive shares that sum to 1 per element: the sum is unchanged, and the copies,
+# weighted differently downstream, receive different gradients, so they do not stay identical.
+# SS2D's low-rank dt projection (rank ceil(c / 16)) may grow with c: the new rank rows of x_proj start
+# at zero (no contribution) and the new columns of dt_proj keep their random initialisation.
+
+
+def _copy_axis(t: torch.Tensor, dim: int, factor: int) -> torch.Tensor:
+    """``t`` with axis ``dim`` repeated ``factor`` times in blocks: new index j <- source j mod size."""
+    return torch.cat([t] * factor, dim=dim)
+
+
+def _split_axis(t: torch.Tensor, dim: int, factor: int, gen: torch.Generator) -> torch.Tensor:
+    """``t`` copied along ``dim`` in blocks, each copy scaled by its share: the shares are drawn per
+    element from U(0.5, 1.5) and normalised to sum 1 over the copies, so summing the copies gives t."""
+    shares = torch.rand((factor, *t.shape), generator=gen) + 0.5
+    shares = shares / shares.sum(0, keepdim=True)
+    return torch.cat([t * s for s in shares], dim=dim)
+
+
+def _widen_conv(w: torch.Tensor, factor: int, gen: torch.Generator, *, copy_out: bool, split_in: bool,
+                depthwise: bool = False) -> torch.Tensor:
+    """Conv2d weight (out, in/groups, k, k): output channels copied, input channels split."""
+    if depthwise:
+        return _copy_axis(w, 0, factor)
+    if split_in:
+        w = _split_axis(w, 1, factor, gen)
+    return _copy_axis(w, 0, factor) if copy_out else w
+
+
+def widen(model: CMDDNet, factor: int = 2, seed: int = 0) -> CMDDNet:
+    """A new CMDDNet ``factor`` times as wide, computing what ``model`` computes (Net2WiderNet).
+
+    Args:
+        model: a CMDDNet with SS2D mixers or none (``cnn_mamba``, ``mamba_only``, ``cnn_only``); unchanged.
+        factor: integer width multiple, >= 2 (``width`` becomes ``factor * width``; every level, the
+            Mamba inner width d and the batch-norm statistics follow).
+        seed: seed of the split shares and of the new network's initialisation (new dt rank columns).
+
+    Returns:
+        The wider network on the CPU in float32, in the training mode of ``model``; its config equals
+        ``model.config`` but for ``width``. Output equals the source's to float rounding, in eval and
+        in training mode (see the comment above :func:`_copy_axis`).
+
+    Raises:
+        CmddError: factor not an integer >= 2, or a window-attention mixer (its heads would change).
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise CmddError(f"width factor must be an integer >= 2, got {factor!r}")
+    cfg = model.config
+    if cfg.mixer == "window_attention":
+        raise CmddError("width growth supports SS2D mixers only (window attention's heads would change)")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    wide = CMDDNet(dataclasses.replace(cfg, width=cfg.width * factor))
+    src = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in wide.state_dict().items()}
+    f = factor
+    for name, m in model.named_modules():
+        p = f"{name}." if name else ""
+        if isinstance(m, nn.Conv2d):
+            w = src[p + "weight"]
+            state[p + "weight"] = _widen_conv(
+                w, f, gen, copy_out=m.out_channels != 3, split_in=m.in_channels != 3,
+                depthwise=m.groups > 1)
+            if m.bias is not None:
+                state[p + "bias"] = _copy_axis(src[p + "bias"], 0, f)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                if p + key in src:
+                    state[p + key] = _copy_axis(src[p + key], 0, f)
+            if p + "num_batches_tracked" in src:
+                state[p + "num_batches_tracked"] = src[p + "num_batches_tracked"].clone()
+        elif isinstance(m, MambaBranch):
+            d = m.out_norm.normalized_shape[0]
+            w = _split_axis(src[p + "in_proj.weight"], 1, f, gen)  # (2d, c): rows [x (d); z (d)]
+            state[p + "in_proj.weight"] = torch.cat([_copy_axis(w[:d], 0, f), _copy_axis(w[d:], 0, f)])
+            state[p + "out_proj.weight"] = _copy_axis(_split_axis(src[p + "out_proj.weight"], 1, f, gen), 0, f)
+        elif isinstance(m, SS2D):
+            K, N, R, d = K_DIRECTIONS, m.N, m.R, m.d
+            R_new = state[p + "dt_projs_weight"].shape[-1]
+            xw = _split_axis(src[p + "x_proj_weight"], 2, f, gen)  # (K, R + 2N, f*d)
+            dt_rows = torch.zeros(K, R_new, f * d)
+            dt_rows[:, :R] = xw[:, :R]
+            state[p + "x_proj_weight"] = torch.cat([dt_rows, xw[:, R:]], 1)
+            dtw = state[p + "dt_projs_weight"]  # (K, f*d, R_new): new rank columns keep their init
+            dtw[:, :, :R] = _copy_axis(src[p + "dt_projs_weight"], 1, f)
+            state[p + "dt_projs_bias"] = _copy_axis(src[p + "dt_projs_bias"], 1, f)
+            state[p + "A_logs"] = _copy_axis(src[p + "A_logs"].view(K, d, N), 1, f).reshape(K * f * d, N)
+            state[p + "Ds"] = _copy_axis(src[p + "Ds"].view(K, d), 1, f).reshape(-1)
+        elif isinstance(m, CMDDBlock):
+            state[p + "skip_scale"] = _copy_axis(src[p + "skip_scale"], 1, f)
+    wide.load_state_dict(state, strict=True)
+    return wide.train(model.training)
