@@ -1,4 +1,5 @@
-"""Grow trained weights to more blocks per stage (a deeper preset), computing the same function.
+"""Grow trained weights to more blocks per stage (a deeper preset) or to a multiple of their width
+(a wider preset), computing the same function.
 
     python scripts/grow_blocks.py SRC OUT --preset cpu-deep [--dtype fp32] [--max-diff 1e-5] [--seed 0]
                                   [--norm-weight 0.1]
@@ -12,6 +13,10 @@ training mode); OUT is written only if the outputs differ by at most --max-diff 
 rounding). Use OUT as a run's init_weights with the same model preset, e.g.
 
     cmdd train --config training/v3_mix.toml --set model.preset=cpu-deep --set init_weights=OUT ...
+
+When --preset differs from SRC only in width, an integer multiple of SRC's (e.g. the default weights,
+width 16, to cpu-w32), cmddcli.model.grow.widen copies every channel that many times and splits the
+weights that sum over them (Net2WiderNet; --seed draws the split shares); the check is the same.
 
 --norm-weight W > 0 starts the new blocks' LayerNorm weight at W instead of 0 (near-identity, so that
 the new blocks train from the first step; cmddcli.model.grow): the difference is then measured and
@@ -85,6 +90,8 @@ def main() -> int:
     if wider and target.width % full.config.width:
         raise CmddError(f"{src.name}: width {full.config.width} -> {target.width} is not an integer multiple; "
                         "width growth copies every channel the same number of times")
+    if wider and args.norm_weight:
+        raise CmddError("--norm-weight applies to new blocks; width growth adds none (leave it out)")
     torch.manual_seed(args.seed)
     if wider:
         grown = widen(full, target.width // full.config.width, seed=args.seed)

@@ -196,8 +196,9 @@ def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
 
 def test_grow_script_writes_the_wider_preset(tmp_path):
     """The default weights (small-n4, width 16) widened to cpu-w32: written, loadable as cpu-w32, same
-    output as the default, the card records both widths; a width that is not a multiple (cpu-wide, 24)
-    and a preset that changes width and blocks at once are refused with one line and exit 1."""
+    output as the default, the card records both widths; a width that is not a multiple (cpu-wide, 24),
+    a preset that changes more than width (w24) and --norm-weight with a width growth are refused with
+    one line and exit 1."""
     out = tmp_path / "w32.safetensors"
     cmd = [sys.executable, str(ROOT / "scripts" / "grow_blocks.py")]
     r = subprocess.run(cmd + ["default", str(out), "--preset", "cpu-w32"], capture_output=True, text=True, timeout=300)
@@ -211,9 +212,11 @@ def test_grow_script_writes_the_wider_preset(tmp_path):
     x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(wide.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
-    for preset, why in (("cpu-wide", "not an integer multiple"), ("w24", "more than block counts")):
+    for preset, why, extra in (("cpu-wide", "not an integer multiple", []), ("w24", "more than block counts", []),
+                               ("cpu-w32", "adds none", ["--norm-weight", "0.1"])):
         bad = tmp_path / f"{preset}.safetensors"
-        r = subprocess.run(cmd + ["default", str(bad), "--preset", preset], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(cmd + ["default", str(bad), "--preset", preset, *extra], capture_output=True, text=True,
+                           timeout=300)
         assert r.returncode == 1 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not bad.exists()
 

@@ -1,4 +1,5 @@
-"""Depth growth: the same trained network with more blocks per stage, computing the same function.
+"""Growth: the same trained network deeper (more blocks per stage) or wider (more channels),
+computing the same function. Depth: :func:`grow_blocks`; width: :func:`widen` (end of this module).
 
 A capacity test that starts where a trained network already is: :func:`grow_blocks` builds a CMDDNet
 with more CNN-Mamba blocks in some stages, copies every trained tensor across, and starts each new
