@@ -3,6 +3,8 @@ no leakage across occlusion edges, disk PSF, options."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,30 +405,43 @@ def test_palette_roundtrip_refuses_other_arrays():
         palette_roundtrip(np.zeros((8, 8, 3), np.float32), 300, False)
 
 
-# Golden hashes of the presets' output on a fixed texture and seed: any change to the renderer, the
-# PSFs or the depth maps shows here. The hashes are of the 16-bit quantised arrays (robust to the
-# last float bit, which FFT libraries may round differently on other CPUs).
-GOLDEN = {
-    "v1": "8d5579c7f55906b22c5c9f35dfb08b634bdee06abed10f4e82a3593b5e2e3d98",
-    "v2": "56a4f01a1242f4ce2e5fb5865809bebaf77b762b352b8504b7833921cce5bb13",
-}
+# Golden values of the presets' output on a fixed texture and seed: a change to the renderer, the PSFs
+# or the depth maps shows here. Stored as 4 x 4 block means and the standard deviation of every array
+# (blurred image, CoC / 32 px, disparity) for seeds 0-2, in tests/golden_synth.json, compared within
+# 1e-4: exact hashes of the 16-bit arrays (the test's first form) differed between machines and
+# library builds with the same code (session 21: numpy 2.4.6, scipy 1.17.1, scikit-image 0.26.0 on an
+# AVX-512 CPU). Regenerate after an intended change with `python tests/test_data_synth.py
+# --write-golden` and say why in the commit.
+GOLDEN_FILE = Path(__file__).with_name("golden_synth.json")
+GOLDEN_PRESETS = ("v1", "v2")
 
 
-def _golden_hash(name: str) -> str:
-    import hashlib
-
+def _golden_values(name: str) -> list:
     from cmddcli.data.synth import synth_preset
-    from cmddcli.photo.samples import from_float
 
     img = _texture(80, 72, seed=3)
-    h = hashlib.sha256()
+    out = []
     for seed in (0, 1, 2):
         s = synthesize(img, seed, synth_preset(name, noise_prob=0.0, jpeg_prob=0.0))
         for a in (s.blurred, np.clip(s.coc / 32.0, 0, 1), s.disparity):
-            h.update(from_float(np.ascontiguousarray(a, dtype=np.float32), 16).tobytes())
-    return h.hexdigest()
+            a = np.asarray(a, dtype=np.float64)
+            a = a.reshape(a.shape[0], a.shape[1], -1)
+            h, w = a.shape[0] // 4 * 4, a.shape[1] // 4 * 4
+            blocks = a[:h, :w].reshape(4, h // 4, 4, w // 4, -1).mean(axis=(1, 3, 4))  # (4, 4)
+            out.append([round(float(v), 7) for v in blocks.ravel()] + [round(float(a.std()), 7)])
+    return out
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN))
-def test_preset_output_matches_its_golden_hash(name):
-    assert _golden_hash(name) == GOLDEN[name]
+@pytest.mark.parametrize("name", GOLDEN_PRESETS)
+def test_preset_output_matches_its_golden_values(name):
+    golden = json.loads(GOLDEN_FILE.read_text())[name]
+    np.testing.assert_allclose(np.array(_golden_values(name)), np.array(golden), rtol=0, atol=1e-4)
+
+
+if __name__ == "__main__":  # python tests/test_data_synth.py --write-golden
+    import sys
+
+    if sys.argv[1:] != ["--write-golden"]:
+        sys.exit("usage: python tests/test_data_synth.py --write-golden")
+    GOLDEN_FILE.write_text(json.dumps({n: _golden_values(n) for n in GOLDEN_PRESETS}, indent=1) + "\n")
+    print(f"wrote {GOLDEN_FILE}")
