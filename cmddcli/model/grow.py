@@ -160,8 +160,9 @@ def widen(model: CMDDNet, factor: int = 2, seed: int = 0) -> CMDDNet:
     if cfg.mixer == "window_attention":
         raise CmddError("width growth supports SS2D mixers only (window attention's heads would change)")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    wide = CMDDNet(dataclasses.replace(cfg, width=cfg.width * factor))
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's global RNG untouched
+        torch.manual_seed(seed)
+        wide = CMDDNet(dataclasses.replace(cfg, width=cfg.width * factor))
     src = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     state = {k: v.detach().clone() for k, v in wide.state_dict().items()}
     f = factor
