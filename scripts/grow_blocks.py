@@ -92,9 +92,10 @@ def main() -> int:
                         "width growth copies every channel the same number of times")
     if wider and args.norm_weight:
         raise CmddError("--norm-weight applies to new blocks; width growth adds none (leave it out)")
+    factor = target.width // full.config.width
     torch.manual_seed(args.seed)
     if wider:
-        grown = widen(full, target.width // full.config.width, seed=args.seed)
+        grown = widen(full, factor, seed=args.seed)
     else:
         grown = grow_blocks(full, target.blocks, norm_weight=args.norm_weight)
     check_writable(args.out, "grown weights file")
@@ -109,12 +110,12 @@ def main() -> int:
         return RULES_NOT_MET
     card = _prune.inherited_card(meta)
     if wider:
-        start = f"every channel copied {target.width // full.config.width} times, summed weights split"
-        method = f"cmddcli.model.grow.widen (Net2WiderNet): {start}, the same function at the start"
+        what = f"every channel copied {factor} times, summed weights split"
+        method = f"cmddcli.model.grow.widen (Net2WiderNet): {what}, the same function at the start"
     else:
         start = "the identity" if exact else f"near the identity (LayerNorm weight {args.norm_weight:g})"
+        what = f"new blocks start as {start}"
         method = f"cmddcli.model.grow.grow_blocks: trained blocks copied, new blocks {start} at the start"
-    what = start if wider else f"new blocks start as {start}"
     card["note"] = (f"{src.name} grown to {args.preset} ({what}; see 'grown'). "
                     "The source's note: " + str(card.get("note", "")))
     card["grown"] = {

@@ -119,8 +119,9 @@ def test_growth_rejects_fewer_blocks_and_bad_counts():
 def test_widened_network_computes_the_same_function(training, factor):
     """Width growth (Net2WiderNet): every channel copied ``factor`` times, summed weights split. Eval and
     training mode, the output equals the source's within 1e-5 of the output's largest value (fp32
-    rounding: the split sums run in another order; measured up to 4e-6 of it) on a random batch. tiny's dt rank grows with the width at factor 3 (ceil(24/16) = 2 > 1), which the
-    new zero rows of x_proj must absorb."""
+    rounding: the split sums run in another order; measured up to 4e-6 of it) on a random batch.
+    tiny's dt rank grows with the width at factor 3 (ceil(24/16) = 2 > 1), which the new zero rows of
+    x_proj must absorb."""
     src = _trained_like(seed=3).train(training)
     wide = widen(src, factor, seed=4)
     assert wide.training == training
@@ -158,12 +159,25 @@ def test_widened_copies_separate_under_training():
         widen(random_net("tiny", mixer="window_attention"), 2)
 
 
+def _grow_script(*args: str) -> subprocess.CompletedProcess:
+    """Run scripts/grow_blocks.py with ``args``; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "grow_blocks.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_same_output_as_default(net) -> None:
+    """``net`` restores a seeded random image as the shipped default weights do, within 1e-5 (fp32)."""
+    default, _ = load_weights(None)
+    x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
+
+
 def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     """The default weights (small-n4) grown to cpu-deep: written, loadable as cpu-deep, same output as
     the default, card records the source; weights of another state count are refused with exit 1."""
     out = tmp_path / "deep.safetensors"
-    cmd = [sys.executable, str(ROOT / "scripts" / "grow_blocks.py")]
-    r = subprocess.run(cmd + ["default", str(out), "--preset", "cpu-deep"], capture_output=True, text=True, timeout=300)
+    r = _grow_script("default", str(out), "--preset", "cpu-deep")
     assert r.returncode == 0, r.stderr
     meta = read_metadata(out)
     assert meta["preset"] == "cpu-deep"
@@ -174,21 +188,17 @@ def test_grow_script_writes_the_deeper_preset_with_its_lineage(tmp_path):
     default, _ = load_weights(None)
     for k, v in default.state_dict().items():  # every trained tensor (BatchNorm statistics too) as shipped
         torch.testing.assert_close(deep.state_dict()[k], v.to(deep.state_dict()[k].dtype), atol=0, rtol=0)
-    x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        torch.testing.assert_close(deep.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
+    _assert_same_output_as_default(deep)
     json.dumps(meta)  # the card stays JSON
 
     near = tmp_path / "near.safetensors"  # near-identity: written although it differs (not held to --max-diff)
-    r = subprocess.run(cmd + ["default", str(near), "--preset", "cpu-deep", "--norm-weight", "0.1"],
-                       capture_output=True, text=True, timeout=300)
+    r = _grow_script("default", str(near), "--preset", "cpu-deep", "--norm-weight", "0.1")
     assert r.returncode == 0, r.stderr
     near_card = read_metadata(near)["grown"]
     assert near_card["norm_weight"] == 0.1 and near_card["max_output_difference"] > 1e-5
     assert "near the identity" in near_card["method"]
 
-    refused = subprocess.run(cmd + ["v2", str(tmp_path / "x.safetensors"), "--preset", "cpu-deep"],
-                             capture_output=True, text=True, timeout=300)
+    refused = _grow_script("v2", str(tmp_path / "x.safetensors"), "--preset", "cpu-deep")
     assert refused.returncode == 1
     assert "d_state" in refused.stderr and refused.stderr.count("\n") == 1
     assert not (tmp_path / "x.safetensors").exists()
@@ -200,23 +210,17 @@ def test_grow_script_writes_the_wider_preset(tmp_path):
     a preset that changes more than width (w24) and --norm-weight with a width growth are refused with
     one line and exit 1."""
     out = tmp_path / "w32.safetensors"
-    cmd = [sys.executable, str(ROOT / "scripts" / "grow_blocks.py")]
-    r = subprocess.run(cmd + ["default", str(out), "--preset", "cpu-w32"], capture_output=True, text=True, timeout=300)
+    r = _grow_script("default", str(out), "--preset", "cpu-w32")
     assert r.returncode == 0, r.stderr
     meta = read_metadata(out)
     assert meta["preset"] == "cpu-w32"
     assert meta["grown"]["width"] == {"from": 16, "to": 32}
     assert meta["grown"]["max_output_difference"] <= 1e-5 and "Net2WiderNet" in meta["grown"]["method"]
-    wide, _ = load_weights(out)
-    default, _ = load_weights(None)
-    x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        torch.testing.assert_close(wide.eval()(x), default.float().eval()(x), atol=1e-5, rtol=0)
+    _assert_same_output_as_default(load_weights(out)[0])
     for preset, why, extra in (("cpu-wide", "not an integer multiple", []), ("w24", "more than block counts", []),
                                ("cpu-w32", "adds none", ["--norm-weight", "0.1"])):
         bad = tmp_path / f"{preset}.safetensors"
-        r = subprocess.run(cmd + ["default", str(bad), "--preset", preset, *extra], capture_output=True, text=True,
-                           timeout=300)
+        r = _grow_script("default", str(bad), "--preset", preset, *extra)
         assert r.returncode == 1 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not bad.exists()
 
