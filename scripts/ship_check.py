@@ -1,7 +1,8 @@
 """Ship check: the validation-side clauses of the default weights' ship rule, for candidate weights, in one table.
 
     python scripts/ship_check.py W [W ...] [--bar default] [--val DIR] [--probe DIR] [--photos DIR]
-        [--halo-max 0.136] [--probe-min 1.0] [--max-cast 1.0] [--tie 0.02] [--threads 2] [--out FILE.md]
+        [--halo-max 0.136] [--probe-min 1.0] [--max-cast 1.0] [--tie 0.02] [--threads 2] [--antiring card|off|W,M]
+        [--out FILE.md]
 
 The rule (training/v3/README.md, issue 28) filters candidates by clauses, each read strictly, and then
 picks among those that pass. For each W this measures, with W's network run once per image:
@@ -22,6 +23,10 @@ picks among those that pass. For each W this measures, with W's network run once
   the spread of the per-channel mean shifts (:func:`cmddcli.eval.checks.channel_shift`, as
   ``scripts/colour_check.py``); clause < ``--max-cast`` levels on every photo.
 
+Every W is run with the anti-ringing clamp its card names (``--antiring card``, as ``cmdd deblur`` and
+``cmdd eval`` run it), or with the one ``--antiring`` names (off, or W,M: :mod:`cmddcli.engine.antiring`),
+labelled so in the table; the bar always runs as its card says.
+
 A clause whose data is not given (``--probe`` left out) is "not measured" and the candidate cannot
 pass. The pick: among the candidates that pass every clause, the highest colour-fair gain among those
 within ``--tie`` dB of the best raw gain. The test pairs are not scored here: they are scored once,
@@ -40,6 +45,7 @@ import numpy as np
 
 from cmddcli.atomic import atomic_path
 from cmddcli.engine import Deblurrer
+from cmddcli.engine.antiring import parse_antiring
 from cmddcli.errors import InputError, run_script
 from cmddcli.eval.checks import channel_shift, halo_excursions, halo_share
 from cmddcli.eval.protocol import EvalSettings, evaluate_model, gather_items, load_for_eval
@@ -80,9 +86,9 @@ class _Capture:
         return y
 
 
-def protocol_engine(weights: str, threads: Optional[int]) -> Deblurrer:
-    """The network as ``cmdd eval`` runs it: CPU, fp32, whole image."""
-    return Deblurrer(weights, device="cpu", precision="fp32", tile=0, threads=threads)
+def protocol_engine(weights: str, threads: Optional[int], antiring: str = "card") -> Deblurrer:
+    """The network as ``cmdd eval`` runs it: CPU, fp32, whole image (anti-ringing as ``antiring`` says)."""
+    return Deblurrer(weights, device="cpu", precision="fp32", tile=0, threads=threads, antiring=antiring)
 
 
 def validation(engine: Deblurrer, weights: str, items, window: int = 9) -> Scores:
@@ -106,9 +112,9 @@ def probe_gain(engine: Deblurrer, items) -> float:
     return evaluate_model(engine, items, EvalSettings(metrics=("psnr",), device="cpu")).overall().gain("psnr")
 
 
-def colour_cast(weights: str, photos: list, threads: Optional[int]) -> float:
+def colour_cast(weights: str, photos: list, threads: Optional[int], antiring: str = "card") -> float:
     """The largest colour cast (8-bit levels) over ``photos``, restored as ``cmdd deblur`` does."""
-    engine = Deblurrer(weights, threads=threads)
+    engine = Deblurrer(weights, threads=threads, antiring=antiring)
     worst = 0.0
     for p in photos:
         rgb = read_photo(p).rgb.astype(np.float32)
@@ -152,8 +158,11 @@ def main() -> int:
     ap.add_argument("--max-cast", type=float, default=1.0, help="colour cast bound, 8-bit levels (strict)")
     ap.add_argument("--tie", type=float, default=0.02, help="raw gains this close (dB) count as tied")
     ap.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    ap.add_argument("--antiring", default="card",
+                    help="anti-ringing for the candidates (not the bar): card (default), off or W,M")
     ap.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     args = ap.parse_args()
+    parse_antiring(args.antiring)  # a bad setting fails before minutes of scoring
     for folder in [args.val, args.photos] + ([args.probe] if args.probe else []):
         if not folder.is_dir():
             raise InputError(folder, "not a folder")
@@ -171,13 +180,14 @@ def main() -> int:
     print("\n".join(rows), flush=True)
     cands = []
     for w in args.weights:
-        engine = protocol_engine(w, args.threads)  # weights loaded once for validation and probe
-        s = validation(engine, w, val_items)
+        engine = protocol_engine(w, args.threads, args.antiring)  # loaded once for validation and probe
+        name = w if args.antiring == "card" else f"{w} (antiring {args.antiring})"
+        s = validation(engine, name, val_items)
         s.probe = probe_gain(engine, probe_items) if probe_items else None
-        s.cast = colour_cast(w, photos, args.threads)
+        s.cast = colour_cast(w, photos, args.threads, args.antiring)
         judge(s, bar, args)
         cands.append(s)
-        rows.append(f"| {w} | {s.gain:+.3f} / {s.gain_cf:+.3f} | {s.worst:+.3f} / {s.worst_cf:+.3f} | "
+        rows.append(f"| {name} | {s.gain:+.3f} / {s.gain_cf:+.3f} | {s.worst:+.3f} / {s.worst_cf:+.3f} | "
                     f"{s.halo[0]:.3f} + {s.halo[1]:.3f} = {s.halo_total:.3f} % | {_fmt(s.probe, '+.2f')} | "
                     f"{_fmt(s.cast, '.2f')} | {', '.join(s.failed) or 'none'} |")
         print(rows[-1], flush=True)

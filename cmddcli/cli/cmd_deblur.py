@@ -13,9 +13,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
+
 from .common import (
-    device_option, err_console, handle_errors, json_option, overlap_option, precision_option, print_failures,
-    print_json, quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
+    antiring_option, device_option, err_console, handle_errors, json_option, overlap_option, precision_option,
+    print_failures, print_json, quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)
 
 class _RichProgress:
     """Files and tiles bars on stderr (implements cmddcli.engine.runner.BatchProgress)."""
@@ -104,6 +105,7 @@ def register(app: typer.Typer) -> None:
         precision: str = precision_option(),
         tile: Optional[int] = tile_option(),
         overlap: int = overlap_option(),
+        antiring: str = antiring_option(),
         threads: Optional[int] = threads_option(),
         strength: float = typer.Option(
             1.0, "--strength", "-s",
@@ -152,7 +154,8 @@ def register(app: typer.Typer) -> None:
             output, weights=weights, device=device, precision=precision, tile=tile, overlap=overlap,
             recursive=recursive, ext=ext, suffix=suffix, overwrite=overwrite, bit_depth=bit_depth,
             raw_linear=raw_linear, raw_half_size=raw_half_size, max_megapixels=max_megapixels, strength=strength,
-            focus=focus, mask=mask, save_blur_map=save_blur_map, report=html_report, dry_run=dry_run)
+            focus=focus, mask=mask, save_blur_map=save_blur_map, report=html_report, dry_run=dry_run,
+            antiring=antiring)
         info = runtime.DistInfo.from_env()
         engine_settings: dict = {}
 
@@ -161,7 +164,7 @@ def register(app: typer.Typer) -> None:
 
             n = threads or max(1, runtime.available_cores() // max(1, info.local_world_size))
             engine = Deblurrer(weights, device=runtime.device_for_rank(device, info), precision=precision, tile=tile,
-                               overlap=overlap, threads=n)
+                               overlap=overlap, threads=n, antiring=antiring)
             engine_settings.update(engine.describe())
             return engine
 

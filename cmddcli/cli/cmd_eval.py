@@ -19,8 +19,8 @@ from rich.table import Table
 
 from ..errors import CmddError
 from .common import (
-    check_tile, device_option, err_console, handle_errors, json_option, precision_option, print_json, scan_option,
-    setup_logging, threads_option, tile_option, weights_option)
+    antiring_option, check_tile, device_option, err_console, handle_errors, json_option, precision_option, print_json,
+    scan_option, setup_logging, threads_option, tile_option, weights_option)
 from ..engine.options import DEFAULT_OVERLAP
 
 _FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "mae": "{:.4f}", "psnr_cf": "{:.2f}", "lpips": "{:.4f}"}
@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
             "uniform", "--ssim", help="SSIM window: uniform (7x7, the published numbers) or gaussian (11x11, s=1.5)."),
         bits: int = typer.Option(8, "--bits", "--bit-depth", help="8 (published protocol: 16-bit files read as 8-bit) or 16."),
         tile: int = tile_option(0, "Tile size for the network (0 = whole image, the protocol)."),
+        antiring: str = antiring_option(),
         device: str = device_option(),
         precision: str = precision_option("fp32", "fp32 (protocol), bf16, fp16 or auto."),
         threads: Optional[int] = threads_option(),
@@ -111,7 +112,8 @@ def register(app: typer.Typer) -> None:
         setup_logging(quiet=json_out)
         check_tile(tile, DEFAULT_OVERLAP)
         settings = E.EvalSettings(metrics=metrics, bits=bits, ssim_window=ssim_window,
-                                  mask=str(mask) if mask else None, tile=tile, precision=precision, device=device)
+                                  mask=str(mask) if mask else None, tile=tile, precision=precision, device=device,
+                                  antiring=antiring)
         if save_images and out is None:
             raise CmddError("--save-images needs --out DIR")
         items = E.gather_items(data=data, pred=pred, target=target, split=split, pred_suffix=pred_suffix,

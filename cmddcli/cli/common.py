@@ -105,6 +105,14 @@ def tile_option(default: Optional[int] = None,
     return typer.Option(default, "--tile", help=help)
 
 
+def antiring_option():
+    """``--antiring``: the anti-ringing clamp after the network (:mod:`cmddcli.engine.antiring`)."""
+    return typer.Option("card", "--antiring", metavar="card|off|W,M",
+                        help="Anti-ringing clamp after the network: card (default: what the weights' card names, "
+                             "if anything), off, or W,M: each channel kept within the blurred input's range over "
+                             "a W px square, widened by M 8-bit levels (e.g. 9,4).")
+
+
 def check_tile(tile: Optional[int], overlap: int) -> None:
     """``--tile`` / ``--overlap`` as a user may set them (rule: :func:`engine.options.tile_overlap_problem`
     with tile 0 or >= MIN_USER_TILE). Raises CmddError naming the bad value."""

@@ -11,6 +11,7 @@ from ..errors import CmddError
 from ..photo import MAX_PIXELS, OUTPUT_FORMATS, RawSettings, holds_8_bits_only
 from . import resume
 from .options import DEFAULT_OVERLAP, MIN_USER_TILE, PRECISIONS, tile_overlap_problem
+from .antiring import parse_antiring
 from .strength import RestoreOptions
 
 
@@ -48,11 +49,11 @@ class BatchOptions:
                    bit_depth: Optional[int] = None, raw_linear: bool = False, raw_half_size: bool = False,
                    max_megapixels: float = MAX_PIXELS / 1e6, strength: float = 1.0, focus: str = "all",
                    mask: Optional[Path] = None, save_blur_map: bool = False, report: bool = False,
-                   dry_run: bool = False) -> "BatchOptions":
+                   dry_run: bool = False, antiring: str = "card") -> "BatchOptions":
         """``cmdd deblur``'s options, checked before the output folder is made or a photo is read.
 
         Everything the engine would refuse later (format, bit depth, tile and overlap, precision,
-        device, weights, size limit, strength / focus / mask, an HTML page of another program where ``report`` writes, a
+        device, weights, size limit, anti-ringing, strength / focus / mask, an HTML page of another program where ``report`` writes, a
         dry run's scan backend) raises CmddError here, naming the flag. The recipe (what a resume
         compares) gets the weights' digest, the restore options and the engine settings as given:
         precision "auto" stays "auto", so a resume on another machine matches; they change an output
@@ -86,6 +87,9 @@ class BatchOptions:
         engine_recipe = {"precision": (precision or "auto").lower(), "tile": "auto" if tile is None else tile}
         if tile != 0:
             engine_recipe["overlap"] = overlap  # whole-image inference has no overlap
+        ring = parse_antiring(antiring)
+        if ring != "card":  # the card's own setting is part of the weights' digest already
+            engine_recipe["antiring"] = ring.describe() if ring else "off"
         opts = cls(
             out_dir=out_dir, recursive=recursive, ext=fmt, suffix=suffix, overwrite=overwrite, bit_depth=bit_depth,
             raw=RawSettings(linear=raw_linear, half_size=raw_half_size), dry_run=dry_run,

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..errors import CmddError, WeightsError
 from .. import runtime
 from ..runtime import resolve_device, tune_cpu_allocator
+from .antiring import AntiRing, resolve_antiring
 from .options import DEFAULT_OVERLAP, PRECISIONS, tile_overlap_problem
 from .tiling import Tile, default_margin, plan_axis, plan_tiles
 
@@ -102,10 +103,13 @@ class Deblurrer:
         batch_tiles: tiles per forward pass; ``None``: from free memory (CUDA) or 1 (CPU).
         cpu_pixel_budget: on CPU, whole-image inference up to this many pixels.
         threads: CPU threads for torch (default: all cores this process may use).
+        antiring: the anti-ringing clamp after the network (:mod:`cmddcli.engine.antiring`):
+            ``"card"`` (default: the setting the weights' card names, none if it names none, none
+            for a ``model`` passed in), ``"off"`` / None, ``"W,M"`` or an :class:`AntiRing`.
 
     Raises:
-        CmddError: bad tile / overlap / margin / batch_tiles, an unknown or absent device;
-        WeightsError: weights missing or unreadable; BackendUnavailable: the scan backend forced by
+        CmddError: bad tile / overlap / margin / batch_tiles / antiring, an unknown or absent device;
+        WeightsError: weights missing or unreadable (or a card's anti-ringing entry); BackendUnavailable: the scan backend forced by
         ``CMDD_SCAN`` (``--scan``) does not run on this device.
     """
 
@@ -122,6 +126,7 @@ class Deblurrer:
         batch_tiles: Optional[int] = None,
         cpu_pixel_budget: int = CPU_PIXEL_BUDGET,
         threads: Optional[int] = None,
+        antiring: str | AntiRing | None = "card",
     ):
         problem = tile_overlap_problem(tile, overlap)
         if problem:
@@ -142,6 +147,7 @@ class Deblurrer:
             model, self.metadata, self.weights_path = _load_model(weights)
         else:
             self.weights_path = None
+        self.antiring: Optional[AntiRing] = resolve_antiring(antiring, self.metadata, self.weights_path or "model")
         self.model = model.eval().to(self.device)  # a module passed in is put in eval mode and moved
         from ..model import ssm
         from ..model.blocks import SS2D
@@ -176,6 +182,7 @@ class Deblurrer:
             "overlap": self.overlap,
             "margin": self._margin(),
             "batch_tiles": "auto" if self.batch_tiles is None else self.batch_tiles,
+            "antiring": self.antiring.describe() if self.antiring else "off",
         }
 
     def restore(self, image: np.ndarray, progress: Optional[TileProgress] = None) -> np.ndarray:
@@ -187,11 +194,15 @@ class Deblurrer:
         return y[0].permute(1, 2, 0).contiguous().numpy()
 
     def restore_tensor(self, x: torch.Tensor, progress: Optional[TileProgress] = None) -> torch.Tensor:
-        """Deblur (B, 3, H, W) in [0, 1] (any device). Returns float32 (B, 3, H, W) on x's device."""
+        """Deblur (B, 3, H, W) in [0, 1] (any device). Returns float32 (B, 3, H, W) on x's device:
+        the network's output (tiles stitched), then the anti-ringing clamp if set, then clamped to [0, 1]."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         outs = [self._restore_one(x[b : b + 1].float(), progress) for b in range(x.shape[0])]
-        return torch.cat(outs, 0).clamp_(0.0, 1.0)
+        y = torch.cat(outs, 0)
+        if self.antiring is not None:
+            y = self.antiring.apply(y, x.float())
+        return y.clamp_(0.0, 1.0)
 
     # ------------------------------------------------------------------ planning
 

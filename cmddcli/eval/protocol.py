@@ -99,8 +99,12 @@ class EvalSettings:
     tile: int = 0  # 0 = whole image (the protocol)
     precision: str = "fp32"
     device: str = "auto"
+    antiring: str = "card"  # the anti-ringing clamp (cmddcli.engine.antiring): card, off or "W,M"
 
     def __post_init__(self):
+        from ..engine.antiring import parse_antiring
+
+        parse_antiring(self.antiring)  # CmddError now, not after loading the weights
         object.__setattr__(self, "metrics", tuple(M.parse_metric_names(self.metrics)))
         if self.bits not in (8, 16):
             raise CmddError(f"bits must be 8 or 16, got {self.bits}")
@@ -390,11 +394,12 @@ def run_eval(items: Sequence[EvalItem], settings: EvalSettings = EvalSettings(),
         from ..engine import Deblurrer
 
         engine = Deblurrer(weights, device=settings.device, precision=settings.precision, tile=settings.tile,
-                           threads=threads)
+                           threads=threads, antiring=settings.antiring)
         report = evaluate_model(engine, items, settings, save_dir=save_dir, progress=progress)
         path = engine.weights_path
         report.extra["weights"] = {"path": str(path) if path else None,
                                    "sha256": sha256_file(path) if path else None}
+        report.extra["antiring"] = engine.antiring.describe() if engine.antiring else "off"
     sets: Dict[str, dict] = {}
     for it in items:
         entry = sets.setdefault(it.group, {"group": it.group, "crop_top": it.crop_top, "images": 0,
