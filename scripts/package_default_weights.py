@@ -2,7 +2,7 @@
 
     python scripts/package_default_weights.py RUN_WEIGHTS.safetensors [--manifest TRAIN_MANIFEST] \
         --eval EVAL_DIR/summary.json [--eval-test TEST_EVAL/summary.json] --note "..." [--dtype fp16] [--out PATH] \
-        [--parent WEIGHTS] [--cpu-hours H]
+        [--parent WEIGHTS] [--cpu-hours H] [--antiring W,M]
 
 RUN_WEIGHTS comes from `scripts/export_checkpoint.py` (its metadata carries the run's config). A run on
 a prepared dataset names its manifest (`--manifest`); a run on on-the-fly synthesis (`data.kind =
@@ -14,7 +14,8 @@ settings, the date and the scores on the real DPDD pairs (means, and per image f
 that `cmdd eval --out` writes beside `summary.json`), and `cmdd info` prints it. A run that started from
 other weights (`init_weights`) names them with `--parent`: the card then carries the parent's name,
 SHA-256, preset, steps, CPU hours and note under "fine_tuned_from" (and the parent's own parent, so the
-whole lineage). `--cpu-hours` is this run's training time on the CPU (wall hours x cores used).
+whole lineage). `--cpu-hours` is this run's training time on the CPU (wall hours x cores used). `--antiring W,M` names
+the anti-ringing clamp (cmddcli.engine.antiring) that every engine loading these weights applies.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import torch
 from cmddcli.fileutil import sha256_file
 from cmddcli.fileutil import finite_json
 from cmddcli.data.real_pairs import real_pairs_from
+from cmddcli.engine.antiring import AntiRing, parse_antiring
+from cmddcli.errors import CmddError
 from cmddcli.model.weights import default_weights_path, load_weights, read_metadata, resolve_weights, save_weights
 
 SOURCES = (  # what scripts/fetch_sharp_sources.sh fetches; per-file credits in docs/synthetic_defocus.md
@@ -130,7 +133,15 @@ def main() -> None:
     ap.add_argument("--parent", help="the weights the run started from (file or packaged name): recorded with its "
                                      "own lineage under fine_tuned_from")
     ap.add_argument("--cpu-hours", type=float, help="this run's CPU training time, hours (wall hours x cores)")
+    ap.add_argument("--antiring", metavar="W,M", help="the anti-ringing clamp the card names (window px, margin "
+                                                       "8-bit levels; cmddcli.engine.antiring): engines apply it")
     args = ap.parse_args()
+    try:
+        ring = parse_antiring(args.antiring) if args.antiring else None
+    except CmddError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.antiring and not isinstance(ring, AntiRing):
+        raise SystemExit(f"error: --antiring must be WINDOW,MARGIN (e.g. 11,4), got {args.antiring!r}")
     net, meta = load_weights(args.weights)
     train = portable(meta.get("train", {}))
     data = (train.get("config") or {}).get("data", {})
@@ -155,6 +166,8 @@ def main() -> None:
         card["cpu_hours"] = args.cpu_hours
     if args.parent:
         card["fine_tuned_from"] = lineage(args.parent)
+    if ring is not None:
+        card["antiring"] = ring.to_card()
 
     def scores(path: Path):
         summary = json.loads(path.read_text())

@@ -171,3 +171,34 @@ def test_a_bad_setting_is_one_line_and_nothing_is_made(tmp_path, tiny_weights, c
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "window must be an odd whole number" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_packaging_writes_the_setting_on_the_card(tmp_path, tiny_weights, monkeypatch, capsys):
+    """scripts/package_default_weights.py --antiring W,M: the card names it and an engine applies it;
+    a bad setting stops the script with one line before anything is written."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from _nets import random_net
+
+    from cmddcli.model.weights import read_metadata, save_weights
+
+    spec = importlib.util.spec_from_file_location(
+        "package_default_weights", Path(__file__).resolve().parents[1] / "scripts" / "package_default_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "run.safetensors"
+    save_weights(random_net("tiny"), run, preset="tiny",
+                 metadata={"train": {"step": 10, "config": {"data": {"kind": "synth", "synth": "v1_noisy"}}}})
+    out = tmp_path / "packaged.safetensors"
+    monkeypatch.setattr(sys, "argv", ["package", str(run), "--dtype", "fp32", "--out", str(out), "--antiring", "11,4"])
+    mod.main()
+    assert read_metadata(out)["antiring"] == {"window": 11, "margin": 4.0}
+    assert Deblurrer(out, device="cpu").antiring == AntiRing(11, 4.0)
+    bad = tmp_path / "bad.safetensors"
+    for setting in ("10,4", "off"):
+        monkeypatch.setattr(sys, "argv", ["package", str(run), "--out", str(bad), "--antiring", setting])
+        with pytest.raises(SystemExit, match="^error: .*"):
+            mod.main()
+    assert not bad.exists()

@@ -172,6 +172,29 @@ def slim_checkpoint(src: str | Path, dst: str | Path, keep_ema: bool = True) -> 
     return ck
 
 
+def average_states(states: list) -> Dict[str, torch.Tensor]:
+    """The uniform mean of several state dicts of one network (stochastic weight averaging: Izmailov
+    et al. 2018, "Averaging Weights Leads to Wider Optima and Better Generalization", eq. 2 with equal
+    weights), in float64, returned as float32. Floating-point tensors are averaged, BatchNorm running
+    statistics included (the approximation SWA's ``bn_update`` would refine); integer buffers
+    (``num_batches_tracked``) are taken from the last state.
+
+    Raises CmddError when ``states`` is empty or their keys or shapes differ."""
+    if not states:
+        raise CmddError("nothing to average")
+    keys = list(states[0])
+    for i, st in enumerate(states[1:], 1):
+        if list(st) != keys or any(st[k].shape != states[0][k].shape for k in keys):
+            raise CmddError(f"state {i} holds other tensors than state 0 (not the same network)")
+    out = {}
+    for k in keys:
+        if torch.is_floating_point(states[0][k]):
+            out[k] = (sum(st[k].double() for st in states) / len(states)).float()
+        else:
+            out[k] = states[-1][k].clone()
+    return out
+
+
 def export_weights(model: torch.nn.Module, path: str | Path, train_config: Dict[str, Any], step: int, *, ema: bool,
                    train_extra: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Save ``model``'s weights (fp32) for ``cmdd deblur --weights``: the one export of training runs
