@@ -649,3 +649,49 @@ def test_ema_update_averages_parameters_and_batchnorm_statistics():
     ema_update(ema, model, 0.0)
     for k, v in ema.state_dict().items():
         torch.testing.assert_close(v, target[k], atol=0, rtol=0)
+
+
+def test_checkpoints_average_weight_by_weight(tmp_path):
+    """average_states: the float64 mean of float tensors (BatchNorm statistics included), integer
+    buffers from the last; scripts/export_checkpoint.py with several checkpoints writes that mean and
+    names them; mismatched states and mixed EMA / raw checkpoints are one-line errors."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from cmddcli.errors import CmddError
+    from cmddcli.train.checkpoint import average_states, save_checkpoint
+
+    a = {"w": torch.tensor([1.0, 2.0]), "bn.running_var": torch.tensor([0.5]), "bn.num_batches_tracked": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 5.0]), "bn.running_var": torch.tensor([1.5]), "bn.num_batches_tracked": torch.tensor(7)}
+    avg = average_states([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 3.5])) and torch.equal(avg["bn.running_var"], torch.tensor([1.0]))
+    assert int(avg["bn.num_batches_tracked"]) == 7 and avg["w"].dtype == torch.float32
+    with pytest.raises(CmddError, match="not the same network"):
+        average_states([a, {"w": torch.zeros(3), **{k: v for k, v in b.items() if k != "w"}}])
+    with pytest.raises(CmddError, match="nothing to average"):
+        average_states([])
+
+    cfg = tiny_cfg(tmp_path / "run", "iters=4", "stages.patch=[16]", "stages.batch=[2]", "stages.ratio=[1]",
+                   "val_every=0", "ckpt_every=2", "keep_last=5", "ema_decay=0.9")
+    fixed = synth_pairs(2)
+    train(cfg, data=FixedSource([fixed[0], fixed[1]]))
+    cks = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert len(cks) == 2
+    script = Path(__file__).resolve().parents[1] / "scripts" / "export_checkpoint.py"
+    out = tmp_path / "avg.safetensors"
+    r = subprocess.run([sys.executable, str(script), *map(str, cks), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    net, meta = load_weights(out)
+    emas = [load_checkpoint(c)["ema"] for c in cks]
+    for k, v in net.state_dict().items():
+        if torch.is_floating_point(v):
+            torch.testing.assert_close(v, (emas[0][k].double() + emas[1][k].double()).div(2).float(), rtol=0, atol=0)
+    assert meta["train"]["averaged"] == [str(c) for c in cks] and meta["train"]["step"] == 4
+    raw = load_checkpoint(cks[0])
+    raw["ema"] = None
+    save_checkpoint(tmp_path / "noema.pt", raw)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "noema.pt"), str(cks[1]), str(tmp_path / "x.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
