@@ -201,6 +201,9 @@ class TrainConfig:
     anchor_weight: > 0 adds ``anchor_weight`` × the squared distance from the output of a frozen copy of
     ``init_weights`` on the same crop, away from that copy's own rims (needs ``init_weights``, also on
     resume; :func:`cmddcli.train.losses.anchor_term`): a rim term that may not shrink the correction.
+    antiring: "off" or "W,M": the anti-ringing clamp the engine applies after the network
+    (:mod:`cmddcli.engine.antiring`), applied in training and validation too, so the loss scores what a
+    user gets from weights whose card names the same setting.
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
     keep_last: periodic checkpoints kept (plus best).
     """
@@ -219,6 +222,7 @@ class TrainConfig:
     halo_window: int = 9
     target_align: str = "none"
     anchor_weight: float = 0.0
+    antiring: str = "off"
     init_weights: str = ""
     log_every: int = 100
     val_every: int = 5000
@@ -275,6 +279,10 @@ class TrainConfig:
             raise CmddError(f"halo_window must be odd and >= 1, got {self.halo_window}")
         if not self.anchor_weight >= 0:
             raise CmddError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        from ..engine.antiring import AntiRing, parse_antiring
+
+        if parse_antiring(self.antiring) == "card" or isinstance(self.antiring, AntiRing):
+            raise CmddError(f"antiring must be \"off\" or \"W,M\" in a training config, got {self.antiring!r}")
         if self.anchor_weight > 0 and not self.init_weights:
             raise CmddError("anchor_weight > 0 needs init_weights (the frozen start the anchor holds to)")
         if not 0 <= self.ema_decay < 1:

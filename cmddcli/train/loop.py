@@ -233,6 +233,9 @@ class Trainer:
             self.anchor = build_model(cfg).to(self.device).train()
             for p in self.anchor.parameters():
                 p.requires_grad_(False)
+        from ..engine.antiring import parse_antiring
+
+        self.antiring = parse_antiring(cfg.antiring)  # None or an AntiRing (checked by TrainConfig)
         self.ema: Optional[nn.Module] = None
         if cfg.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval()
@@ -393,6 +396,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 out = model(x)
+            if self.antiring is not None:
+                out = self.antiring.apply(out.float(), x.float())
             pred = out.float().clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
             tgt = y[0].permute(1, 2, 0).numpy()
             ps.append(psnr(pred, tgt))
@@ -428,6 +433,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.net(x)  # (B, 3, P, P)
+            if self.antiring is not None:  # what the engine will do after the network
+                out = self.antiring.apply(out.float(), x.float())
             ref = None
             if self.anchor is not None:
                 with torch.no_grad():
