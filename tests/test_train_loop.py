@@ -695,3 +695,35 @@ def test_checkpoints_average_weight_by_weight(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_antiring_in_training_scores_the_clamped_output(tmp_path):
+    """antiring = "W,M": the loss of a step is the loss of the engine's clamp of the network's output
+    (not of the raw output), validation scores the clamped output too, and "card" (a training run has
+    no card) or a bad setting is refused."""
+    from cmddcli.engine.antiring import AntiRing
+    from cmddcli.errors import CmddError
+    from cmddcli.runtime import DistInfo
+    from cmddcli.train.loop import Trainer
+    from _nets import random_net
+    from cmddcli.model.weights import save_weights
+
+    init = tmp_path / "init.safetensors"
+    save_weights(random_net("tiny", seed=3), init, preset="tiny")  # rings: its output leaves the input's range
+    fixed = synth_pairs(2)
+    x, y = collate_pairs([fixed[0], fixed[1]])
+    losses = {}
+    for setting in ("off", "3,0"):
+        cfg = tiny_cfg(tmp_path / setting.replace(",", "_"), "iters=1", "loss=l2", "ema_decay=0", "optim.lr=0",
+                       f'init_weights="{init}"', f'antiring="{setting}"')
+        trainer = Trainer(cfg, DistInfo(), data=FixedSource([fixed[0], fixed[1]]))
+        with torch.no_grad():
+            out = trainer.net(x).float()
+        if setting != "off":
+            out = AntiRing(3, 0.0).apply(out, x)
+        losses[setting] = trainer.iteration(x, y, 1)[0]
+        assert losses[setting] == pytest.approx(float(torch.nn.functional.mse_loss(out, y)), rel=1e-5)
+    assert losses["3,0"] != pytest.approx(losses["off"], rel=1e-3)
+    for bad in ("card", "8,1", "x"):
+        with pytest.raises(CmddError, match="antiring"):
+            tiny_cfg(tmp_path / "bad", f'antiring="{bad}"').validate()

@@ -281,7 +281,11 @@ class TrainConfig:
             raise CmddError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         from ..engine.antiring import AntiRing, parse_antiring
 
-        if parse_antiring(self.antiring) == "card" or isinstance(self.antiring, AntiRing):
+        try:
+            ring = parse_antiring(self.antiring)
+        except CmddError as e:
+            raise CmddError(f"antiring: {e}") from None
+        if ring == "card" or isinstance(self.antiring, AntiRing):
             raise CmddError(f"antiring must be \"off\" or \"W,M\" in a training config, got {self.antiring!r}")
         if self.anchor_weight > 0 and not self.init_weights:
             raise CmddError("anchor_weight > 0 needs init_weights (the frozen start the anchor holds to)")
