@@ -44,10 +44,14 @@ def test_local_range_equals_scipy(window, shape, rng):
     np.testing.assert_array_equal(hi.numpy(), ref_hi)
 
 
-@pytest.mark.parametrize("window,margin", [(3, 0.0), (9, 4.0), (11, 2.5)])
-def test_clamp_keeps_the_output_within_the_widened_range_and_leaves_the_rest(window, margin, rng):
-    inp = torch.rand(1, 3, 40, 48, generator=rng)
-    out = inp + 0.4 * (torch.rand(1, 3, 40, 48, generator=rng) - 0.5)
+@pytest.mark.parametrize("window,margin,band", [(3, 0.0, 64), (9, 4.0, 64), (11, 2.5, 64), (11, 4.0, 7), (9, 1.0, 1)])
+def test_clamp_keeps_the_output_within_the_widened_range_and_leaves_the_rest(window, margin, band, rng, monkeypatch):
+    """Against scipy's filters and np.clip; bands of rows smaller than the window's reach give the same."""
+    import cmddcli.engine.antiring as A
+
+    monkeypatch.setattr(A, "BAND_ROWS", band)
+    inp = torch.rand(2, 3, 40, 48, generator=rng)
+    out = inp + 0.4 * (torch.rand(2, 3, 40, 48, generator=rng) - 0.5)
     res = AntiRing(window, margin).apply(out, inp)
     lo, hi = reference_range(inp.numpy(), window)
     m = margin / 255
