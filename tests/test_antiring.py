@@ -67,7 +67,7 @@ def test_settings_are_checked_and_parsed():
     for bad in (8, 1, 0, -3, 9.0, True):
         with pytest.raises(CmddError, match="window"):
             AntiRing(bad, 4)
-    for bad in (-1, float("nan"), float("inf"), "4"):
+    for bad in (-1, float("nan"), float("inf"), "4", True):
         with pytest.raises(CmddError, match="margin"):
             AntiRing(9, bad)
     assert parse_antiring("card") == "card" and parse_antiring(" CARD ") == "card"

@@ -33,7 +33,7 @@ from ..errors import CmddError, WeightsError
 __all__ = ["AntiRing", "local_range", "parse_antiring", "ANTIRING_CHOICES"]
 
 BAND_ROWS = 64  # AntiRing.apply works in bands of rows (+ context): 12 MP in 0.29 s on 2 cores, 0.88 s whole
-ANTIRING_CHOICES = "card, off or WINDOW,MARGIN (px, 8-bit levels), e.g. 9,4"
+ANTIRING_CHOICES = "card, off or WINDOW,MARGIN (px, 8-bit levels), e.g. 11,4"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class AntiRing:
     def __post_init__(self):
         if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 3 or self.window % 2 == 0:
             raise CmddError(f"anti-ringing window must be an odd whole number >= 3 px, got {self.window!r}")
-        if not (isinstance(self.margin, (int, float)) and 0 <= float(self.margin) < float("inf")):
+        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float))
+                                                 and 0 <= float(self.margin) < float("inf")):
             raise CmddError(f"anti-ringing margin must be >= 0 (8-bit levels), got {self.margin!r}")
 
     def describe(self) -> str:
