@@ -140,9 +140,9 @@ def test_prune_script_writes_only_within_the_rule(tmp_path):
 
 
 def test_default_weights_are_the_default_network_with_their_lineage():
-    """The shipped default (weights v7, issue 28, session 21) is the `small-n4` network (4 SSM states:
-    the network of the 12-megapixel benchmark) fine-tuned through a chain of intermediates (arms V, U,
-    N, J) from v3 (packaged as `v3`), which was fine-tuned from v2 pruned to four states: each card names
+    """The shipped default (weights v8, issue 28, session 22) is the `small-n4` network (4 SSM states:
+    the network of the 12-megapixel benchmark) fine-tuned through a chain of intermediates (arms N,
+    J) from v3 (packaged as `v3`), which was fine-tuned from v2 pruned to four states: each card names
     its parent by SHA-256 down to the packaged v2, every intermediate committed in training/v3 is the
     file its child's card names; the card says it was trained on real DPDD test_c scenes and records
     per-image validation and test gains all above zero (no image worse than its input), as its ship
