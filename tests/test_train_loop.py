@@ -724,6 +724,13 @@ def test_antiring_in_training_scores_the_clamped_output(tmp_path):
         losses[setting] = trainer.iteration(x, y, 1)[0]
         assert losses[setting] == pytest.approx(float(torch.nn.functional.mse_loss(out, y)), rel=1e-5)
     assert losses["3,0"] != pytest.approx(losses["off"], rel=1e-3)
+    from cmddcli.model.weights import read_metadata
+    from cmddcli.train.checkpoint import export_weights
+
+    for setting, card in (("3,0", {"window": 3, "margin": 0.0}), ("off", None)):
+        path = tmp_path / f"export_{setting}.safetensors"
+        export_weights(trainer.net, path, {**cfg.to_dict(), "antiring": setting}, 1, ema=False)
+        assert read_metadata(path).get("antiring") == card  # the clamp it was trained with, on its card
     for bad in ("card", "8,1", "x"):
         with pytest.raises(CmddError, match="antiring"):
             tiny_cfg(tmp_path / "bad", f'antiring="{bad}"').validate()

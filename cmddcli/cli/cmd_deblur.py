@@ -13,7 +13,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-
 from .common import (
     antiring_option, device_option, err_console, handle_errors, json_option, overlap_option, precision_option,
     print_failures, print_json, quiet_option, scan_option, setup_logging, threads_option, tile_option, weights_option)

@@ -110,7 +110,7 @@ def antiring_option():
     return typer.Option("card", "--antiring", metavar="card|off|W,M",
                         help="Anti-ringing clamp after the network: card (default: what the weights' card names, "
                              "if anything), off, or W,M: each channel kept within the blurred input's range over "
-                             "a W px square, widened by M 8-bit levels (e.g. 9,4).")
+                             "a W px square, widened by M 8-bit levels (e.g. 11,4).")
 
 
 def check_tile(tile: Optional[int], overlap: int) -> None:

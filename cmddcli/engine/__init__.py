@@ -1,5 +1,6 @@
 """Inference engine: one `Deblurrer` owns weights, device, precision and tiling (deblurrer.py, tiling.py),
-with the anti-ringing clamp its weights' card may name (antiring.py); strength / focus / masks on top of it (blend.py, blurmap.py, strength.py); the file batch behind
+with the anti-ringing clamp its weights' card may name (antiring.py); strength / focus / masks on top
+of it (blend.py, blurmap.py, strength.py); the file batch behind
 ``cmdd deblur``: its inputs (inputs.py), options (batch_options.py), results (results.py), resume records
 (resume.py) and the batch itself (runner.py), with its HTML report (report.py); forward-time benchmarks (bench.py);
 ``cmdd info``'s facts (info.py).

@@ -53,8 +53,8 @@ class BatchOptions:
         """``cmdd deblur``'s options, checked before the output folder is made or a photo is read.
 
         Everything the engine would refuse later (format, bit depth, tile and overlap, precision,
-        device, weights, size limit, anti-ringing, strength / focus / mask, an HTML page of another program where ``report`` writes, a
-        dry run's scan backend) raises CmddError here, naming the flag. The recipe (what a resume
+        device, weights, size limit, anti-ringing, strength / focus / mask, an HTML page of another
+        program where ``report`` writes, a dry run's scan backend) raises CmddError here, naming the flag. The recipe (what a resume
         compares) gets the weights' digest, the restore options and the engine settings as given:
         precision "auto" stays "auto", so a resume on another machine matches; they change an output
         by a few 8-bit levels at most, but they made it.

@@ -109,8 +109,8 @@ class Deblurrer:
 
     Raises:
         CmddError: bad tile / overlap / margin / batch_tiles / antiring, an unknown or absent device;
-        WeightsError: weights missing or unreadable (or a card's anti-ringing entry); BackendUnavailable: the scan backend forced by
-        ``CMDD_SCAN`` (``--scan``) does not run on this device.
+        WeightsError: weights missing or unreadable (or a card's anti-ringing entry);
+        BackendUnavailable: the scan backend forced by ``CMDD_SCAN`` (``--scan``) does not run on this device.
     """
 
     def __init__(

@@ -208,14 +208,20 @@ def export_weights(model: torch.nn.Module, path: str | Path, train_config: Dict[
         train_extra: more entries of the metadata's ``train`` object (data, source checkpoint, ...).
         extra: more top-level metadata entries (e.g. the best validation score).
 
-    Returns the path written.
+    A run trained with ``antiring = "W,M"`` writes that clamp on the card (``"antiring"``), so engines
+    loading the weights apply it as training and validation did. Returns the path written.
     """
     from ..model.weights import save_weights
+
+    from ..engine.antiring import parse_antiring
 
     model_cfg = train_config.get("model") or {}
     preset = model_cfg.get("preset") if not model_cfg.get("overrides") else None
     meta = {"train": {"name": train_config.get("name"), "step": step, "iters": train_config.get("iters"),
                       **(train_extra or {}), "ema": ema}, **(extra or {})}
+    ring = parse_antiring(train_config.get("antiring", "off"))
+    if ring is not None:  # trained with the clamp: the card names it, so every engine applies it
+        meta["antiring"] = ring.to_card()
     return save_weights(model, path, metadata=meta, preset=preset)
 
 

@@ -203,7 +203,7 @@ class TrainConfig:
     resume; :func:`cmddcli.train.losses.anchor_term`): a rim term that may not shrink the correction.
     antiring: "off" or "W,M": the anti-ringing clamp the engine applies after the network
     (:mod:`cmddcli.engine.antiring`), applied in training and validation too, so the loss scores what a
-    user gets from weights whose card names the same setting.
+    user gets; the run's exported weights name it on their card, so engines apply it.
     log_every / val_every / ckpt_every: in steps (0 disables validation / periodic checkpoints).
     keep_last: periodic checkpoints kept (plus best).
     """
