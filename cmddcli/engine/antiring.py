@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import CmddError, WeightsError
 
-__all__ = ["AntiRing", "local_range", "parse_antiring", "ANTIRING_CHOICES"]
+__all__ = ["AntiRing", "local_range", "local_min", "local_max", "parse_antiring", "ANTIRING_CHOICES"]
 
 BAND_ROWS = 64  # AntiRing.apply works in bands of rows (+ context): 12 MP in 0.29 s on 2 cores, 0.88 s whole
 ANTIRING_CHOICES = "card, off or WINDOW,MARGIN (px, 8-bit levels), e.g. 11,4"
@@ -109,10 +109,20 @@ def local_range(x: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tenso
     Fast path: separable (rows, then columns), each a running extreme by doubling spans (window 11: 4
     elementwise ``torch.maximum`` per axis instead of 10), ~10x faster than ``max_pool2d`` on CPU.
     """
+    return local_min(x, window), local_max(x, window)
+
+
+def local_min(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The min half of :func:`local_range` (same shapes, same cut square)."""
     r = window // 2
-    lo = _running(_running(x, window, r, -1, torch.minimum, float("inf")), window, r, -2, torch.minimum, float("inf"))
-    hi = _running(_running(x, window, r, -1, torch.maximum, float("-inf")), window, r, -2, torch.maximum, float("-inf"))
-    return lo, hi
+    return _running(_running(x, window, r, -1, torch.minimum, float("inf")), window, r, -2, torch.minimum, float("inf"))
+
+
+def local_max(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The max half of :func:`local_range` (same shapes, same cut square)."""
+    r = window // 2
+    return _running(_running(x, window, r, -1, torch.maximum, float("-inf")), window, r, -2, torch.maximum,
+                    float("-inf"))
 
 
 def _running(x: torch.Tensor, window: int, r: int, dim: int, pick, fill: float) -> torch.Tensor:

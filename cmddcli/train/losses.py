@@ -80,13 +80,14 @@ def local_range(*images: torch.Tensor, window: int = 9) -> tuple[torch.Tensor, t
     Args: (B, C, H, W) tensors of one shape; ``window`` odd >= 1 (pixels). At the borders the square
     is cut to the image (as scipy's min/max filters with ``mode="nearest"``).
     Returns: two (B, C, H, W) tensors. Raises CmddError for an even or non-positive window.
+    The min / max filters are the anti-ringing clamp's (:func:`cmddcli.engine.antiring.local_min` /
+    ``local_max``, tested against scipy), applied to the images' pixelwise min / max.
     """
+    from ..engine.antiring import local_max, local_min
+
     check_window(window)
     stacked = torch.stack(images)
-    pad = window // 2
-    hi = F.max_pool2d(stacked.amax(0), window, stride=1, padding=pad)  # pads with -inf: a cut window
-    lo = -F.max_pool2d(-stacked.amin(0), window, stride=1, padding=pad)
-    return lo, hi
+    return local_min(stacked.amin(0), window), local_max(stacked.amax(0), window)
 
 
 def range_excursion(pred: torch.Tensor, inp: torch.Tensor, target: torch.Tensor,
